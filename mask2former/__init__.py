@@ -1,0 +1,1 @@
+"""Mask2Former for Detectron2."""
