@@ -62,8 +62,9 @@ test-fast: $(STAMPS)/build
 benchmark: $(STAMPS)/build
 	$(PY) tools/benchmark_ms_deform_attn.py
 
+# Synthetic data, training on CPU, evaluation, demo pictures: see tools/quickstart.py.
 quickstart: $(STAMPS)/build
-	$(PY) tools/benchmark_ms_deform_attn.py
+	$(PY) tools/quickstart.py
 
 clean:
 	rm -rf build $(STAMPS)/build mask2former/modeling/pixel_decoder/ops/_C*.so

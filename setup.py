@@ -12,10 +12,37 @@ installed); this file does not repeat them.
 
 import glob
 import os
+import shutil
 
-import torch
-from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+def _point_cuda_home_at_toolkit() -> None:
+    """torch guesses the CUDA toolkit as the parent of the ``nvcc`` on PATH. When that is a
+    wrapper script (e.g. /usr/local/bin/nvcc), the guess (/usr/local) has no CUDA headers or
+    libraries and linking fails (``cannot find -lcudart``): use /usr/local/cuda instead.
+    An explicit CUDA_HOME / CUDA_PATH always wins."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return
+    guess = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    runtime_header = os.path.join("include", "cuda_runtime.h")
+    if not os.path.exists(os.path.join(guess, runtime_header)) and os.path.exists(
+        os.path.join("/usr/local/cuda", runtime_header)
+    ):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
+_point_cuda_home_at_toolkit()
+
+import torch  # noqa: E402  (CUDA_HOME must be settled before cpp_extension reads it)
+from setuptools import find_packages, setup  # noqa: E402
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
 
 OPS_SRC = os.path.join("mask2former", "modeling", "pixel_decoder", "ops", "csrc")
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"

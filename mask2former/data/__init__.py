@@ -1,0 +1,16 @@
+"""Data: registered data sets, the synthetic data set and the dataset mappers.
+
+Importing this package registers every data set name with detectron2's catalogs and every
+dataset mapper with :data:`MASK_FORMER_MAPPER_REGISTRY`.
+"""
+
+from . import datasets as _datasets  # noqa: F401  only registration
+from .dataset_mappers import MASK_FORMER_MAPPER_REGISTRY, build_dataset_mapper
+from .synthetic import SyntheticConfig, ensure_synthetic_dataset
+
+__all__ = [
+    "MASK_FORMER_MAPPER_REGISTRY",
+    "build_dataset_mapper",
+    "SyntheticConfig",
+    "ensure_synthetic_dataset",
+]

@@ -83,12 +83,7 @@ class MSDeformAttn(nn.Module):
         """
         batch, num_queries, _ = query.shape
         _, num_values, _ = value.shape
-        expected = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
-        if expected != num_values:
-            raise ValueError(
-                f"value has {num_values} positions but spatial_shapes "
-                f"{spatial_shapes.tolist()} cover {expected}"
-            )
+        # ms_deform_attn checks value's length against spatial_shapes (outside of tracing).
         value = self.value_proj(value)
         if padding_mask is not None:
             value = value.masked_fill(padding_mask[..., None], 0.0)

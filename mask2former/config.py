@@ -1,0 +1,340 @@
+"""Config keys of Mask2Former and a config loader with helpful errors.
+
+`add_maskformer2_config` declares every key the official Mask2Former YAML files use, with the
+official names, defaults and meanings, so those files merge unchanged. Keys that are not in the
+official release say so in their comment; they turn constants the official code hard-coded into
+config values whose defaults reproduce the official behaviour.
+
+Keys that Mask2Former reads from detectron2's own defaults (not declared here):
+``MODEL.SEM_SEG_HEAD.{NAME, IN_FEATURES, NUM_CLASSES, IGNORE_VALUE, CONVS_DIM, COMMON_STRIDE,
+NORM, LOSS_WEIGHT}`` and ``TEST.DETECTIONS_PER_IMAGE`` (the number of instances kept per image
+by instance inference, default 100).
+"""
+
+import difflib
+from typing import Any, Dict, List, Optional, Sequence
+
+from detectron2.config import CfgNode, get_cfg
+from detectron2.projects.deeplab import add_deeplab_config
+from detectron2.utils.file_io import PathManager
+
+__all__ = ["UnknownConfigKeyError", "add_maskformer2_config", "load_config"]
+
+
+def add_maskformer2_config(cfg: CfgNode) -> None:
+    """Declare the Mask2Former config keys on `cfg` (in place).
+
+    Also declares the DeepLab-style ResNet keys (``MODEL.RESNETS.STEM_TYPE``,
+    ``MODEL.RESNETS.RES5_MULTI_GRID``, ``SOLVER.POLY_LR_*``, ...) through detectron2's
+    `add_deeplab_config`, because the official YAML files carry them. Idempotent: a config that
+    already has the keys (e.g. from an earlier call, possibly followed by merges) is left
+    unchanged, so callers may also call `add_deeplab_config` themselves before merging files,
+    as the official train_net did, in either order.
+
+    Args:
+        cfg: a detectron2 config, usually from `detectron2.config.get_cfg()`; must not be frozen.
+    """
+    if "STEM_TYPE" not in cfg.MODEL.RESNETS:
+        add_deeplab_config(cfg)
+    if "MASK_FORMER" in cfg.MODEL:
+        return
+    _add_input_config(cfg)
+    _add_solver_config(cfg)
+    _add_mask_former_config(cfg)
+    _add_pixel_decoder_config(cfg)
+    _add_swin_config(cfg)
+
+
+def _add_input_config(cfg: CfgNode) -> None:
+    # Name of the training dataset mapper: "mask_former_semantic", "mask_former_panoptic",
+    # "mask_former_instance", "coco_instance_lsj" or "coco_panoptic_lsj".
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    # Apply the SSD-style photometric (brightness/contrast/saturation/hue) augmentation.
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # Random crops are retried until no single semantic category covers more than this fraction
+    # of the crop (1.0 = accept any crop). Same key and default as detectron2's DeepLab project.
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # Despite its name, a fixed pad size in the official configs: their crops are never larger
+    # than it, so the training mappers pad each cropped image (and its ground truth, with the
+    # ignore value) on the bottom/right to exactly SIZE_DIVISIBILITY x SIZE_DIVISIBILITY
+    # (e.g. 512 in the ADE20K semantic configs, whose crop is 512); a larger image is padded up
+    # to the next multiple. -1 disables this padding. Kept for compatibility with the official
+    # YAML files.
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # Large-scale jittering ("*_lsj" mappers): output side of the square training crop, in pixels.
+    cfg.INPUT.IMAGE_SIZE = 1024
+    # Large-scale jittering: smallest random rescale factor, relative to IMAGE_SIZE.
+    cfg.INPUT.MIN_SCALE = 0.1
+    # Large-scale jittering: largest random rescale factor, relative to IMAGE_SIZE.
+    cfg.INPUT.MAX_SCALE = 2.0
+
+
+def _add_solver_config(cfg: CfgNode) -> None:
+    # Weight decay of embedding parameters (learnable queries, query positions, level
+    # embeddings, Swin position tables) instead of SOLVER.WEIGHT_DECAY.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Optimizer: "ADAMW" or "SGD".
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # Learning-rate multiplier of the backbone parameters.
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Not in the official release (which trained in float16): autocast dtype when
+    # SOLVER.AMP.ENABLED, "float16" (with loss scaling) or "bfloat16".
+    cfg.SOLVER.AMP.PRECISION = "float16"
+
+
+def _add_mask_former_config(cfg: CfgNode) -> None:
+    # Settings of the mask-classification model (meta-architecture, transformer decoder, losses).
+    cfg.MODEL.MASK_FORMER = CfgNode()
+
+    # Add the losses of every intermediate prediction (auxiliary losses).
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    # Cross-entropy weight of the "no object" class (the other classes have weight 1).
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1
+    # Weight of the classification loss and of the class cost in the Hungarian matcher.
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 1.0
+    # Weight of the dice loss and of the dice cost in the Hungarian matcher.
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 1.0
+    # Weight of the sigmoid binary cross-entropy mask loss and of its matcher cost.
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 20.0
+
+    # Number of attention heads of the transformer decoder (and, in the official release, of the
+    # pixel decoder's deformable encoder; see SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS).
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    # Dropout of the pixel decoder's deformable encoder layers; the masked-attention transformer
+    # decoder uses no dropout.
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
+    # Hidden width of the transformer decoder's feed-forward networks.
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    # Transformer encoder layers of the original MaskFormer predictor. Kept so that
+    # MaskFormer-style YAML files merge; MultiScaleMaskedTransformerDecoder has no encoder.
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0
+    # Number of predictions, not of decoder layers: the prediction made from the learnable
+    # queries before any layer counts as one, so the decoder has DEC_LAYERS - 1 layers
+    # (the official 10 = 9 layers + 1) and there are DEC_LAYERS - 1 auxiliary predictions.
+    # Kept for compatibility with the official YAML files.
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 6
+    # Use pre-norm (LayerNorm before attention/FFN) instead of post-norm decoder layers.
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    # Width of the query features and of the transformer decoder.
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    # Number of learnable queries, i.e. of predicted (mask, class) pairs per image.
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    # Which features feed the transformer decoder. "multi_scale_pixel_decoder" (what every
+    # Mask2Former config sets) means the pixel decoder's multi-scale outputs; the default "res5"
+    # is the original MaskFormer's choice of a single feature map.
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
+    # Project the features entering the transformer decoder with a 1x1 conv even when their
+    # channel count already equals HIDDEN_DIM.
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    # Not in the official release (hard-coded 0.5 there): the decoder lets a query attend to a
+    # pixel when its previous mask prediction there has sigmoid probability >= this value.
+    cfg.MODEL.MASK_FORMER.MASK_ATTENTION_THRESHOLD = 0.5
+    # Not in the official release (hard-coded 3 there): number of pixel-decoder feature maps
+    # (1/32, 1/16, 1/8, low resolution first) the transformer decoder cycles through.
+    cfg.MODEL.MASK_FORMER.NUM_FEATURE_LEVELS = 3
+
+    # Inference settings.
+    cfg.MODEL.MASK_FORMER.TEST = CfgNode()
+    # Return "sem_seg": per-class probabilities (K, H, W).
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
+    # Return "instances": the top TEST.DETECTIONS_PER_IMAGE (query, class) pairs.
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+    # Return "panoptic_seg": (segment-id map, segments_info).
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    # Panoptic inference drops queries whose class score is not above this value.
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    # Panoptic inference drops a segment when less than this fraction of its mask survives the
+    # overlap resolution with other segments.
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
+    # Resize the mask predictions to the output height/width before inference (True), or run
+    # semantic inference at the padded input size and resize its result afterwards (False).
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+    # Not in the official release (hard-coded 0.5 there): probability at which mask predictions
+    # are binarised in panoptic and instance inference.
+    cfg.MODEL.MASK_FORMER.TEST.MASK_THRESHOLD = 0.5
+
+    # Images of a batch are padded to a multiple of this; a negative value uses the backbone's
+    # size_divisibility (which is 0 for detectron2's ResNet).
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+    # Name of the transformer decoder in TRANSFORMER_DECODER_REGISTRY.
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+
+    # Number of points sampled per mask for the matcher costs and the mask losses.
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
+    # Importance sampling (PointRend's k): draw OVERSAMPLE_RATIO * TRAIN_NUM_POINTS candidates.
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    # Importance sampling (PointRend's beta): fraction of the points taken where the prediction is
+    # most uncertain; the rest are uniform.
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+
+def _add_pixel_decoder_config(cfg: CfgNode) -> None:
+    # Channels of the per-pixel mask features (1/4 resolution) that query embeddings are
+    # multiplied with.
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    # Number of transformer (deformable) encoder layers in the pixel decoder.
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
+    # Name of the pixel decoder in PIXEL_DECODER_REGISTRY.
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    # Backbone features processed by the pixel decoder's deformable encoder.
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    # Sampling points per head and level of the deformable attention. Declared but not read by
+    # the official release, which hard-coded the same value 4.
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    # Heads of the deformable attention. Declared but not read by the official release, which
+    # used MASK_FORMER.NHEADS (8 in every official config, the same value).
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    # Not in the official release (hard-coded 1024 there): hidden width of the feed-forward
+    # networks of the pixel decoder's deformable encoder layers.
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
+    # Not in the official release (hard-coded 32 there): number of groups of the pixel decoder's
+    # GroupNorm layers (input projections, and lateral/output convs when NORM is "GN").
+    cfg.MODEL.SEM_SEG_HEAD.NORM_NUM_GROUPS = 32
+
+
+def _add_swin_config(cfg: CfgNode) -> None:
+    # Swin Transformer backbone (D2SwinTransformer).
+    cfg.MODEL.SWIN = CfgNode()
+    # Image size of the ImageNet pre-training (224 or 384); sizes the absolute position
+    # embedding when APE is on.
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    # Side of the square patches embedded by the first (strided) conv.
+    cfg.MODEL.SWIN.PATCH_SIZE = 4
+    # Channels of the first stage; stage i has EMBED_DIM * 2**i channels.
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+    # Number of Swin blocks in each of the four stages.
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    # Attention heads in each of the four stages.
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    # Side of the square attention windows (7 for 224 pre-training, 12 for 384).
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    # Hidden width of the block MLPs, relative to the stage's channels.
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    # Learn a bias in the query/key/value projection.
+    cfg.MODEL.SWIN.QKV_BIAS = True
+    # Attention logit scale; None means head_dim ** -0.5.
+    cfg.MODEL.SWIN.QK_SCALE = None
+    # Dropout after the patch embedding, in the MLPs and after the attention projection.
+    cfg.MODEL.SWIN.DROP_RATE = 0.0
+    # Dropout on the attention weights.
+    cfg.MODEL.SWIN.ATTN_DROP_RATE = 0.0
+    # Stochastic depth: drop-path rate of the last block, increasing linearly from 0.
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    # Add a learnable absolute position embedding to the patch embedding.
+    cfg.MODEL.SWIN.APE = False
+    # LayerNorm after the patch embedding.
+    cfg.MODEL.SWIN.PATCH_NORM = True
+    # Stage outputs to return, among "res2" (stride 4) to "res5" (stride 32).
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Recompute block activations in the backward pass (gradient checkpointing) to save memory.
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False
+
+
+class UnknownConfigKeyError(KeyError):
+    """A config file or override names a key that is not declared."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _all_keys(cfg: CfgNode, prefix: str = "") -> List[str]:
+    keys = []
+    for name, value in cfg.items():
+        full_name = prefix + name
+        keys.append(full_name)
+        if isinstance(value, CfgNode):
+            keys.extend(_all_keys(value, full_name + "."))
+    return keys
+
+
+def _unknown_keys(loaded: Dict[str, Any], reference: CfgNode, prefix: str = "") -> List[str]:
+    unknown = []
+    for name, value in loaded.items():
+        full_name = prefix + name
+        if name not in reference:
+            if not reference.is_new_allowed():
+                unknown.append(full_name)
+        elif isinstance(value, dict) and isinstance(reference[name], CfgNode):
+            unknown.extend(_unknown_keys(value, reference[name], full_name + "."))
+    return unknown
+
+
+_MISSING = object()
+
+
+def _find_node(cfg: CfgNode, full_key: str) -> Any:
+    """The value at dotted `full_key` ("" is `cfg` itself), or `_MISSING` if not declared."""
+    node = cfg
+    for name in filter(None, full_key.split(".")):
+        if not isinstance(node, CfgNode) or name not in node:
+            return _MISSING
+        node = node[name]
+    return node
+
+
+def _has_key(cfg: CfgNode, full_key: str) -> bool:
+    return bool(full_key) and _find_node(cfg, full_key) is not _MISSING
+
+
+def _close_keys(key: str, cfg: CfgNode) -> List[str]:
+    """Declared keys that `key` is probably a misspelling of, best first."""
+    parent, _, name = key.rpartition(".")
+    node = _find_node(cfg, parent)
+    if isinstance(node, CfgNode):
+        prefix = parent + "." if parent else ""
+        return [prefix + match for match in difflib.get_close_matches(name, list(node), n=2)]
+    return difflib.get_close_matches(key, _all_keys(cfg), n=2, cutoff=0.8)
+
+
+def _unknown_key_message(unknown: Sequence[str], cfg: CfgNode, source: str) -> str:
+    lines = [f"{source}: these config keys do not exist:"]
+    for key in unknown:
+        guesses = _close_keys(key, cfg)
+        hint = f" (did you mean {' or '.join(guesses)}?)" if guesses else ""
+        lines.append(f"  {key}{hint}")
+    lines.append(
+        "Fix the spelling, or declare the key with add_maskformer2_config / your own add_*_config."
+    )
+    return "\n".join(lines)
+
+
+def load_config(path: str, opts: Optional[Sequence[str]] = None) -> CfgNode:
+    """Build a Mask2Former config from detectron2's defaults, a YAML file and overrides.
+
+    Args:
+        path: YAML config file (may chain others with ``_BASE_``).
+        opts: command-line style overrides ``["KEY", "VALUE", ...]`` applied after the file.
+
+    Returns:
+        The merged config, not frozen.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        UnknownConfigKeyError: the file or `opts` name undeclared keys; the message lists them
+            with the closest declared keys.
+        ValueError: `opts` has an odd length.
+    """
+    if not PathManager.isfile(path):
+        raise FileNotFoundError(f"Config file '{path}' does not exist.")
+    cfg = get_cfg()
+    add_maskformer2_config(cfg)
+    try:
+        cfg.merge_from_file(path)
+    except KeyError as error:
+        loaded = CfgNode.load_yaml_with_base(path, allow_unsafe=True)
+        unknown = _unknown_keys(loaded, cfg)
+        if not unknown:
+            raise
+        message = _unknown_key_message(unknown, cfg, f"Config file '{path}' (or a _BASE_ of it)")
+        raise UnknownConfigKeyError(message) from error
+    if opts:
+        opts = list(opts)
+        if len(opts) % 2:
+            raise ValueError(f"Config overrides must be KEY VALUE pairs; got an odd list: {opts}")
+        unknown = [key for key in opts[0::2] if not _has_key(cfg, key)]
+        if unknown:
+            raise UnknownConfigKeyError(
+                _unknown_key_message(unknown, cfg, "Config overrides (opts)")
+            )
+        cfg.merge_from_list(opts)
+    return cfg

@@ -1,0 +1,129 @@
+"""What every Mask2Former dataset mapper shares: config reading, image IO, tensor output.
+
+Shapes: H, W image height and width after augmentation and padding.
+"""
+
+import copy
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from .augmentations import build_test_augmentations
+from .target_utils import pad_to_divisibility
+
+__all__ = ["MaskFormerMapperBase", "valid_region"]
+
+
+def valid_region(transforms: T.TransformList, shape: Tuple[int, int]) -> np.ndarray:
+    """(H', W') bool map of the output pixels that come from the input image, not padding."""
+    ones = np.ones(shape, dtype=np.uint8)
+    return transforms.apply_segmentation(ones) == 1
+
+
+class MaskFormerMapperBase:
+    """Reads the image, runs the augmentations and packs the outputs.
+
+    Subclasses implement :meth:`_map` (read and transform the ground truth) and
+    :meth:`_build_augmentations` (their training augmentations).
+
+    Output dict (besides the input fields): "image" (3, H, W) uint8 tensor in
+    ``INPUT.FORMAT``; "padding_mask" (H, W) bool, True on padded pixels; "instances"
+    (Instances with gt_classes (M,) int64, gt_masks BitMasks (M, H, W)); and
+    "sem_seg" (H, W) int64 where the mapper has a semantic map.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List,
+        image_format: str,
+        ignore_label: int,
+        size_divisibility: int,
+    ):
+        """
+        Args:
+            is_train: training (random augmentations) or inference (resize only).
+            augmentations: detectron2 augmentations or transforms, applied in order.
+            image_format: ``INPUT.FORMAT`` ("BGR" or "RGB").
+            ignore_label: semantic label of unlabeled pixels; used to pad semantic maps.
+            size_divisibility: pad bottom/right to a multiple of it (<= 0: no padding).
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.ignore_label = ignore_label
+        self.size_divisibility = size_divisibility
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
+        ignore_label = cls._ignore_label(cfg, is_train)
+        if is_train:
+            augmentations = cls._build_augmentations(cfg, ignore_label)
+        else:
+            augmentations = build_test_augmentations(cfg)
+        return {
+            "is_train": is_train,
+            "augmentations": augmentations,
+            "image_format": cfg.INPUT.FORMAT,
+            "ignore_label": ignore_label,
+            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY if is_train else -1,
+        }
+
+    @classmethod
+    def _build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List:
+        raise NotImplementedError
+
+    @staticmethod
+    def _ignore_label(cfg: CfgNode, is_train: bool) -> int:
+        names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
+        if not names:
+            return 255
+        return MetadataCatalog.get(names[0]).get("ignore_label", 255)
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        """
+        Args:
+            dataset_dict: one image's metadata in detectron2 dataset format.
+
+        Returns:
+            a new dict with the outputs listed in the class docstring.
+        """
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        return self._map(dataset_dict, image)
+
+    def _map(self, dataset_dict: Dict, image: np.ndarray) -> Dict:
+        raise NotImplementedError
+
+    def _pack(
+        self,
+        dataset_dict: Dict,
+        image: np.ndarray,
+        valid: np.ndarray,
+        targets: Optional[Dict[str, Tuple[torch.Tensor, int]]] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """Convert to tensors, pad, and store "image" and "padding_mask" in ``dataset_dict``.
+
+        Args:
+            image: (H, W, 3) augmented image.
+            valid: (H, W) bool, False where an augmentation padded.
+            targets: name -> ((..., H, W) tensor, pad value) padded like the image.
+
+        Returns:
+            the padded targets by name.
+        """
+        image_tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        targets = dict(targets or {})
+        targets["padding_mask"] = (torch.as_tensor(~valid), True)
+        image_tensor, padded = pad_to_divisibility(image_tensor, self.size_divisibility, targets)
+        dataset_dict["image"] = image_tensor
+        dataset_dict["padding_mask"] = padded.pop("padding_mask")
+        return padded

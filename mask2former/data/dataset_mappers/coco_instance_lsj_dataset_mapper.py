@@ -1,0 +1,29 @@
+"""``coco_instance_lsj``: instance masks with large-scale jittering."""
+
+from typing import Dict, List
+
+from detectron2.config import CfgNode
+
+from .augmentations import build_lsj_augmentations
+from .build import MASK_FORMER_MAPPER_REGISTRY
+from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
+
+__all__ = ["COCOInstanceLSJDatasetMapper"]
+
+
+@MASK_FORMER_MAPPER_REGISTRY.register_as("coco_instance_lsj")
+class COCOInstanceLSJDatasetMapper(MaskFormerInstanceDatasetMapper):
+    """:class:`MaskFormerInstanceDatasetMapper` with large-scale jittering instead of the
+    resize/crop augmentations: every training image comes out IMAGE_SIZE x IMAGE_SIZE, padded
+    pixels flagged in "padding_mask"."""
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
+        ret = super().from_config(cfg, is_train)
+        # the fixed-size crop already pads; INPUT.SIZE_DIVISIBILITY is for the resize/crop mappers
+        ret["size_divisibility"] = -1
+        return ret
+
+    @classmethod
+    def _build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List:
+        return build_lsj_augmentations(cfg, ignore_label=ignore_label)

@@ -1,0 +1,69 @@
+"""``mask_former_panoptic``: one mask per panoptic segment, things and stuff alike."""
+
+from typing import Dict, List
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from panopticapi.utils import rgb2id
+
+from .augmentations import build_mask_former_augmentations
+from .base import MaskFormerMapperBase, valid_region
+from .build import MASK_FORMER_MAPPER_REGISTRY
+from .target_utils import panoptic_to_instances, semantic_from_panoptic
+
+__all__ = ["MaskFormerPanopticDatasetMapper"]
+
+
+@MASK_FORMER_MAPPER_REGISTRY.register_as("mask_former_panoptic")
+class MaskFormerPanopticDatasetMapper(MaskFormerMapperBase):
+    """Reads "pan_seg_file_name" (panopticapi RGB ids) and "segments_info" (contiguous
+    category ids). Outputs "image", "instances" (one mask per non-crowd segment still visible
+    after augmentation), "sem_seg" (from "sem_seg_file_name", else derived from the panoptic
+    map, void and crowd = ignore label) and "padding_mask"."""
+
+    @classmethod
+    def _build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List:
+        return build_mask_former_augmentations(
+            cfg, ignore_label=ignore_label, category_area_crop=True
+        )
+
+    def _map(self, dataset_dict: Dict, image: np.ndarray) -> Dict:
+        if "pan_seg_file_name" not in dataset_dict:
+            if self.is_train:
+                raise ValueError(
+                    f"The {type(self).__name__} needs 'pan_seg_file_name' and 'segments_info' "
+                    f"in the dataset dict of {dataset_dict['file_name']}: train it on a "
+                    "panoptic data set."
+                )
+            aug_input = T.AugInput(image)
+            transforms = self.augmentations(aug_input)
+            self._pack(dataset_dict, aug_input.image, valid_region(transforms, image.shape[:2]))
+            return dataset_dict
+        pan_rgb = utils.read_image(dataset_dict.pop("pan_seg_file_name"), "RGB")
+        segments_info = dataset_dict["segments_info"]
+        if "sem_seg_file_name" in dataset_dict:
+            sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
+        else:
+            sem_seg = semantic_from_panoptic(rgb2id(pan_rgb), segments_info, self.ignore_label)
+            sem_seg = sem_seg.astype("double")
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        transforms = self.augmentations(aug_input)
+        valid = valid_region(transforms, image.shape[:2])
+        pan_ids = rgb2id(transforms.apply_segmentation(pan_rgb))
+        pan_ids[~valid] = 0
+        sem_seg = torch.as_tensor(aug_input.sem_seg.astype("long"))
+        sem_seg[torch.as_tensor(~valid)] = self.ignore_label
+        padded = self._pack(
+            dataset_dict,
+            aug_input.image,
+            valid,
+            {"sem_seg": (sem_seg, self.ignore_label), "pan_seg": (torch.as_tensor(pan_ids), 0)},
+        )
+        dataset_dict["sem_seg"] = padded["sem_seg"]
+        dataset_dict["instances"] = panoptic_to_instances(
+            padded["pan_seg"].numpy(), segments_info, tuple(padded["pan_seg"].shape)
+        )
+        return dataset_dict

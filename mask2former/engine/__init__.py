@@ -1,0 +1,20 @@
+"""Training and evaluation pieces used by ``train_net.py``."""
+
+from .checkpoint import AtomicDetectionCheckpointer, atomic_write
+from .evaluation import EVALUATOR_BUILDERS, InstanceSegEvaluator, build_evaluator
+from .optimizer import add_full_model_gradient_clipping, build_optimizer
+from .trainer import MaskFormerTrainer, build_train_loop
+from .tta import SemanticSegmentorWithTTA
+
+__all__ = [
+    "EVALUATOR_BUILDERS",
+    "AtomicDetectionCheckpointer",
+    "InstanceSegEvaluator",
+    "MaskFormerTrainer",
+    "SemanticSegmentorWithTTA",
+    "add_full_model_gradient_clipping",
+    "atomic_write",
+    "build_evaluator",
+    "build_optimizer",
+    "build_train_loop",
+]

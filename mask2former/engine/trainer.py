@@ -1,0 +1,142 @@
+"""``MaskFormerTrainer``: Detectron2's ``DefaultTrainer`` wired with the Mask2Former pieces."""
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from typing import Any, Dict
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.projects.deeplab import build_lr_scheduler
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from mask2former.data import build_dataset_mapper
+
+from .checkpoint import AtomicDetectionCheckpointer
+from .evaluation import build_evaluator
+from .optimizer import build_optimizer
+from .tta import SemanticSegmentorWithTTA
+
+logger = logging.getLogger(__name__)
+
+# SOLVER.AMP.PRECISION -> the autocast dtype.
+AMP_PRECISIONS: Dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def build_train_loop(
+    cfg: CfgNode, model: torch.nn.Module, data_loader, optimizer: torch.optim.Optimizer
+) -> SimpleTrainer:
+    """The inner training loop: ``AMPTrainer`` when ``SOLVER.AMP.ENABLED`` on CUDA, else fp32.
+
+    The autocast dtype is ``SOLVER.AMP.PRECISION`` ("float16" with loss scaling, or
+    "bfloat16" without). Detectron2's ``AMPTrainer`` needs CUDA: on a CPU the loop trains in
+    float32 and says so.
+    """
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer(model, data_loader, optimizer)
+    if _model_device(model).type != "cuda":
+        logger.warning(
+            "SOLVER.AMP.ENABLED is set but the model is on the CPU: training in float32."
+        )
+        return SimpleTrainer(model, data_loader, optimizer)
+    precision_name = cfg.SOLVER.AMP.PRECISION
+    if precision_name not in AMP_PRECISIONS:
+        raise ValueError(
+            f"SOLVER.AMP.PRECISION is {precision_name!r}; supported: {sorted(AMP_PRECISIONS)}."
+        )
+    precision = AMP_PRECISIONS[precision_name]
+    grad_scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+    return AMPTrainer(model, data_loader, optimizer, grad_scaler=grad_scaler, precision=precision)
+
+
+class MaskFormerTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with Mask2Former's data mappers, optimizer, schedule and evaluators.
+
+    Differences from ``DefaultTrainer``: the train loader uses the mapper named by
+    ``INPUT.DATASET_MAPPER_NAME``; the optimizer comes from :func:`build_optimizer` (AdamW or
+    SGD, backbone LR multiplier, no weight decay on norms and embeddings, full-model gradient
+    clipping); the LR schedule may be "WarmupPolyLR"; evaluators follow the data set's
+    ``evaluator_type``; checkpoints are written atomically; AMP uses ``SOLVER.AMP.PRECISION``;
+    multi-process training also works on CPUs (gloo); semantic test-time augmentation runs after
+    training when ``TEST.AUG.ENABLED``.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        # DistributedDataParallel takes device_ids only for CUDA modules; gloo on CPU needs None
+        device_ids = [comm.get_local_rank()] if _model_device(model).type == "cuda" else None
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+        self._trainer = build_train_loop(cfg, model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicDetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """Detectron2's default hooks, plus a final TTA evaluation when ``TEST.AUG.ENABLED``."""
+        default_hooks = super().build_hooks()
+        if not self.cfg.TEST.AUG.ENABLED:
+            return default_hooks
+        tta_hook = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
+        # before the writers, so that the TTA metrics get written too
+        writer_index = next(
+            (i for i, hook in enumerate(default_hooks) if isinstance(hook, hooks.PeriodicWriter)),
+            len(default_hooks),
+        )
+        return default_hooks[:writer_index] + [tta_hook] + default_hooks[writer_index:]
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        mapper = build_dataset_mapper(cfg, is_train=True)
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model: torch.nn.Module) -> Dict[str, Any]:
+        """Evaluate ``model`` on ``DATASETS.TEST`` with semantic test-time augmentation.
+
+        Returns:
+            The evaluation results, each data set's key suffixed with "_TTA".
+        """
+        logger.info("Running inference with test-time augmentation ...")
+        model = SemanticSegmentorWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, model, evaluators)
+        return OrderedDict((name + "_TTA", value) for name, value in results.items())

@@ -1,0 +1,280 @@
+"""The Mask2Former meta-architecture: backbone, mask-classification head, losses, inference.
+
+Shape legend:
+    N: images in the batch, Q: queries, K: classes (without "no object"),
+    H, W: output (original image) size.
+"""
+
+from typing import Dict, List, Optional, Set, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import BitMasks, ImageList, Instances
+from torch import Tensor, nn
+
+from ..criterion import SetCriterion
+from ..postprocessing import (
+    instance_inference,
+    instance_queries,
+    panoptic_inference,
+    panoptic_queries,
+    resize_mask_logits,
+    semantic_inference,
+)
+
+__all__ = ["MaskFormer"]
+
+
+@META_ARCH_REGISTRY.register()
+class MaskFormer(nn.Module):
+    """Mask classification model: a set of (class, mask) predictions per image.
+
+    Training input: a list of dicts with "image" (3, H, W) in INPUT.FORMAT and "instances"
+    (``gt_classes`` (M,), ``gt_masks`` BitMasks or (M, H, W) bool); returns the weighted losses.
+    Inference input: dicts with "image" and optionally the output "height"/"width" (default: the
+    image size); returns per image "sem_seg" (K, H, W) probabilities, "panoptic_seg"
+    ((H, W) int32 segment ids, segments_info) and "instances", each when its flag is on.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        sem_seg_head: nn.Module,
+        criterion: SetCriterion,
+        num_queries: int,
+        object_mask_threshold: float,
+        overlap_threshold: float,
+        mask_threshold: float,
+        metadata: Metadata,
+        size_divisibility: int,
+        sem_seg_postprocess_before_inference: bool,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        semantic_on: bool,
+        panoptic_on: bool,
+        instance_on: bool,
+        test_topk_per_image: int,
+    ):
+        """
+        Args:
+            backbone: detectron2 backbone.
+            sem_seg_head: head returning "pred_logits", "pred_masks" and "aux_outputs".
+            criterion: losses; its ``weight_dict`` weights them and selects those returned.
+            num_queries: number of queries Q.
+            object_mask_threshold: panoptic inference keeps queries with class score above it.
+            overlap_threshold: panoptic inference keeps segments that keep at least this
+                fraction of their mask.
+            mask_threshold: probability at which masks are binarised.
+            metadata: dataset metadata; ``thing_dataset_id_to_contiguous_id`` tells thing
+                classes apart for panoptic and (with panoptic_on) instance inference.
+            size_divisibility: pad batches to a multiple of this; negative: the backbone's.
+            sem_seg_postprocess_before_inference: resize masks to the output size before
+                semantic inference (forced when panoptic or instance inference is on).
+            pixel_mean, pixel_std: per-channel normalisation, in INPUT.FORMAT order.
+            semantic_on, panoptic_on, instance_on: which outputs inference returns.
+            test_topk_per_image: instances returned per image (before the thing filter).
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        self.num_queries = num_queries
+        self.object_mask_threshold = object_mask_threshold
+        self.overlap_threshold = overlap_threshold
+        self.mask_threshold = mask_threshold
+        self.metadata = metadata
+        if size_divisibility < 0:
+            size_divisibility = backbone.size_divisibility
+        self.size_divisibility = size_divisibility
+        self.sem_seg_postprocess_before_inference = (
+            sem_seg_postprocess_before_inference or panoptic_on or instance_on
+        )
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.semantic_on = semantic_on
+        self.panoptic_on = panoptic_on
+        self.instance_on = instance_on
+        self.test_topk_per_image = test_topk_per_image
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        backbone = build_backbone(cfg)
+        test = cfg.MODEL.MASK_FORMER.TEST
+        return {
+            "backbone": backbone,
+            "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
+            "criterion": SetCriterion(cfg),
+            "num_queries": cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "mask_threshold": test.MASK_THRESHOLD,
+            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]),
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            "sem_seg_postprocess_before_inference": test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "semantic_on": test.SEMANTIC_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: List[Dict]) -> object:
+        """Losses (training) or per-image results (inference); see the class docstring."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        outputs = self.sem_seg_head(features)
+        if self.training:
+            return self.losses(outputs, batched_inputs, images)
+        return self.inference(outputs, batched_inputs, images)
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise and pad the images into one (N, 3, H_pad, W_pad) batch."""
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def losses(
+        self, outputs: Dict, batched_inputs: List[Dict], images: ImageList
+    ) -> Dict[str, Tensor]:
+        """Weighted criterion losses; losses without a weight in ``weight_dict`` are dropped."""
+        if "instances" not in batched_inputs[0]:
+            raise ValueError(
+                "MaskFormer: training inputs need 'instances' (gt_classes, gt_masks); use a "
+                "dataset mapper that produces them (INPUT.DATASET_MAPPER_NAME)."
+            )
+        targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
+        losses = self.criterion(outputs, targets)
+        weight_dict = self.criterion.weight_dict
+        return {
+            name: loss * weight_dict[name] for name, loss in losses.items() if name in weight_dict
+        }
+
+    def prepare_targets(
+        self, gt_instances: List[Instances], images: ImageList
+    ) -> List[Dict[str, Tensor]]:
+        """Criterion targets: labels (M,) and masks (M, H_pad, W_pad) zero-padded like images."""
+        padded_h, padded_w = images.tensor.shape[-2:]
+        targets = []
+        for instances in gt_instances:
+            gt_masks = instances.gt_masks
+            if isinstance(gt_masks, BitMasks):
+                gt_masks = gt_masks.tensor
+            gt_masks = gt_masks.to(self.device)
+            height, width = gt_masks.shape[-2:]
+            padded = gt_masks.new_zeros((len(gt_masks), padded_h, padded_w))
+            padded[:, :height, :width] = gt_masks
+            targets.append({"labels": instances.gt_classes.to(self.device), "masks": padded})
+        return targets
+
+    def inference(
+        self, outputs: Dict, batched_inputs: List[Dict], images: ImageList
+    ) -> List[Dict[str, object]]:
+        """Per-image outputs at each input's "height" x "width", computed in float32."""
+        padded_size = tuple(images.tensor.shape[-2:])
+        class_logits = outputs["pred_logits"].float()
+        mask_logits = outputs["pred_masks"].float()
+        results = []
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            for index, (inputs, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
+                output_size = (
+                    inputs.get("height", image_size[0]),
+                    inputs.get("width", image_size[1]),
+                )
+                results.append(
+                    self.inference_single_image(
+                        class_logits[index],
+                        mask_logits[index],
+                        padded_size,
+                        image_size,
+                        output_size,
+                    )
+                )
+        return results
+
+    def inference_single_image(
+        self,
+        class_logits: Tensor,
+        mask_logits: Tensor,
+        padded_size: Tuple[int, int],
+        image_size: Tuple[int, int],
+        output_size: Tuple[int, int],
+    ) -> Dict[str, object]:
+        """The enabled outputs of one image.
+
+        Args:
+            class_logits: (Q, K+1).
+            mask_logits: (Q, H_pad / 4, W_pad / 4).
+            padded_size: (H_pad, W_pad) of the batch.
+            image_size: size of this image inside the padded batch.
+            output_size: (H, W) of the results.
+        """
+        result = {}
+        if not self.sem_seg_postprocess_before_inference:
+            # Semantic only, the official order: infer at the input resolution, then resize.
+            mask_probs = resize_mask_logits(mask_logits, padded_size, image_size, image_size)
+            sem_seg = semantic_inference(class_logits, mask_probs.sigmoid_())
+            result["sem_seg"] = sem_seg_postprocess(sem_seg, image_size, *output_size)
+            return result
+        queries = self._queries_needed(class_logits)
+        if queries is not None:
+            class_logits, mask_logits = class_logits[queries], mask_logits[queries]
+        mask_probs = resize_mask_logits(mask_logits, padded_size, image_size, output_size)
+        mask_probs = mask_probs.sigmoid_()
+        if self.semantic_on:
+            result["sem_seg"] = semantic_inference(class_logits, mask_probs)
+        if self.panoptic_on:
+            result["panoptic_seg"] = panoptic_inference(
+                class_logits,
+                mask_probs,
+                thing_classes=self._thing_classes(),
+                object_mask_threshold=self.object_mask_threshold,
+                overlap_threshold=self.overlap_threshold,
+                mask_threshold=self.mask_threshold,
+            )
+        if self.instance_on:
+            result["instances"] = instance_inference(
+                class_logits,
+                mask_probs,
+                topk=self.test_topk_per_image,
+                mask_threshold=self.mask_threshold,
+                thing_classes=self._thing_classes() if self.panoptic_on else None,
+            )
+        return result
+
+    def _queries_needed(self, class_logits: Tensor) -> Optional[Tensor]:
+        """Sorted indices of the queries whose masks the enabled outputs read; None for all.
+
+        Panoptic and instance results computed on this subset equal those on all queries.
+        """
+        if self.semantic_on:
+            return None
+        needed = torch.zeros(len(class_logits), dtype=torch.bool, device=class_logits.device)
+        if self.panoptic_on:
+            needed |= panoptic_queries(class_logits, self.object_mask_threshold)
+        if self.instance_on:
+            thing_classes = self._thing_classes() if self.panoptic_on else None
+            _, _, queries = instance_queries(class_logits, self.test_topk_per_image, thing_classes)
+            needed[queries] = True
+        return needed.nonzero().squeeze(1)
+
+    def _thing_classes(self) -> Set[int]:
+        """Contiguous ids of the thing classes, from the metadata."""
+        mapping = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None)
+        if mapping is None:
+            raise ValueError(
+                f"MaskFormer: metadata of {self.metadata.name!r} has no "
+                "thing_dataset_id_to_contiguous_id, needed by panoptic inference; register the "
+                "dataset with it or set MODEL.MASK_FORMER.TEST.PANOPTIC_ON False."
+            )
+        return set(mapping.values())

@@ -1,0 +1,89 @@
+"""The Mask2Former head: a pixel decoder followed by a transformer decoder."""
+
+from typing import Dict
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import nn
+
+from ..pixel_decoder.build import build_pixel_decoder
+from ..transformer_decoder.build import build_transformer_decoder
+
+__all__ = ["MaskFormerHead"]
+
+# Values of MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE this head supports: the transformer
+# decoder reads the pixel decoder's multi-scale features (every official Mask2Former config).
+_SUPPORTED_TRANSFORMER_IN_FEATURES = ("multi_scale_pixel_decoder",)
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class MaskFormerHead(nn.Module):
+    """Pixel decoder (``pixel_decoder``) then transformer decoder (``predictor``).
+
+    Called as ``forward(features) -> dict``: ``features`` are the backbone maps by name;
+    the result is the transformer decoder's dict ("pred_logits" (N, Q, K + 1), "pred_masks"
+    (N, Q, H / 4, W / 4), "aux_outputs"), see ``TRANSFORMER_DECODER_REGISTRY``.
+    State-dict prefixes ``pixel_decoder.*`` and ``predictor.*`` are the official ones.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        pixel_decoder: nn.Module,
+        transformer_predictor: nn.Module,
+        transformer_in_feature: str = "multi_scale_pixel_decoder",
+    ):
+        """
+        Args:
+            input_shape: backbone features the head reads (name -> ShapeSpec).
+            pixel_decoder: a module from ``PIXEL_DECODER_REGISTRY``.
+            transformer_predictor: a module from ``TRANSFORMER_DECODER_REGISTRY``.
+            transformer_in_feature: what the transformer decoder reads; only
+                "multi_scale_pixel_decoder" (the pixel decoder's multi-scale features).
+        """
+        super().__init__()
+        if transformer_in_feature not in _SUPPORTED_TRANSFORMER_IN_FEATURES:
+            raise ValueError(
+                f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE={transformer_in_feature!r} is not "
+                f"supported by MaskFormerHead; use one of {_SUPPORTED_TRANSFORMER_IN_FEATURES} "
+                "(the value of every official Mask2Former config)."
+            )
+        self.in_features = sorted(input_shape, key=lambda name: input_shape[name].stride)
+        self.transformer_in_feature = transformer_in_feature
+        self.pixel_decoder = pixel_decoder
+        self.predictor = transformer_predictor
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        head = cfg.MODEL.SEM_SEG_HEAD
+        missing = [name for name in head.IN_FEATURES if name not in input_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.IN_FEATURES names {missing}, which the backbone does not "
+                f"output (it has {sorted(input_shape)})."
+            )
+        input_shape = {k: v for k, v in input_shape.items() if k in head.IN_FEATURES}
+        return {
+            "input_shape": input_shape,
+            "pixel_decoder": build_pixel_decoder(cfg, input_shape),
+            # The multi-scale features have CONVS_DIM channels.
+            "transformer_predictor": build_transformer_decoder(
+                cfg, head.CONVS_DIM, mask_classification=True
+            ),
+            "transformer_in_feature": cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE,
+        }
+
+    def forward(self, features: Dict[str, torch.Tensor]) -> Dict[str, object]:
+        """
+        Args:
+            features: backbone maps by name, (N, C_k, H / s_k, W / s_k).
+
+        Returns:
+            the transformer decoder's prediction dict.
+        """
+        mask_features, multi_scale_features = self.pixel_decoder(features)
+        return self.predictor(multi_scale_features, mask_features)

@@ -1,0 +1,234 @@
+"""Mask2Former's transformer decoder: masked cross-attention over multi-scale features.
+
+Shape legend:
+    N: batch, Q: queries, C: hidden dim, K: classes, M: attention heads,
+    H_l, W_l: size of feature level l, H, W: size of the mask features (1/4 of the image).
+Sequences inside the decoder are sequence-first: queries (Q, N, C), memory (H_l * W_l, N, C).
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import fvcore.nn.weight_init as weight_init
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import Conv2d
+from torch import nn
+
+from ..layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+from ..position_encoding import PositionEmbeddingSine
+from .build import TRANSFORMER_DECODER_REGISTRY
+
+__all__ = ["MultiScaleMaskedTransformerDecoder"]
+
+
+@TRANSFORMER_DECODER_REGISTRY.register()
+class MultiScaleMaskedTransformerDecoder(nn.Module):
+    """Learnable queries refined by masked cross-attention, self-attention and an FFN.
+
+    Layer i attends to feature level ``i % num_feature_levels`` (round robin, lowest
+    resolution first) with sine position and learnable level embeddings. Each query attends
+    only where the previous prediction's mask, resized to that level, has probability of at
+    least ``mask_threshold``; a query whose mask is empty attends everywhere.
+
+    A prediction (class logits, mask logits) is made from the learnable queries before the
+    first layer and after every layer, ``num_layers + 1`` in all; the last is the output and
+    the others are ``aux_outputs`` (returned always, in training and inference; the criterion
+    uses them when deep supervision is on).
+
+    Parameter names are those of the official checkpoints.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        in_channels: int,
+        mask_classification: bool = True,
+        *,
+        num_classes: int,
+        hidden_dim: int,
+        num_queries: int,
+        nheads: int,
+        dim_feedforward: int,
+        dec_layers: int,
+        pre_norm: bool,
+        mask_dim: int,
+        enforce_input_project: bool,
+        num_feature_levels: int = 3,
+        mask_threshold: float = 0.5,
+    ):
+        """
+        Args:
+            in_channels: channels of the multi-scale features.
+            mask_classification: must be True (classes are predicted per query).
+            num_classes: K; the class head has K + 1 outputs, the last meaning "no object".
+            hidden_dim: C, width of queries and attention.
+            num_queries: Q.
+            nheads: attention heads M.
+            dim_feedforward: hidden width of the FFNs.
+            dec_layers: number of attention layers (cross, self, FFN). Note that the config
+                key MODEL.MASK_FORMER.DEC_LAYERS counts one more (the learnable-query
+                prediction); ``from_config`` subtracts it.
+            pre_norm: LayerNorm before (True) or after (False) each block.
+            mask_dim: channels of the mask features and of the mask embeddings.
+            enforce_input_project: project the features with a 1x1 conv even when
+                ``in_channels == hidden_dim``.
+            num_feature_levels: number of multi-scale features attended to in turn.
+            mask_threshold: mask probability below which a position is hidden from a query.
+        """
+        super().__init__()
+        if not mask_classification:
+            raise ValueError(
+                "MultiScaleMaskedTransformerDecoder only supports mask classification "
+                "(mask_classification=True)."
+            )
+        self.mask_classification = mask_classification
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        self.num_heads = nheads
+        self.num_layers = dec_layers
+        self.mask_threshold = mask_threshold
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm)
+            for _ in range(dec_layers)
+        )
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm)
+            for _ in range(dec_layers)
+        )
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward, dropout=0.0, normalize_before=pre_norm)
+            for _ in range(dec_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+
+        self.num_queries = num_queries
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+
+        self.num_feature_levels = num_feature_levels
+        self.level_embed = nn.Embedding(num_feature_levels, hidden_dim)
+        self.input_proj = nn.ModuleList()
+        for _ in range(num_feature_levels):
+            if in_channels != hidden_dim or enforce_input_project:
+                projection = Conv2d(in_channels, hidden_dim, kernel_size=1)
+                weight_init.c2_xavier_fill(projection)
+            else:
+                projection = nn.Identity()
+            self.input_proj.append(projection)
+
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    @classmethod
+    def from_config(cls, cfg, in_channels: int, mask_classification: bool):
+        mask_former = cfg.MODEL.MASK_FORMER
+        if mask_former.DEC_LAYERS < 1:
+            raise ValueError(
+                f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1 (it counts the prediction from the "
+                f"learnable queries as a layer), got {mask_former.DEC_LAYERS}."
+            )
+        return {
+            "in_channels": in_channels,
+            "mask_classification": mask_classification,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "hidden_dim": mask_former.HIDDEN_DIM,
+            "num_queries": mask_former.NUM_OBJECT_QUERIES,
+            "nheads": mask_former.NHEADS,
+            "dim_feedforward": mask_former.DIM_FEEDFORWARD,
+            # DEC_LAYERS counts the learnable-query prediction as a layer.
+            "dec_layers": mask_former.DEC_LAYERS - 1,
+            "pre_norm": mask_former.PRE_NORM,
+            "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+            "enforce_input_project": mask_former.ENFORCE_INPUT_PROJ,
+            "num_feature_levels": mask_former.NUM_FEATURE_LEVELS,
+            "mask_threshold": mask_former.MASK_ATTENTION_THRESHOLD,
+        }
+
+    def forward(
+        self,
+        multi_scale_features: List[torch.Tensor],
+        mask_features: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+    ) -> Dict[str, object]:
+        """
+        Args:
+            multi_scale_features: ``num_feature_levels`` maps (N, in_channels, H_l, W_l).
+            mask_features: (N, mask_dim, H, W).
+            mask: unused (kept for the official call signature).
+
+        Returns:
+            dict with "pred_logits" (N, Q, K + 1), "pred_masks" (N, Q, H, W) logits, and
+            "aux_outputs": ``num_layers`` dicts with the same keys, the earlier predictions
+            (the learnable-query one first).
+        """
+        del mask
+        if len(multi_scale_features) != self.num_feature_levels:
+            raise ValueError(
+                f"Expected {self.num_feature_levels} multi-scale features, got "
+                f"{len(multi_scale_features)}; the pixel decoder and the transformer decoder "
+                "disagree on the number of levels."
+            )
+        memories, positions, sizes = [], [], []
+        for level, features in enumerate(multi_scale_features):
+            sizes.append(features.shape[-2:])
+            # (N, C, H_l, W_l) -> (H_l * W_l, N, C)
+            positions.append(self.pe_layer(features).flatten(2).permute(2, 0, 1))
+            memory = self.input_proj[level](features).flatten(2)
+            memory = memory + self.level_embed.weight[level][None, :, None]
+            memories.append(memory.permute(2, 0, 1))
+
+        batch = mask_features.shape[0]
+        query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, batch, -1)
+        queries = self.query_feat.weight.unsqueeze(1).expand(-1, batch, -1)
+
+        class_logits, mask_logits = self._predict(queries, mask_features)
+        predictions = [(class_logits, mask_logits)]
+        for index in range(self.num_layers):
+            level = index % self.num_feature_levels
+            attn_mask = self._attention_mask(mask_logits, sizes[level])
+            queries = self.transformer_cross_attention_layers[index](
+                queries,
+                memories[level],
+                memory_mask=attn_mask,
+                pos=positions[level],
+                query_pos=query_pos,
+            )
+            queries = self.transformer_self_attention_layers[index](queries, query_pos=query_pos)
+            queries = self.transformer_ffn_layers[index](queries)
+            class_logits, mask_logits = self._predict(queries, mask_features)
+            predictions.append((class_logits, mask_logits))
+
+        return {
+            "pred_logits": predictions[-1][0],
+            "pred_masks": predictions[-1][1],
+            "aux_outputs": [
+                {"pred_logits": logits, "pred_masks": masks} for logits, masks in predictions[:-1]
+            ],
+        }
+
+    def _predict(
+        self, queries: torch.Tensor, mask_features: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(Q, N, C) queries -> class logits (N, Q, K + 1) and mask logits (N, Q, H, W)."""
+        decoded = self.decoder_norm(queries).transpose(0, 1)
+        mask_embed = self.mask_embed(decoded)
+        mask_logits = torch.einsum("nqc,nchw->nqhw", mask_embed, mask_features)
+        return self.class_embed(decoded), mask_logits
+
+    def _attention_mask(self, mask_logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Where each query may not look at the next level.
+
+        Args:
+            mask_logits: (N, Q, H, W) previous mask prediction.
+            size: (H_l, W_l) of the level attended to next.
+
+        Returns:
+            (N * M, Q, H_l * W_l) bool, True = hidden; never True on a whole row.
+        """
+        resized = F.interpolate(
+            mask_logits.detach(), size=size, mode="bilinear", align_corners=False
+        )
+        hidden = resized.sigmoid().flatten(2) < self.mask_threshold
+        # A query with an empty mask attends everywhere (an all-hidden row would give NaN).
+        hidden &= ~hidden.all(-1, keepdim=True)
+        return hidden.repeat_interleave(self.num_heads, dim=0)

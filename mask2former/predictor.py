@@ -1,0 +1,266 @@
+"""Python API: run a Mask2Former model on images.
+
+Example::
+
+    from mask2former import Predictor
+
+    predictor = Predictor("configs/shapes/maskformer2_R18_panoptic.yaml", "model_final.pth")
+    prediction = predictor("image.jpg")           # one image -> Prediction
+    predictions = predictor([array, pil_image])   # a list -> list of Prediction
+    for segment in prediction.panoptic.segments:
+        print(segment["category_name"], segment["area"])
+
+Shapes: H, W: the size of an input image (results come back at this size); K: classes.
+"""
+
+import logging
+import os
+from contextlib import nullcontext
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+from detectron2.modeling import build_model
+
+from . import data as _data  # noqa: F401  only registration (data set metadata)
+from . import modeling as _modeling  # noqa: F401  only registration (model parts)
+from .config import load_config
+from .utils.image_io import ImageSource, read_image
+from .utils.results import Prediction, prediction_from_model_output
+from .utils.visualization import TASKS, class_names_from_metadata
+
+__all__ = ["Predictor", "WeightsNotFoundError", "PRECISIONS"]
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_REMOTE_PREFIXES = ("http://", "https://", "detectron2://", "catalog://", "manifold://")
+_TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The weights file given to the predictor does not exist."""
+
+
+def _check_weights(weights: str) -> None:
+    if not weights or weights.startswith(_REMOTE_PREFIXES) or os.path.isfile(weights):
+        return
+    raise WeightsNotFoundError(
+        f"Weights file '{weights}' does not exist. Pass the path of a trained checkpoint "
+        "(e.g. output/.../model_final.pth or an official model-zoo .pkl), or set "
+        "MODEL.WEIGHTS to '' to run a randomly initialised model."
+    )
+
+
+def _resolve_device(requested: Optional[str], configured: str) -> torch.device:
+    if requested is not None:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device={requested!r} was asked for, but CUDA is not available.")
+        return device
+    device = torch.device(configured)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        logger.warning(
+            "MODEL.DEVICE is %r but CUDA is not available: running on the CPU.", configured
+        )
+        return torch.device("cpu")
+    return device
+
+
+def _metadata(cfg: CfgNode) -> Metadata:
+    if len(cfg.DATASETS.TEST):
+        return MetadataCatalog.get(cfg.DATASETS.TEST[0])
+    return Metadata(name="no test data set")
+
+
+class Predictor:
+    """Builds a Mask2Former model from a config, loads its weights and predicts on images.
+
+    Images are read into INPUT.FORMAT, resized so that the short side is INPUT.MIN_SIZE_TEST
+    (the long side at most INPUT.MAX_SIZE_TEST), run in batches on the model's device, and
+    the results come back at each image's own size.
+
+    Attributes:
+        cfg: the frozen config the model was built from.
+        model: the model, in eval mode.
+        metadata: metadata of the first test data set (class names and colours).
+        class_names: names of the model's K classes.
+        device: where the model runs.
+    """
+
+    def __init__(
+        self,
+        cfg_or_path: Union[CfgNode, str, os.PathLike],
+        weights: Optional[str] = None,
+        *,
+        device: Optional[str] = None,
+        precision: str = "fp32",
+        opts: Optional[Sequence[str]] = None,
+        tasks: Optional[Sequence[str]] = None,
+        score_threshold: float = 0.0,
+        return_probabilities: bool = False,
+        array_channel_order: str = "RGB",
+    ):
+        """
+        Args:
+            cfg_or_path: a config (with the Mask2Former keys) or the path of a YAML file.
+            weights: checkpoint to load; None uses MODEL.WEIGHTS, "" keeps the random
+                initialisation.
+            device: "cpu", "cuda", "cuda:1", ...; None uses MODEL.DEVICE (the CPU when
+                CUDA is not available).
+            precision: "fp32", or "bf16" / "fp16" to run under autocast.
+            opts: config overrides ``["KEY", "VALUE", ...]``.
+            tasks: outputs to compute among "panoptic", "instance", "semantic"; None keeps
+                the config's MODEL.MASK_FORMER.TEST.*_ON switches.
+            score_threshold: instances scoring below it are dropped.
+            return_probabilities: keep the (K, H, W) semantic scores in the results.
+            array_channel_order: channel order of numpy array inputs, "RGB" (PIL, imageio,
+                matplotlib) or "BGR" (OpenCV).
+
+        Raises:
+            FileNotFoundError: the config file is missing.
+            mask2former.config.UnknownConfigKeyError: a config key or override is misspelt.
+            WeightsNotFoundError: the weights file is missing.
+            ValueError: unknown precision or task.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}.")
+        cfg = self._build_config(cfg_or_path, opts, tasks)
+        weights = cfg.MODEL.WEIGHTS if weights is None else weights
+        _check_weights(weights)
+        self.device = _resolve_device(device, cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = str(self.device)
+        cfg.MODEL.WEIGHTS = weights
+        cfg.freeze()
+        self.cfg = cfg
+
+        self.model = build_model(cfg)
+        self.model.eval()
+        if weights:
+            DetectionCheckpointer(self.model).load(weights)
+        else:
+            logger.warning("No weights given: the model is randomly initialised.")
+
+        self.metadata = _metadata(cfg)
+        self.class_names = class_names_from_metadata(
+            self.metadata, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        )
+        self.input_format = cfg.INPUT.FORMAT
+        self.resize = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.precision = precision
+        self.score_threshold = score_threshold
+        self.return_probabilities = return_probabilities
+        self.array_channel_order = array_channel_order
+
+    @staticmethod
+    def _build_config(cfg_or_path, opts, tasks) -> CfgNode:
+        if isinstance(cfg_or_path, CfgNode):
+            cfg = cfg_or_path.clone()
+            cfg.defrost()
+            if opts:
+                cfg.merge_from_list(list(opts))
+        else:
+            cfg = load_config(os.fspath(cfg_or_path), opts)
+        if tasks is not None:
+            unknown = sorted(set(tasks) - set(TASKS))
+            if unknown or not tasks:
+                raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}.")
+            for task, key in _TASK_KEYS.items():
+                cfg.MODEL.MASK_FORMER.TEST[key] = task in tasks
+        return cfg
+
+    def read(self, image: ImageSource) -> np.ndarray:
+        """Read one image (path, numpy array or PIL image) into (H, W, 3) uint8 INPUT.FORMAT.
+
+        Raises:
+            mask2former.utils.ImageReadError: the image cannot be read.
+        """
+        return read_image(image, self.input_format, array_channel_order=self.array_channel_order)
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def predict_arrays(self, images: Sequence[np.ndarray]) -> List[Prediction]:
+        """Run the model on images already read by :meth:`read`, as one batch.
+
+        Args:
+            images: (H, W, 3) uint8 arrays in INPUT.FORMAT.
+
+        Returns:
+            One :class:`Prediction` per image, at the image's size.
+        """
+        inputs = []
+        for image in images:
+            height, width = image.shape[:2]
+            resized = self.resize.get_transform(image).apply_image(image)
+            tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+            inputs.append(
+                {"image": tensor.to(self.device, torch.float32), "height": height, "width": width}
+            )
+        if not inputs:
+            return []
+        with self._autocast():
+            outputs = self.model(inputs)
+        return [
+            prediction_from_model_output(
+                output,
+                image.shape[:2],
+                class_names=self.class_names,
+                score_threshold=self.score_threshold,
+                keep_probabilities=self.return_probabilities,
+            )
+            for output, image in zip(outputs, images)
+        ]
+
+    def __call__(
+        self, image_or_batch: Union[ImageSource, Sequence[ImageSource]]
+    ) -> Union[Prediction, List[Prediction]]:
+        """Predict on one image or a list of images, run as one batch.
+
+        Args:
+            image_or_batch: a path, an (H, W[, C]) numpy array, a PIL image, or a list or
+                tuple of them.
+
+        Returns:
+            A :class:`~mask2former.utils.results.Prediction` for one image, a list of them
+            for a list.
+
+        Raises:
+            mask2former.utils.ImageReadError: an image cannot be read (nothing is run).
+        """
+        if isinstance(image_or_batch, (list, tuple)):
+            return self.predict_arrays([self.read(image) for image in image_or_batch])
+        return self.predict_arrays([self.read(image_or_batch)])[0]
+
+    def predict_batch(
+        self, images: Iterable[ImageSource], batch_size: int = 1
+    ) -> Iterator[Prediction]:
+        """Predict on many images, ``batch_size`` at a time, yielding results in order.
+
+        Only one batch of images is held in memory at a time, so ``images`` may be a long
+        generator (e.g. video frames).
+
+        Raises:
+            mask2former.utils.ImageReadError: an image cannot be read.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        batch: List[np.ndarray] = []
+        for image in images:
+            batch.append(self.read(image))
+            if len(batch) == batch_size:
+                yield from self.predict_arrays(batch)
+                batch = []
+        if batch:
+            yield from self.predict_arrays(batch)

@@ -1,0 +1,478 @@
+"""The demo behind ``demo/demo.py``: images, videos and a webcam through a :class:`Predictor`.
+
+For every input image the demo writes, into the output folder:
+
+- ``NAME.EXT``: the picture of the chosen task's prediction (``--task``);
+- ``NAME.panoptic.png`` + ``NAME.panoptic.json``: panoptic result (COCO panoptic format);
+- ``NAME.instances.json``: instances (COCO results list, RLE masks, XYWH boxes, scores);
+- ``NAME.semantic.png``: semantic label map (uint8 class indices);
+
+the machine-readable files for every task the config switches on. A video gives a video of
+pictures with the source's frame rate and size.
+
+Bad inputs do not stop a run: each one is reported (file and reason) at the end, after every
+good input has been written, and the exit status is then 1.
+"""
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from detectron2.config import CfgNode
+from detectron2.data.catalog import Metadata
+from tqdm import tqdm
+
+from ..config import UnknownConfigKeyError, load_config
+from ..predictor import Predictor, WeightsNotFoundError
+from .export import write_instances, write_panoptic, write_semantic
+from .image_io import ImageReadError, expand_image_inputs, read_image
+from .results import Prediction
+from .visualization import TASKS, VideoPredictionDrawer, display_metadata, draw_prediction
+
+__all__ = [
+    "DemoError",
+    "DemoReport",
+    "build_argument_parser",
+    "default_task",
+    "run_demo",
+    "run_images",
+    "run_video",
+    "run_webcam",
+]
+
+logger = logging.getLogger(__name__)
+
+_TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
+# Picture formats written with the input's extension; others are written as PNG.
+_PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+_VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
+DEFAULT_OUTPUT = os.path.join("output", "demo")
+
+
+class DemoError(Exception):
+    """A problem that stops the demo (bad config, weights, video); the message says what to do."""
+
+
+@dataclass
+class DemoReport:
+    """What a demo run did.
+
+    Attributes:
+        written: paths of the files written.
+        failures: (input, reason) for every input that could not be processed.
+    """
+
+    written: List[str] = field(default_factory=list)
+    failures: List[Tuple[str, str]] = field(default_factory=list)
+
+
+def build_argument_parser() -> argparse.ArgumentParser:
+    """The demo's command line (``demo/demo.py --help``)."""
+    parser = argparse.ArgumentParser(
+        description="Mask2Former demo: segment images, a video or a webcam stream.",
+        epilog="Example: python demo/demo.py --config-file configs/shapes/FILE.yaml "
+        "--input datasets/shapes/images/val --output output/demo --opts MODEL.WEIGHTS "
+        "output/quickstart/model_final.pth",
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config YAML file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--input", nargs="+", metavar="PATH", help="image files, globs ('imgs/*.jpg') or folders"
+    )
+    source.add_argument("--video-input", metavar="FILE", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="the first webcam")
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        help=f"output folder, or a file for a single image or a video (default: "
+        f"{DEFAULT_OUTPUT}; for --webcam: show a window)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        help="what to draw (default: the first of panoptic, instance, semantic the config "
+        "switches on); switched on when the config has it off",
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="instances scoring below it are dropped (default: 0.5)",
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype"
+    )
+    parser.add_argument("--device", help="cpu, cuda, ... (default: MODEL.DEVICE)")
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth (takes the rest of the line)",
+    )
+    return parser
+
+
+def default_task(cfg: CfgNode) -> Optional[str]:
+    """The first of panoptic, instance, semantic that the config switches on (or None)."""
+    for task in TASKS:
+        if cfg.MODEL.MASK_FORMER.TEST[_TASK_KEYS[task]]:
+            return task
+    return None
+
+
+def _load_config(args: argparse.Namespace) -> CfgNode:
+    try:
+        return load_config(args.config_file, args.opts)
+    except FileNotFoundError as error:
+        raise DemoError(f"{error} Pass an existing YAML file to --config-file.") from error
+    except UnknownConfigKeyError as error:
+        raise DemoError(str(error)) from error
+    except ValueError as error:
+        raise DemoError(f"{error} Give --opts as KEY VALUE pairs.") from error
+
+
+class _OutputNamer:
+    """Output paths for each input: one file when --output is a file, else a folder."""
+
+    def __init__(self, output: str, single_file: bool):
+        self.output = output
+        self.single_file = single_file
+        self._used: Dict[str, int] = {}
+
+    def paths(self, input_name: str) -> Dict[str, str]:
+        if self.single_file:
+            folder = os.path.dirname(self.output) or "."
+            stem, extension = os.path.splitext(os.path.basename(self.output))
+            picture = self.output
+        else:
+            folder = self.output
+            stem, extension = os.path.splitext(os.path.basename(input_name))
+            count = self._used.get(stem, 0)
+            self._used[stem] = count + 1
+            stem = stem if count == 0 else f"{stem}_{count}"
+            if extension.lower() not in _PICTURE_EXTENSIONS:
+                extension = ".png"
+            picture = os.path.join(folder, stem + extension)
+        os.makedirs(folder, exist_ok=True)
+        base = os.path.join(folder, stem)
+        return {
+            "picture": picture,
+            "panoptic_png": base + ".panoptic.png",
+            "panoptic_json": base + ".panoptic.json",
+            "instances_json": base + ".instances.json",
+            "semantic_png": base + ".semantic.png",
+            "stem": stem,
+        }
+
+
+def _is_file_output(output: str, num_inputs: int, extensions) -> bool:
+    if os.path.isdir(output):
+        return False
+    if os.path.splitext(output)[1].lower() not in extensions:
+        return False
+    if num_inputs > 1:
+        raise DemoError(
+            f"--output {output} is a file, but there are {num_inputs} inputs; give a folder."
+        )
+    return True
+
+
+def _write_image_results(
+    image_rgb: np.ndarray,
+    prediction: Prediction,
+    paths: Dict[str, str],
+    *,
+    task: str,
+    shown: Metadata,
+    dataset_metadata: Metadata,
+) -> List[str]:
+    """Write the picture (``shown``: see display_metadata) and every result; return the paths."""
+    written = []
+    picture = draw_prediction(image_rgb, prediction, task, shown)
+    if not cv2.imwrite(paths["picture"], picture[:, :, ::-1]):
+        raise OSError(f"could not write {paths['picture']}; check that the folder is writable")
+    written.append(paths["picture"])
+    if prediction.panoptic is not None:
+        write_panoptic(
+            prediction.panoptic,
+            paths["panoptic_png"],
+            paths["panoptic_json"],
+            image_id=paths["stem"],
+            metadata=dataset_metadata,
+        )
+        written += [paths["panoptic_png"], paths["panoptic_json"]]
+    if prediction.instances is not None:
+        write_instances(
+            prediction.instances,
+            paths["instances_json"],
+            image_id=paths["stem"],
+            metadata=dataset_metadata,
+        )
+        written.append(paths["instances_json"])
+    if prediction.semantic is not None:
+        write_semantic(prediction.semantic, paths["semantic_png"])
+        written.append(paths["semantic_png"])
+    return written
+
+
+def _batches(items: Sequence[str], batch_size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+def run_images(
+    predictor: Predictor,
+    patterns: Sequence[str],
+    output: str,
+    task: str,
+    *,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> DemoReport:
+    """Predict on image files and write pictures and results; bad inputs are collected.
+
+    Args:
+        predictor: a :class:`mask2former.Predictor`.
+        patterns: files, globs or folders (see :func:`expand_image_inputs`).
+        output: a folder, or a file name (with an image extension) for a single input.
+        task: the task drawn in the pictures.
+        batch_size: images per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        The files written and the inputs that failed.
+    """
+    report = DemoReport()
+    files = expand_image_inputs(patterns)
+    namer = _OutputNamer(output, _is_file_output(output, len(files), _PICTURE_EXTENSIONS))
+    shown = display_metadata(predictor.metadata, len(predictor.class_names))
+    bar = tqdm(total=len(files), unit="image", disable=not progress)
+    for batch in _batches(files, batch_size):
+        names, images = [], []
+        for name in batch:
+            try:
+                images.append(predictor.read(name))
+                names.append(name)
+            except ImageReadError as error:
+                report.failures.append((name, str(error)))
+        for name, image, prediction in zip(names, images, predictor.predict_arrays(images)):
+            rgb = image if predictor.input_format == "RGB" else image[:, :, ::-1]
+            try:
+                report.written += _write_image_results(
+                    rgb,
+                    prediction,
+                    namer.paths(name),
+                    task=task,
+                    shown=shown,
+                    dataset_metadata=predictor.metadata,
+                )
+            except OSError as error:
+                report.failures.append((name, str(error)))
+        bar.update(len(batch))
+    bar.close()
+    return report
+
+
+def _open_video(path: str) -> cv2.VideoCapture:
+    if not os.path.exists(path):
+        raise DemoError(f"{path}: no such video file; check the path given to --video-input.")
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        capture.release()
+        raise DemoError(
+            f"{path}: cannot open the video (not a video, corrupt, or a codec OpenCV cannot "
+            "decode); convert it to an H.264 or MPEG-4 .mp4 file, e.g. with ffmpeg."
+        )
+    return capture
+
+
+def _video_writer(path: str, fps: float, size: Tuple[int, int]) -> cv2.VideoWriter:
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in _VIDEO_CODECS:
+        raise DemoError(
+            f"--output {path}: unsupported video extension; use one of {sorted(_VIDEO_CODECS)}."
+        )
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*_VIDEO_CODECS[extension]), fps, size)
+    if not writer.isOpened():
+        raise DemoError(f"{path}: cannot write a video there; check the folder is writable.")
+    return writer
+
+
+def _frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        yield frame
+
+
+def _draw_frames(
+    predictor: Predictor, frames_bgr: Sequence[np.ndarray], drawer
+) -> List[np.ndarray]:
+    """BGR frames -> BGR pictures."""
+    images = [
+        read_image(frame, predictor.input_format, array_channel_order="BGR") for frame in frames_bgr
+    ]
+    pictures = []
+    for image, prediction in zip(images, predictor.predict_arrays(images)):
+        rgb = image if predictor.input_format == "RGB" else image[:, :, ::-1]
+        picture = drawer.draw(rgb, prediction)[:, :, ::-1]
+        if picture.shape[:2] != rgb.shape[:2]:
+            picture = cv2.resize(picture, (rgb.shape[1], rgb.shape[0]))
+        pictures.append(np.ascontiguousarray(picture))
+    return pictures
+
+
+def run_video(
+    predictor: Predictor,
+    video_path: str,
+    output: str,
+    task: str,
+    *,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> DemoReport:
+    """Predict on every frame of a video and write a video of pictures.
+
+    Frames are read, predicted and written ``batch_size`` at a time, so memory does not grow
+    with the video's length. The output has the source's frame rate and frame size.
+
+    Args:
+        output: a video file (.mp4, .avi, ...) or a folder (then ``FOLDER/NAME.mp4``).
+
+    Raises:
+        DemoError: the video cannot be opened or the output cannot be written.
+    """
+    capture = _open_video(video_path)
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        if not fps or fps <= 0 or not np.isfinite(fps):
+            logger.warning("%s does not say its frame rate: writing 30 fps.", video_path)
+            fps = 30.0
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        if os.path.splitext(output)[1].lower() not in _VIDEO_CODECS or os.path.isdir(output):
+            stem = os.path.splitext(os.path.basename(video_path))[0]
+            output = os.path.join(output, stem + ".mp4")
+        writer = _video_writer(output, fps, (width, height))
+        drawer = VideoPredictionDrawer(
+            display_metadata(predictor.metadata, len(predictor.class_names)), task
+        )
+        num_frames = 0
+        try:
+            with tqdm(total=total, unit="frame", disable=not progress) as bar:
+                batch: List[np.ndarray] = []
+                for frame in _frames(capture):
+                    batch.append(frame)
+                    if len(batch) == batch_size:
+                        for picture in _draw_frames(predictor, batch, drawer):
+                            writer.write(picture)
+                        num_frames += len(batch)
+                        bar.update(len(batch))
+                        batch = []
+                if batch:
+                    for picture in _draw_frames(predictor, batch, drawer):
+                        writer.write(picture)
+                    num_frames += len(batch)
+                    bar.update(len(batch))
+        finally:
+            writer.release()
+    finally:
+        capture.release()
+    report = DemoReport(written=[output])
+    if num_frames == 0:
+        report.failures.append(
+            (video_path, "no frame could be decoded; the video is empty or corrupt")
+        )
+    return report
+
+
+def run_webcam(predictor: Predictor, output: Optional[str], task: str) -> DemoReport:
+    """Predict on the first webcam until Esc (window) or Ctrl-C; record to ``output`` if given.
+
+    Raises:
+        DemoError: no webcam, or no window can be shown and no ``output`` was given.
+    """
+    capture = cv2.VideoCapture(0)
+    if not capture.isOpened():
+        raise DemoError("cannot open webcam 0; check that a camera is connected and free.")
+    drawer = VideoPredictionDrawer(
+        display_metadata(predictor.metadata, len(predictor.class_names)), task
+    )
+    writer = None
+    report = DemoReport()
+    try:
+        for frame in _frames(capture):
+            picture = _draw_frames(predictor, [frame], drawer)[0]
+            if output is not None:
+                if writer is None:
+                    size = (picture.shape[1], picture.shape[0])
+                    writer = _video_writer(output, capture.get(cv2.CAP_PROP_FPS) or 30.0, size)
+                    report.written.append(output)
+                writer.write(picture)
+                continue
+            try:
+                cv2.imshow("Mask2Former", picture)
+            except cv2.error as error:
+                raise DemoError(
+                    "this OpenCV build cannot show windows (opencv-python-headless); pass "
+                    "--output FILE.mp4 to record the stream instead."
+                ) from error
+            if cv2.waitKey(1) == 27:
+                break
+    except KeyboardInterrupt:
+        logger.info("Stopped.")
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+        if output is None:
+            cv2.destroyAllWindows()
+    return report
+
+
+def run_demo(args: argparse.Namespace, *, progress: bool = True) -> DemoReport:
+    """Run the demo for parsed command-line arguments (see :func:`build_argument_parser`).
+
+    Raises:
+        DemoError: a problem that stops the whole run (config, weights, video, output).
+    """
+    if args.batch_size < 1:
+        raise DemoError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    cfg = _load_config(args)
+    task = args.task or default_task(cfg)
+    if task is None:
+        raise DemoError(
+            f"{args.config_file} switches every task off; pass --task panoptic|instance|semantic."
+        )
+    if args.video_input:
+        _open_video(args.video_input).release()  # fail before building the model
+    tasks = [name for name in TASKS if name == task or cfg.MODEL.MASK_FORMER.TEST[_TASK_KEYS[name]]]
+    try:
+        predictor = Predictor(
+            cfg,
+            device=args.device,
+            precision=args.precision,
+            tasks=tasks,
+            score_threshold=args.confidence_threshold,
+        )
+    except WeightsNotFoundError as error:
+        raise DemoError(f"{error} (set with --opts MODEL.WEIGHTS PATH)") from error
+    if args.webcam:
+        return run_webcam(predictor, args.output, task)
+    output = args.output or DEFAULT_OUTPUT
+    if args.video_input:
+        return run_video(
+            predictor, args.video_input, output, task, batch_size=args.batch_size, progress=progress
+        )
+    return run_images(
+        predictor, args.input, output, task, batch_size=args.batch_size, progress=progress
+    )

@@ -1,0 +1,165 @@
+"""Machine-readable files for predictions, in the formats of the COCO tools.
+
+- panoptic: a PNG of segment ids encoded with panopticapi's ``id2rgb`` and a JSON holding the
+  COCO panoptic annotation of the image (``file_name``, ``segments_info``) and the categories;
+- instances: a JSON list in the COCO results format (``pycocotools.coco.COCO.loadRes``
+  reads it): one dict per instance with an RLE ``segmentation``, an XYWH ``bbox`` and a
+  ``score``;
+- semantic: a PNG of class indices (uint8; uint16 when there are more than 256 classes).
+
+Category ids in the JSON files are the data set's ids (as in its annotation files) when the
+metadata maps them (``thing_dataset_id_to_contiguous_id`` / ``stuff_...``), else the model's
+contiguous indices; each entry also carries the category name.
+"""
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Union
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+from detectron2.data.catalog import Metadata
+from panopticapi.utils import id2rgb
+
+from .results import InstanceResult, PanopticResult, SemanticResult
+
+__all__ = [
+    "contiguous_to_dataset_ids",
+    "encode_rle",
+    "write_panoptic",
+    "write_instances",
+    "write_semantic",
+]
+
+
+def contiguous_to_dataset_ids(metadata: Optional[Metadata]) -> Dict[int, int]:
+    """Map from the model's contiguous class index to the data set's category id."""
+    mapping: Dict[int, int] = {}
+    if metadata is None:
+        return mapping
+    for key in ("stuff_dataset_id_to_contiguous_id", "thing_dataset_id_to_contiguous_id"):
+        for dataset_id, contiguous_id in metadata.get(key, {}).items():
+            mapping[int(contiguous_id)] = int(dataset_id)
+    return mapping
+
+
+def encode_rle(masks: np.ndarray) -> List[Dict[str, Any]]:
+    """(N, H, W) bool masks -> N COCO RLE dicts with ``counts`` as str (JSON-ready)."""
+    if masks.shape[0] == 0:
+        return []
+    encoded = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for rle in encoded:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return encoded
+
+
+def _write_json(path: str, content: Union[dict, list]) -> None:
+    with open(path, "w") as f:
+        json.dump(content, f)
+
+
+def _write_png(path: str, array: np.ndarray) -> None:
+    if not cv2.imwrite(path, array):
+        raise OSError(f"Could not write {path}; check that its folder is writable.")
+
+
+def write_panoptic(
+    result: PanopticResult,
+    png_path: str,
+    json_path: str,
+    *,
+    image_id: Union[int, str],
+    metadata: Optional[Metadata] = None,
+) -> None:
+    """Write a panoptic result in the COCO panoptic format.
+
+    Args:
+        result: the panoptic result.
+        png_path: PNG of the segment ids, RGB-encoded (``id = R + 256 * G + 256**2 * B``).
+        json_path: JSON with ``image_id``, ``file_name`` (the PNG's base name),
+            ``segments_info`` (``id``, ``category_id``, ``category_name``, ``isthing``,
+            ``iscrowd``, ``area``, ``bbox`` XYWH, ``score`` when known) and ``categories``.
+        image_id: id written into the JSON (e.g. the input's file stem).
+        metadata: the data set's metadata, to translate category ids.
+    """
+    to_dataset_id = contiguous_to_dataset_ids(metadata)
+    _write_png(png_path, id2rgb(result.segment_ids)[:, :, ::-1])
+    segments_info = []
+    categories = {}
+    for segment in result.segments:
+        mask = result.segment_ids == segment["id"]
+        ys, xs = np.nonzero(mask)
+        bbox = (
+            [
+                int(xs.min()),
+                int(ys.min()),
+                int(xs.max() - xs.min()) + 1,
+                int(ys.max() - ys.min()) + 1,
+            ]
+            if xs.size
+            else [0, 0, 0, 0]
+        )
+        category_id = to_dataset_id.get(segment["category_id"], segment["category_id"])
+        info = {
+            "id": segment["id"],
+            "category_id": category_id,
+            "category_name": segment["category_name"],
+            "isthing": int(segment["isthing"]),
+            "iscrowd": 0,
+            "area": segment["area"],
+            "bbox": bbox,
+        }
+        if segment["score"] is not None:
+            info["score"] = segment["score"]
+        segments_info.append(info)
+        categories[category_id] = {
+            "id": category_id,
+            "name": segment["category_name"],
+            "isthing": int(segment["isthing"]),
+        }
+    _write_json(
+        json_path,
+        {
+            "image_id": image_id,
+            "file_name": os.path.basename(png_path),
+            "segments_info": segments_info,
+            "categories": [categories[key] for key in sorted(categories)],
+        },
+    )
+
+
+def write_instances(
+    result: InstanceResult,
+    json_path: str,
+    *,
+    image_id: Union[int, str],
+    metadata: Optional[Metadata] = None,
+) -> None:
+    """Write instances as a COCO results list.
+
+    Each entry: ``image_id``, ``category_id``, ``category_name``, ``score``, ``bbox``
+    ([x, y, width, height] in pixels) and ``segmentation`` (RLE with str ``counts``).
+    """
+    to_dataset_id = contiguous_to_dataset_ids(metadata)
+    entries = []
+    for index, rle in enumerate(encode_rle(result.masks)):
+        x0, y0, x1, y1 = (float(v) for v in result.boxes[index])
+        contiguous_id = int(result.classes[index])
+        entries.append(
+            {
+                "image_id": image_id,
+                "category_id": to_dataset_id.get(contiguous_id, contiguous_id),
+                "category_name": result.class_names[index],
+                "score": float(result.scores[index]),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "segmentation": rle,
+            }
+        )
+    _write_json(json_path, entries)
+
+
+def write_semantic(result: SemanticResult, png_path: str) -> None:
+    """Write the label map as a single-channel PNG of contiguous class indices."""
+    dtype = np.uint8 if len(result.class_names) <= 256 else np.uint16
+    _write_png(png_path, result.label_map.astype(dtype))

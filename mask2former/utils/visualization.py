@@ -1,0 +1,165 @@
+"""Drawing predictions with detectron2's ``Visualizer`` / ``VideoVisualizer``.
+
+Mask2Former predicts one contiguous class index over all classes (things and stuff alike),
+while detectron2's visualizers look thing indices up in ``thing_classes`` and stuff indices
+in ``stuff_classes``. :func:`display_metadata` builds a metadata object in which both lists
+hold all classes, with the names and colours of the data set's metadata, so that both
+visualizers name and colour every segment correctly.
+"""
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.data.catalog import Metadata
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.colormap import colormap
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from .results import InstanceResult, PanopticResult, Prediction
+
+__all__ = [
+    "TASKS",
+    "class_names_from_metadata",
+    "display_metadata",
+    "draw_prediction",
+    "VideoPredictionDrawer",
+]
+
+# The tasks a Mask2Former model can output, in the order the demo prefers them.
+TASKS = ("panoptic", "instance", "semantic")
+
+
+def _list_of_length(metadata: Metadata, key: str, num_classes: int) -> Optional[list]:
+    value = metadata.get(key, None)
+    return list(value) if value is not None and len(value) == num_classes else None
+
+
+def class_names_from_metadata(metadata: Metadata, num_classes: int) -> List[str]:
+    """Names of the model's ``num_classes`` contiguous classes.
+
+    ``stuff_classes`` lists every class in the panoptic data sets (things too), and
+    ``thing_classes`` every class in instance-only data sets; whichever has ``num_classes``
+    entries is used, else the classes are called "class 0", "class 1", ...
+    """
+    for key in ("stuff_classes", "thing_classes"):
+        names = _list_of_length(metadata, key, num_classes)
+        if names is not None:
+            return [str(name) for name in names]
+    return [f"class {index}" for index in range(num_classes)]
+
+
+def _class_colors(metadata: Metadata, num_classes: int) -> List[Tuple[int, int, int]]:
+    for key in ("stuff_colors", "thing_colors"):
+        colors = _list_of_length(metadata, key, num_classes)
+        if colors is not None:
+            return [tuple(int(c) for c in color) for color in colors]
+    palette = colormap(rgb=True, maximum=255)
+    return [tuple(int(c) for c in palette[i % len(palette)]) for i in range(num_classes)]
+
+
+def display_metadata(metadata: Metadata, num_classes: int) -> Metadata:
+    """A metadata object indexed by the model's contiguous class index, for the visualizers.
+
+    Args:
+        metadata: the data set's metadata (``MetadataCatalog.get(cfg.DATASETS.TEST[0])``).
+        num_classes: MODEL.SEM_SEG_HEAD.NUM_CLASSES.
+    """
+    names = class_names_from_metadata(metadata, num_classes)
+    colors = _class_colors(metadata, num_classes)
+    return Metadata(
+        name=f"{metadata.name}/display" if hasattr(metadata, "name") else "display",
+        thing_classes=names,
+        stuff_classes=names,
+        thing_colors=colors,
+        stuff_colors=colors,
+    )
+
+
+def _to_instances(result: InstanceResult, image_size: Tuple[int, int]) -> Instances:
+    instances = Instances(image_size)
+    instances.pred_masks = torch.from_numpy(result.masks)
+    instances.pred_boxes = Boxes(torch.from_numpy(result.boxes))
+    instances.scores = torch.from_numpy(result.scores)
+    instances.pred_classes = torch.from_numpy(result.classes)
+    return instances
+
+
+def _segments_info(result: PanopticResult) -> List[dict]:
+    """segments as the visualizers want them (a score only when every segment has one)."""
+    with_scores = all(segment["score"] is not None for segment in result.segments)
+    keys = ("id", "category_id", "isthing") + (("score",) if with_scores else ())
+    return [{key: segment[key] for key in keys} for segment in result.segments]
+
+
+def _result_for_task(prediction: Prediction, task: str):
+    result = {
+        "panoptic": prediction.panoptic,
+        "instance": prediction.instances,
+        "semantic": prediction.semantic,
+    }[task]
+    if result is None:
+        raise ValueError(
+            f"The prediction has no {task} result (it has: "
+            f"{', '.join(prediction.available_tasks()) or 'none'}); enable "
+            f"MODEL.MASK_FORMER.TEST.{task.upper()}_ON in the config."
+        )
+    return result
+
+
+def draw_prediction(
+    image_rgb: np.ndarray, prediction: Prediction, task: str, metadata: Metadata
+) -> np.ndarray:
+    """Draw one task's prediction over an image.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB image.
+        prediction: the image's prediction.
+        task: "panoptic", "instance" or "semantic".
+        metadata: see :func:`display_metadata`.
+
+    Returns:
+        (H, W, 3) uint8 RGB picture.
+    """
+    result = _result_for_task(prediction, task)
+    if isinstance(result, InstanceResult):
+        visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.SEGMENTATION)
+        output = visualizer.draw_instance_predictions(_to_instances(result, image_rgb.shape[:2]))
+    elif isinstance(result, PanopticResult):
+        visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.SEGMENTATION)
+        output = visualizer.draw_panoptic_seg(
+            torch.from_numpy(result.segment_ids), _segments_info(result)
+        )
+    else:
+        visualizer = Visualizer(image_rgb, metadata)
+        output = visualizer.draw_sem_seg(result.label_map)
+    return output.get_image()
+
+
+class VideoPredictionDrawer:
+    """Draws the frames of a video with colours that stay with an object across frames."""
+
+    def __init__(self, metadata: Metadata, task: str):
+        """
+        Args:
+            metadata: see :func:`display_metadata`.
+            task: "panoptic", "instance" or "semantic".
+        """
+        self._visualizer = VideoVisualizer(metadata, instance_mode=ColorMode.IMAGE)
+        self._task = task
+
+    def draw(self, frame_rgb: np.ndarray, prediction: Prediction) -> np.ndarray:
+        """(H, W, 3) uint8 RGB frame -> (H, W, 3) uint8 RGB picture."""
+        result = _result_for_task(prediction, self._task)
+        if isinstance(result, InstanceResult):
+            output = self._visualizer.draw_instance_predictions(
+                frame_rgb, _to_instances(result, frame_rgb.shape[:2])
+            )
+        elif isinstance(result, PanopticResult):
+            output = self._visualizer.draw_panoptic_seg_predictions(
+                frame_rgb, torch.from_numpy(result.segment_ids), _segments_info(result)
+            )
+        else:
+            output = self._visualizer.draw_sem_seg(frame_rgb, result.label_map)
+        return output.get_image()

@@ -1,0 +1,369 @@
+"""Tests of mask2former.config: official defaults, documentation, YAML merging, typo errors."""
+
+import ast
+import inspect
+
+import pytest
+from detectron2.config import get_cfg
+from detectron2.projects.deeplab import add_deeplab_config
+
+from mask2former import config as config_module
+from mask2former.config import UnknownConfigKeyError, add_maskformer2_config, load_config
+
+# Defaults of the official Mask2Former release (add_maskformer2_config in its config.py).
+OFFICIAL_DEFAULTS = {
+    "INPUT.DATASET_MAPPER_NAME": "mask_former_semantic",
+    "INPUT.COLOR_AUG_SSD": False,
+    "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 1.0,
+    "INPUT.SIZE_DIVISIBILITY": -1,
+    "INPUT.IMAGE_SIZE": 1024,
+    "INPUT.MIN_SCALE": 0.1,
+    "INPUT.MAX_SCALE": 2.0,
+    "SOLVER.WEIGHT_DECAY_EMBED": 0.0,
+    "SOLVER.OPTIMIZER": "ADAMW",
+    "SOLVER.BACKBONE_MULTIPLIER": 0.1,
+    "MODEL.MASK_FORMER.DEEP_SUPERVISION": True,
+    "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT": 0.1,
+    "MODEL.MASK_FORMER.CLASS_WEIGHT": 1.0,
+    "MODEL.MASK_FORMER.DICE_WEIGHT": 1.0,
+    "MODEL.MASK_FORMER.MASK_WEIGHT": 20.0,
+    "MODEL.MASK_FORMER.NHEADS": 8,
+    "MODEL.MASK_FORMER.DROPOUT": 0.1,
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD": 2048,
+    "MODEL.MASK_FORMER.ENC_LAYERS": 0,
+    "MODEL.MASK_FORMER.DEC_LAYERS": 6,
+    "MODEL.MASK_FORMER.PRE_NORM": False,
+    "MODEL.MASK_FORMER.HIDDEN_DIM": 256,
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 100,
+    "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": "res5",
+    "MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ": False,
+    "MODEL.MASK_FORMER.TEST.SEMANTIC_ON": True,
+    "MODEL.MASK_FORMER.TEST.INSTANCE_ON": False,
+    "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": False,
+    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.0,
+    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": 0.0,
+    "MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": False,
+    "MODEL.MASK_FORMER.SIZE_DIVISIBILITY": 32,
+    "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": "MultiScaleMaskedTransformerDecoder",
+    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 12544,
+    "MODEL.MASK_FORMER.OVERSAMPLE_RATIO": 3.0,
+    "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO": 0.75,
+    "MODEL.SEM_SEG_HEAD.MASK_DIM": 256,
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": 0,
+    "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "BasePixelDecoder",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES": ["res3", "res4", "res5"],
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS": 4,
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS": 8,
+    "MODEL.SWIN.PRETRAIN_IMG_SIZE": 224,
+    "MODEL.SWIN.PATCH_SIZE": 4,
+    "MODEL.SWIN.EMBED_DIM": 96,
+    "MODEL.SWIN.DEPTHS": [2, 2, 6, 2],
+    "MODEL.SWIN.NUM_HEADS": [3, 6, 12, 24],
+    "MODEL.SWIN.WINDOW_SIZE": 7,
+    "MODEL.SWIN.MLP_RATIO": 4.0,
+    "MODEL.SWIN.QKV_BIAS": True,
+    "MODEL.SWIN.QK_SCALE": None,
+    "MODEL.SWIN.DROP_RATE": 0.0,
+    "MODEL.SWIN.ATTN_DROP_RATE": 0.0,
+    "MODEL.SWIN.DROP_PATH_RATE": 0.3,
+    "MODEL.SWIN.APE": False,
+    "MODEL.SWIN.PATCH_NORM": True,
+    "MODEL.SWIN.OUT_FEATURES": ["res2", "res3", "res4", "res5"],
+    "MODEL.SWIN.USE_CHECKPOINT": False,
+    # DeepLab-style keys (detectron2.projects.deeplab) that the official YAML files carry.
+    "MODEL.RESNETS.STEM_TYPE": "deeplab",
+    "MODEL.RESNETS.RES5_MULTI_GRID": [1, 2, 4],
+    "SOLVER.POLY_LR_POWER": 0.9,
+    "SOLVER.POLY_LR_CONSTANT_ENDING": 0.0,
+}
+
+# Keys this project adds so that constants the official code hard-coded are configurable; the
+# defaults are those hard-coded values.
+NEW_KEY_DEFAULTS = {
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD": 1024,
+    "MODEL.SEM_SEG_HEAD.NORM_NUM_GROUPS": 32,
+    "MODEL.MASK_FORMER.MASK_ATTENTION_THRESHOLD": 0.5,
+    "MODEL.MASK_FORMER.NUM_FEATURE_LEVELS": 3,
+    "MODEL.MASK_FORMER.TEST.MASK_THRESHOLD": 0.5,
+    "SOLVER.AMP.PRECISION": "float16",
+}
+
+
+def _get(cfg, dotted_key):
+    node = cfg
+    for name in dotted_key.split("."):
+        node = node[name]
+    return node
+
+
+@pytest.fixture
+def cfg():
+    cfg = get_cfg()
+    add_maskformer2_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("key", sorted({**OFFICIAL_DEFAULTS, **NEW_KEY_DEFAULTS}))
+def test_default_equals_official_value(cfg, key):
+    expected = {**OFFICIAL_DEFAULTS, **NEW_KEY_DEFAULTS}[key]
+    assert _get(cfg, key) == expected
+    assert type(_get(cfg, key)) is type(expected)
+
+
+def _declared_keys_with_comments():
+    """(dotted key, comment line above it or None) for each `cfg.X = ...` in config.py."""
+    source = inspect.getsource(config_module)
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Assign):
+            continue
+        target = node.targets[0]
+        if not isinstance(target, ast.Attribute):
+            continue
+        dotted = ast.unparse(target)
+        if not dotted.startswith("cfg."):
+            continue
+        above = lines[node.lineno - 2].strip()
+        found.append((dotted[len("cfg.") :], above if above.startswith("#") else None))
+    return found
+
+
+def test_every_declared_key_has_a_comment():
+    declared = _declared_keys_with_comments()
+    assert len(declared) >= len(OFFICIAL_DEFAULTS) + len(NEW_KEY_DEFAULTS) - 4
+    undocumented = [key for key, comment in declared if comment is None]
+    assert undocumented == []
+
+
+def test_every_declared_key_is_checked_here():
+    declared = {key for key, _ in _declared_keys_with_comments()}
+    sections = {"MODEL.MASK_FORMER", "MODEL.MASK_FORMER.TEST", "MODEL.SWIN"}
+    assert declared - sections == set(OFFICIAL_DEFAULTS) - {
+        "MODEL.RESNETS.STEM_TYPE",
+        "MODEL.RESNETS.RES5_MULTI_GRID",
+        "SOLVER.POLY_LR_POWER",
+        "SOLVER.POLY_LR_CONSTANT_ENDING",
+    } | set(NEW_KEY_DEFAULTS)
+
+
+def test_new_keys_are_marked_as_not_official():
+    comments = {}
+    source_lines = inspect.getsource(config_module).splitlines()
+    for key, _ in _declared_keys_with_comments():
+        line = next(i for i, text in enumerate(source_lines) if f"cfg.{key} =" in text)
+        block = []
+        for text in reversed(source_lines[:line]):
+            if not text.strip().startswith("#"):
+                break
+            block.append(text)
+        comments[key] = " ".join(block)
+    for key in NEW_KEY_DEFAULTS:
+        assert "Not in the official release" in comments[key], key
+    for key in OFFICIAL_DEFAULTS:
+        if key in comments:
+            assert "Not in the official release" not in comments[key], key
+
+
+def test_odd_meanings_are_documented_where_declared():
+    source = inspect.getsource(config_module)
+    dec_layers = source[: source.index("cfg.MODEL.MASK_FORMER.DEC_LAYERS =")].rsplit("\n\n", 1)[-1]
+    assert "DEC_LAYERS - 1" in dec_layers
+    pad = source[: source.index("cfg.INPUT.SIZE_DIVISIBILITY =")].rsplit("\n\n", 1)[-1]
+    assert "fixed pad size" in pad
+
+
+def test_add_config_is_idempotent_and_order_free(cfg):
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10
+    cfg.MODEL.RESNETS.STEM_TYPE = "basic"
+    add_maskformer2_config(cfg)
+    assert cfg.MODEL.MASK_FORMER.DEC_LAYERS == 10
+    assert cfg.MODEL.RESNETS.STEM_TYPE == "basic"
+
+    official_order = get_cfg()
+    add_deeplab_config(official_order)
+    add_maskformer2_config(official_order)
+    reverse_order = get_cfg()
+    add_maskformer2_config(reverse_order)
+    add_deeplab_config(reverse_order)
+    only_ours = get_cfg()
+    add_maskformer2_config(only_ours)
+    assert official_order == reverse_order == only_ours
+
+
+BASE_YAML = """\
+MODEL:
+  META_ARCHITECTURE: "MaskFormer"
+  BACKBONE:
+    FREEZE_AT: 0
+    NAME: "build_resnet_backbone"
+  PIXEL_MEAN: [123.675, 116.280, 103.530]
+  PIXEL_STD: [58.395, 57.120, 57.375]
+  RESNETS:
+    DEPTH: 50
+    STEM_TYPE: "basic"  # not used
+    STEM_OUT_CHANNELS: 64
+    STRIDE_IN_1X1: False
+    OUT_FEATURES: ["res2", "res3", "res4", "res5"]
+    RES5_MULTI_GRID: [1, 1, 1]  # not used
+SOLVER:
+  IMS_PER_BATCH: 16
+  BASE_LR: 0.0001
+  WEIGHT_DECAY: 0.05
+  OPTIMIZER: "ADAMW"
+  BACKBONE_MULTIPLIER: 0.1
+  POLY_LR_POWER: 0.9
+INPUT:
+  IMAGE_SIZE: 1024
+  MIN_SCALE: 0.1
+  MAX_SCALE: 2.0
+  FORMAT: "RGB"
+  DATASET_MAPPER_NAME: "coco_panoptic_lsj"
+VERSION: 2
+"""
+
+MODEL_YAML = """\
+_BASE_: Base-COCO-PanopticSegmentation.yaml
+MODEL:
+  SEM_SEG_HEAD:
+    NAME: "MaskFormerHead"
+    IN_FEATURES: ["res2", "res3", "res4", "res5"]
+    IGNORE_VALUE: 255
+    NUM_CLASSES: 133
+    LOSS_WEIGHT: 1.0
+    CONVS_DIM: 256
+    MASK_DIM: 256
+    NORM: "GN"
+    PIXEL_DECODER_NAME: "MSDeformAttnPixelDecoder"
+    DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES: ["res3", "res4", "res5"]
+    COMMON_STRIDE: 4
+    TRANSFORMER_ENC_LAYERS: 6
+  MASK_FORMER:
+    TRANSFORMER_DECODER_NAME: "MultiScaleMaskedTransformerDecoder"
+    TRANSFORMER_IN_FEATURE: "multi_scale_pixel_decoder"
+    DEEP_SUPERVISION: True
+    NO_OBJECT_WEIGHT: 0.1
+    CLASS_WEIGHT: 2.0
+    MASK_WEIGHT: 5.0
+    DICE_WEIGHT: 5.0
+    HIDDEN_DIM: 256
+    NUM_OBJECT_QUERIES: 100
+    NHEADS: 8
+    DROPOUT: 0.0
+    DIM_FEEDFORWARD: 2048
+    ENC_LAYERS: 0
+    PRE_NORM: False
+    ENFORCE_INPUT_PROJ: False
+    SIZE_DIVISIBILITY: 32
+    DEC_LAYERS: 10  # 9 decoder layers, add one for the loss on learnable query
+    TRAIN_NUM_POINTS: 12544
+    OVERSAMPLE_RATIO: 3.0
+    IMPORTANCE_SAMPLE_RATIO: 0.75
+    TEST:
+      SEMANTIC_ON: True
+      INSTANCE_ON: True
+      PANOPTIC_ON: True
+      OVERLAP_THRESHOLD: 0.8
+      OBJECT_MASK_THRESHOLD: 0.8
+"""
+
+SWIN_YAML = """\
+_BASE_: ../maskformer2_R50_bs16_50ep.yaml
+MODEL:
+  BACKBONE:
+    NAME: "D2SwinTransformer"
+  SWIN:
+    EMBED_DIM: 192
+    DEPTHS: [2, 2, 18, 2]
+    NUM_HEADS: [6, 12, 24, 48]
+    WINDOW_SIZE: 12
+    APE: False
+    DROP_PATH_RATE: 0.3
+    PATCH_NORM: True
+    PRETRAIN_IMG_SIZE: 384
+  WEIGHTS: "swin_large_patch4_window12_384_22k.pkl"
+  MASK_FORMER:
+    NUM_OBJECT_QUERIES: 200
+"""
+
+
+@pytest.fixture
+def official_style_files(tmp_path):
+    (tmp_path / "Base-COCO-PanopticSegmentation.yaml").write_text(BASE_YAML)
+    (tmp_path / "maskformer2_R50_bs16_50ep.yaml").write_text(MODEL_YAML)
+    (tmp_path / "swin").mkdir()
+    (tmp_path / "swin" / "maskformer2_swin_large.yaml").write_text(SWIN_YAML)
+    return tmp_path
+
+
+def test_official_style_yaml_chain_merges(official_style_files):
+    cfg = load_config(str(official_style_files / "swin" / "maskformer2_swin_large.yaml"))
+    # from the leaf file
+    assert cfg.MODEL.BACKBONE.NAME == "D2SwinTransformer"
+    assert cfg.MODEL.SWIN.WINDOW_SIZE == 12
+    assert cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE == 384
+    assert cfg.MODEL.SWIN.DEPTHS == [2, 2, 18, 2]
+    assert cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES == 200
+    # from the middle file
+    assert cfg.MODEL.MASK_FORMER.DEC_LAYERS == 10
+    assert cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON is True
+    assert cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME == "MSDeformAttnPixelDecoder"
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 133
+    # from the base file
+    assert cfg.INPUT.DATASET_MAPPER_NAME == "coco_panoptic_lsj"
+    assert cfg.MODEL.RESNETS.STEM_TYPE == "basic"
+    assert cfg.MODEL.RESNETS.RES5_MULTI_GRID == [1, 1, 1]
+    # untouched defaults
+    assert cfg.MODEL.SWIN.MLP_RATIO == 4.0
+    assert cfg.MODEL.MASK_FORMER.TEST.MASK_THRESHOLD == 0.5
+
+
+def test_overrides_apply_after_file(official_style_files):
+    path = str(official_style_files / "maskformer2_R50_bs16_50ep.yaml")
+    cfg = load_config(path, ["MODEL.MASK_FORMER.DEC_LAYERS", "4", "MODEL.SWIN.QK_SCALE", "None"])
+    assert cfg.MODEL.MASK_FORMER.DEC_LAYERS == 4
+    assert cfg.MODEL.SWIN.QK_SCALE is None
+
+
+def test_typo_in_yaml_names_key_file_and_suggestion(official_style_files):
+    path = official_style_files / "typo.yaml"
+    path.write_text(
+        "_BASE_: maskformer2_R50_bs16_50ep.yaml\n"
+        "MODEL:\n  MASK_FORMER:\n    DEC_LAYER: 4\n  SWIN:\n    EMBEDDIM: 128\n"
+    )
+    with pytest.raises(UnknownConfigKeyError) as info:
+        load_config(str(path))
+    message = str(info.value)
+    assert str(path) in message
+    assert "MODEL.MASK_FORMER.DEC_LAYER (did you mean MODEL.MASK_FORMER.DEC_LAYERS" in message
+    assert "MODEL.SWIN.EMBEDDIM (did you mean MODEL.SWIN.EMBED_DIM" in message
+    assert isinstance(info.value, KeyError)
+
+
+def test_typo_in_parent_node_is_suggested(official_style_files):
+    path = official_style_files / "typo.yaml"
+    path.write_text("MODEL:\n  MASK_FORMR:\n    DEC_LAYERS: 4\n")
+    with pytest.raises(UnknownConfigKeyError, match="did you mean MODEL.MASK_FORMER"):
+        load_config(str(path))
+
+
+def test_plain_detectron2_merge_also_names_the_key(official_style_files):
+    path = official_style_files / "typo.yaml"
+    path.write_text("MODEL:\n  MASK_FORMER:\n    DEC_LAYER: 4\n")
+    cfg = get_cfg()
+    add_maskformer2_config(cfg)
+    with pytest.raises(KeyError, match="MODEL.MASK_FORMER.DEC_LAYER"):
+        cfg.merge_from_file(str(path))
+
+
+def test_typo_in_overrides(official_style_files):
+    path = str(official_style_files / "maskformer2_R50_bs16_50ep.yaml")
+    with pytest.raises(UnknownConfigKeyError, match=r"opts.*\n.*SWIN.WINDOWSIZE.*WINDOW_SIZE"):
+        load_config(path, ["MODEL.SWIN.WINDOWSIZE", "12"])
+    with pytest.raises(ValueError, match="pairs"):
+        load_config(path, ["MODEL.SWIN.WINDOW_SIZE"])
+
+
+def test_missing_file_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(str(tmp_path / "nope.yaml"))

@@ -1,0 +1,342 @@
+"""Tests of the shipped YAML configs: they load, carry the official values, and build models.
+
+The end-to-end test builds a model from every shipped config with overrides that shrink it
+(narrow heads, few queries, tiny Swin widths; the ResNet depths, Swin depths, windows and class
+counts stay), runs a training step on two small images (one without instances) and then
+inference. Configs that give the same model after the overrides are tested once.
+"""
+
+import glob
+import os
+
+import pytest
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Instances
+
+from mask2former.config import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, "configs")
+ALL_CONFIGS = sorted(
+    os.path.relpath(p, CONFIG_DIR)
+    for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
+)
+MODEL_CONFIGS = [p for p in ALL_CONFIGS if not os.path.basename(p).startswith("Base-")]
+
+# Facts of the official Mask2Former release: config path -> {key: value}.
+OFFICIAL_VALUES = {
+    "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml": {
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 133,
+        "MODEL.MASK_FORMER.DEC_LAYERS": 10,
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 100,
+        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 12544,
+        "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": 6,
+        "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "MSDeformAttnPixelDecoder",
+        "MODEL.RESNETS.DEPTH": 50,
+        "SOLVER.MAX_ITER": 368750,
+        "SOLVER.STEPS": (327778, 355092),
+        "SOLVER.BASE_LR": 0.0001,
+        "SOLVER.WEIGHT_DECAY": 0.05,
+        "SOLVER.BACKBONE_MULTIPLIER": 0.1,
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "full_model",
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 0.01,
+        "INPUT.DATASET_MAPPER_NAME": "coco_panoptic_lsj",
+        "INPUT.IMAGE_SIZE": 1024,
+        "DATASETS.TEST": ("coco_2017_val_panoptic_with_sem_seg",),
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
+    },
+    "coco/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml": {
+        "MODEL.BACKBONE.NAME": "D2SwinTransformer",
+        "MODEL.SWIN.EMBED_DIM": 192,
+        "MODEL.SWIN.NUM_HEADS": [6, 12, 24, 48],
+        "MODEL.SWIN.WINDOW_SIZE": 12,
+        "MODEL.SWIN.PRETRAIN_IMG_SIZE": 384,
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 200,
+        "SOLVER.MAX_ITER": 737500,
+        "MODEL.WEIGHTS": "swin_large_patch4_window12_384_22k.pkl",
+    },
+    "coco/instance-segmentation/maskformer2_R101_bs16_50ep.yaml": {
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 80,
+        "MODEL.RESNETS.DEPTH": 101,
+        "INPUT.DATASET_MAPPER_NAME": "coco_instance_lsj",
+        "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": False,
+    },
+    "ade20k/semantic-segmentation/maskformer2_R50_bs16_160k.yaml": {
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 150,
+        "SOLVER.MAX_ITER": 160000,
+        "SOLVER.LR_SCHEDULER_NAME": "WarmupPolyLR",
+        "INPUT.CROP.SIZE": [512, 512],
+        "INPUT.SIZE_DIVISIBILITY": 512,
+        "INPUT.MIN_SIZE_TRAIN": (
+            256,
+            307,
+            358,
+            409,
+            460,
+            512,
+            563,
+            614,
+            665,
+            716,
+            768,
+            819,
+            870,
+            921,
+            972,
+            1024,
+        ),
+        "TEST.AUG.MIN_SIZES": [256, 384, 512, 640, 768, 896],
+        "TEST.AUG.MAX_SIZE": 3584,
+        "INPUT.DATASET_MAPPER_NAME": "mask_former_semantic",
+    },
+    "ade20k/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k_res640.yaml": {
+        "INPUT.CROP.SIZE": [640, 640],
+        "INPUT.SIZE_DIVISIBILITY": 640,
+        "INPUT.MIN_SIZE_TEST": 640,
+        "INPUT.MAX_SIZE_TEST": 2560,
+        "TEST.AUG.MAX_SIZE": 4480,
+        "MODEL.SWIN.EMBED_DIM": 192,
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 100,
+    },
+    "ade20k/panoptic-segmentation/maskformer2_R50_bs16_160k.yaml": {
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 150,
+        "DATASETS.TRAIN": ("ade20k_panoptic_train",),
+        "INPUT.DATASET_MAPPER_NAME": "mask_former_panoptic",
+    },
+    "ade20k/instance-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k.yaml": {
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 100,
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 200,
+        "INPUT.DATASET_MAPPER_NAME": "mask_former_instance",
+    },
+    "cityscapes/semantic-segmentation/maskformer2_R50_bs16_90k.yaml": {
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 19,
+        "MODEL.RESNETS.NORM": "SyncBN",
+        "SOLVER.MAX_ITER": 90000,
+        "INPUT.CROP.SIZE": [512, 1024],
+        "INPUT.MIN_SIZE_TEST": 1024,
+    },
+    "cityscapes/instance-segmentation/maskformer2_R50_bs16_90k.yaml": {
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 8,
+        "DATASETS.TEST": ("cityscapes_fine_instance_seg_val",),
+    },
+    "mapillary-vistas/panoptic-segmentation/maskformer2_R50_bs16_300k.yaml": {
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 65,
+        "SOLVER.MAX_ITER": 300000,
+        "INPUT.CROP.SIZE": [1024, 1024],
+        "INPUT.MIN_SIZE_TEST": 2048,
+    },
+}
+
+# Shrink a model while keeping what distinguishes the configs (backbone type and depths,
+# windows, number of classes, test outputs).
+SHRINK = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.WEIGHTS",
+    "",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    "32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM",
+    "32",
+    "MODEL.SEM_SEG_HEAD.NORM_NUM_GROUPS",
+    "8",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
+    "1",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",
+    "2",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD",
+    "64",
+    "MODEL.MASK_FORMER.HIDDEN_DIM",
+    "32",
+    "MODEL.MASK_FORMER.NHEADS",
+    "2",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD",
+    "64",
+    "MODEL.MASK_FORMER.DEC_LAYERS",
+    "3",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+    "5",
+    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
+    "64",
+    "MODEL.SWIN.EMBED_DIM",
+    "24",  # divisible by every official NUM_HEADS[0] (3, 4, 6)
+]
+
+
+def _get(cfg, dotted_key):
+    for name in dotted_key.split("."):
+        cfg = cfg[name]
+    return cfg
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS)
+def test_config_loads_without_unknown_keys(path):
+    cfg = load_config(os.path.join(CONFIG_DIR, path))
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES > 0
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS)
+def test_model_config_is_mask2former(path):
+    cfg = load_config(os.path.join(CONFIG_DIR, path))
+    assert cfg.MODEL.META_ARCHITECTURE == "MaskFormer"
+    assert cfg.MODEL.SEM_SEG_HEAD.NAME == "MaskFormerHead"
+    assert cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME == "MultiScaleMaskedTransformerDecoder"
+    assert cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE == "multi_scale_pixel_decoder"
+    test_flags = cfg.MODEL.MASK_FORMER.TEST
+    assert test_flags.SEMANTIC_ON or test_flags.INSTANCE_ON or test_flags.PANOPTIC_ON
+    assert cfg.DATASETS.TRAIN and cfg.DATASETS.TEST
+
+
+def test_official_tree_is_complete():
+    expected = (
+        [
+            f"coco/{task}-segmentation/{name}"
+            for task in ("panoptic", "instance")
+            for name in [
+                "maskformer2_R50_bs16_50ep.yaml",
+                "maskformer2_R101_bs16_50ep.yaml",
+                "swin/maskformer2_swin_tiny_bs16_50ep.yaml",
+                "swin/maskformer2_swin_small_bs16_50ep.yaml",
+                "swin/maskformer2_swin_base_384_bs16_50ep.yaml",
+                "swin/maskformer2_swin_base_IN21k_384_bs16_50ep.yaml",
+                "swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml",
+            ]
+        ]
+        + [
+            f"cityscapes/{task}-segmentation/{name}"
+            for task in ("semantic", "instance", "panoptic")
+            for name in [
+                "maskformer2_R50_bs16_90k.yaml",
+                "maskformer2_R101_bs16_90k.yaml",
+                "swin/maskformer2_swin_tiny_bs16_90k.yaml",
+                "swin/maskformer2_swin_small_bs16_90k.yaml",
+                "swin/maskformer2_swin_base_IN21k_384_bs16_90k.yaml",
+                "swin/maskformer2_swin_large_IN21k_384_bs16_90k.yaml",
+            ]
+        ]
+        + [
+            "ade20k/semantic-segmentation/maskformer2_R50_bs16_160k.yaml",
+            "ade20k/semantic-segmentation/maskformer2_R101_bs16_160k.yaml",
+            "ade20k/semantic-segmentation/swin/maskformer2_swin_tiny_bs16_160k.yaml",
+            "ade20k/semantic-segmentation/swin/maskformer2_swin_small_bs16_160k.yaml",
+            "ade20k/semantic-segmentation/swin/maskformer2_swin_base_384_bs16_160k_res640.yaml",
+            "ade20k/semantic-segmentation/swin/maskformer2_swin_base_IN21k_384_bs16_160k_res640.yaml",
+            "ade20k/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k_res640.yaml",
+            "ade20k/panoptic-segmentation/maskformer2_R50_bs16_160k.yaml",
+            "ade20k/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k.yaml",
+            "ade20k/instance-segmentation/maskformer2_R50_bs16_160k.yaml",
+            "ade20k/instance-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k.yaml",
+            "mapillary-vistas/semantic-segmentation/maskformer2_R50_bs16_300k.yaml",
+            "mapillary-vistas/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_300k.yaml",
+            "mapillary-vistas/panoptic-segmentation/maskformer2_R50_bs16_300k.yaml",
+            "mapillary-vistas/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_300k.yaml",
+        ]
+    )
+    missing = [p for p in expected if p not in ALL_CONFIGS]
+    assert not missing
+
+
+@pytest.mark.parametrize("path", sorted(OFFICIAL_VALUES))
+def test_official_values(path):
+    cfg = load_config(os.path.join(CONFIG_DIR, path))
+    for key, value in OFFICIAL_VALUES[path].items():
+        actual = _get(cfg, key)
+        if isinstance(value, (list, tuple)):
+            assert list(actual) == list(value), key
+        else:
+            assert actual == value, key
+
+
+def _stand_in_metadata(num_classes):
+    """A registered name whose metadata suits a model with `num_classes` classes (the real data
+    sets are not on this machine); the first half of the classes are things."""
+    name = f"test_configs_stand_in_{num_classes}"
+    metadata = MetadataCatalog.get(name)
+    if not hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
+        things = range(max(1, num_classes // 2))
+        metadata.set(
+            thing_classes=[f"thing{i}" for i in things],
+            stuff_classes=[f"class{i}" for i in range(num_classes)],
+            thing_dataset_id_to_contiguous_id={i: i for i in things},
+            stuff_dataset_id_to_contiguous_id={i: i for i in range(num_classes)},
+        )
+    return name
+
+
+def _shrunk_config(path):
+    cfg = load_config(os.path.join(CONFIG_DIR, path), SHRINK)
+    stand_in = _stand_in_metadata(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    cfg.DATASETS.TRAIN = (stand_in,)
+    cfg.DATASETS.TEST = (stand_in,)
+    if cfg.MODEL.RESNETS.NORM == "SyncBN":
+        cfg.MODEL.RESNETS.NORM = "BN"  # SyncBN needs a process group with GPUs
+    return cfg
+
+
+def _distinct_models():
+    """One representative config per model that the shrunk configs build."""
+    representatives = {}
+    for path in MODEL_CONFIGS:
+        cfg = _shrunk_config(path)
+        key = cfg.MODEL.dump()
+        representatives.setdefault(key, path)
+    return sorted(representatives.values())
+
+
+def _training_inputs(num_classes, generator):
+    images = [torch.randint(0, 256, (3, 64, 80), generator=generator).float() for _ in range(2)]
+    full = Instances((64, 80))
+    masks = torch.zeros(2, 64, 80, dtype=torch.bool)
+    masks[0, 5:30, 10:50] = True
+    masks[1, 30:60, 40:75] = True
+    full.gt_classes = torch.tensor([0, num_classes - 1])
+    full.gt_masks = BitMasks(masks)
+    empty = Instances((64, 80))
+    empty.gt_classes = torch.zeros(0, dtype=torch.int64)
+    empty.gt_masks = BitMasks(torch.zeros(0, 64, 80, dtype=torch.bool))
+    return [{"image": images[0], "instances": full}, {"image": images[1], "instances": empty}]
+
+
+@pytest.mark.slow
+def test_every_shipped_config_trains_and_infers():
+    generator = torch.Generator().manual_seed(0)
+    failures = []
+    for path in _distinct_models():
+        torch.manual_seed(0)
+        cfg = _shrunk_config(path)
+        model = build_model(cfg)
+        model.train()
+        losses = model(_training_inputs(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, generator))
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            failures.append(f"{path}: non-finite loss {losses}")
+            continue
+        total.backward()
+        no_grad = [
+            name for name, p in model.named_parameters() if p.requires_grad and p.grad is None
+        ]
+        if no_grad:
+            failures.append(f"{path}: no gradient for {no_grad[:5]}")
+        model.eval()
+        image = torch.randint(0, 256, (3, 64, 80), generator=generator).float()
+        with torch.no_grad():
+            (output,) = model([{"image": image, "height": 70, "width": 90}])
+        flags = cfg.MODEL.MASK_FORMER.TEST
+        expected = {
+            "sem_seg": flags.SEMANTIC_ON,
+            "instances": flags.INSTANCE_ON,
+            "panoptic_seg": flags.PANOPTIC_ON,
+        }
+        for key, wanted in expected.items():
+            if wanted and key not in output:
+                failures.append(f"{path}: no {key!r} in the output")
+        if flags.SEMANTIC_ON and tuple(output["sem_seg"].shape[-2:]) != (70, 90):
+            failures.append(f"{path}: sem_seg of shape {tuple(output['sem_seg'].shape)}")
+        if flags.PANOPTIC_ON and tuple(output["panoptic_seg"][0].shape) != (70, 90):
+            failures.append(f"{path}: panoptic_seg of shape {output['panoptic_seg'][0].shape}")
+        if flags.INSTANCE_ON and output["instances"].image_size != (70, 90):
+            failures.append(f"{path}: instances of size {output['instances'].image_size}")
+    assert not failures, "\n".join(failures)

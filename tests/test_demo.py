@@ -1,0 +1,256 @@
+"""demo/demo.py end to end on a tiny random model: pictures, machine-readable results, videos,
+and a clear message plus exit status 1 for every kind of bad input."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from panopticapi.utils import rgb2id
+from PIL import Image
+
+from mask2former.predictor import Predictor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "tests", "configs", "demo_tiny_shapes.yaml")
+
+
+def _load_demo_script():
+    spec = importlib.util.spec_from_file_location(
+        "demo_script", os.path.join(ROOT, "demo", "demo.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo_script()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Predictor(CONFIG, "").model
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two good images, plus a corrupt one, a text file and a missing path."""
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    good = []
+    for index, size in enumerate([(40, 56), (52, 44)]):
+        path = folder / f"good{index}.png"
+        Image.fromarray(rng.integers(0, 256, size=size + (3,), dtype=np.uint8)).save(path)
+        good.append(str(path))
+    corrupt = folder / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    text = folder / "notes.txt"
+    text.write_text("hello")
+    return {
+        "good": good,
+        "corrupt": str(corrupt),
+        "text": str(text),
+        "missing": str(folder / "missing.png"),
+    }
+
+
+def _run(argv, capsys):
+    status = demo.main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_batch_with_bad_inputs_writes_every_good_one(weights, images, tmp_path, capsys):
+    output = tmp_path / "out"
+    inputs = [images["corrupt"], images["good"][0], images["missing"], images["text"]]
+    inputs.append(images["good"][1])
+    status, out, err = _run(
+        ["--config-file", CONFIG, "--input", *inputs, "--output", str(output)]
+        + ["--batch-size", "2", "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", weights],
+        capsys,
+    )
+    assert status == 1
+    assert "3 input(s) failed" in err
+    assert f"{images['corrupt']}: " in err and "corrupt" in err
+    assert f"{images['missing']}: no such file" in err
+    assert f"{images['text']}: unsupported format '.txt'" in err
+    assert str(output) in out
+
+    predictor = Predictor(CONFIG, weights, score_threshold=0.0)
+    for path in images["good"]:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        picture = cv2.imread(str(output / f"{stem}.png"))
+        image = np.asarray(Image.open(path))
+        assert picture.shape == image.shape
+        expected = predictor(path)
+
+        # panoptic: PNG ids (panopticapi rgb2id) match the JSON segments and the prediction
+        panoptic_ids = rgb2id(np.asarray(Image.open(output / f"{stem}.panoptic.png")))
+        np.testing.assert_array_equal(panoptic_ids, expected.panoptic.segment_ids)
+        with open(output / f"{stem}.panoptic.json") as f:
+            panoptic = json.load(f)
+        assert panoptic["file_name"] == f"{stem}.panoptic.png"
+        segments = panoptic["segments_info"]
+        assert {s["id"] for s in segments} == set(np.unique(panoptic_ids).tolist()) - {0}
+        for segment in segments:
+            mask = panoptic_ids == segment["id"]
+            assert segment["area"] == int(mask.sum())
+            ys, xs = np.nonzero(mask)
+            assert segment["bbox"] == [xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1]
+            # shapes data set ids are contiguous index + 1
+            assert segment["isthing"] == int(segment["category_id"] <= 4)
+        category_names = {c["id"]: c["name"] for c in panoptic["categories"]}
+        assert all(category_names[s["category_id"]] == s["category_name"] for s in segments)
+
+        # instances: COCO results list whose RLE decodes to the predicted masks
+        with open(output / f"{stem}.instances.json") as f:
+            instances = json.load(f)
+        assert len(instances) == len(expected.instances) > 0
+        decoded = mask_util.decode([entry["segmentation"] for entry in instances])
+        np.testing.assert_array_equal(
+            decoded.transpose(2, 0, 1).astype(bool), expected.instances.masks
+        )
+        for entry, box, score in zip(
+            instances, expected.instances.boxes, expected.instances.scores
+        ):
+            x0, y0, x1, y1 = box.tolist()
+            assert entry["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0])
+            assert entry["score"] == pytest.approx(float(score), abs=1e-6)
+            assert entry["image_id"] == stem
+
+        # semantic: uint8 label map
+        semantic = np.asarray(Image.open(output / f"{stem}.semantic.png"))
+        assert semantic.dtype == np.uint8 and semantic.shape == image.shape[:2]
+        np.testing.assert_array_equal(semantic, expected.semantic.label_map)
+
+
+def _instances_json(output, stem="good0"):
+    with open(os.path.join(output, f"{stem}.instances.json")) as f:
+        return json.load(f)
+
+
+def test_confidence_threshold_filters_instances(weights, images, tmp_path, capsys):
+    common = ["--config-file", CONFIG, "--input", images["good"][0], "--task", "instance"]
+    weights_opts = ["--opts", "MODEL.WEIGHTS", weights]
+    status, _, _ = _run(
+        common + ["--output", str(tmp_path / "all"), "--confidence-threshold", "0"] + weights_opts,
+        capsys,
+    )
+    assert status == 0
+    scores = sorted(entry["score"] for entry in _instances_json(tmp_path / "all"))
+    threshold = float(np.median(scores))
+    status, _, _ = _run(
+        common
+        + ["--output", str(tmp_path / "some"), "--confidence-threshold", str(threshold)]
+        + weights_opts,
+        capsys,
+    )
+    assert status == 0
+    kept = _instances_json(tmp_path / "some")
+    assert 0 < len(kept) < len(scores)
+    assert len(kept) == sum(score >= threshold for score in scores)
+    assert all(entry["score"] >= threshold for entry in kept)
+
+
+def test_single_output_file_and_semantic_task(weights, images, tmp_path, capsys):
+    target = tmp_path / "picture.jpg"
+    status, _, _ = _run(
+        ["--config-file", CONFIG, "--input", images["good"][1], "--output", str(target)]
+        + ["--task", "semantic", "--opts", "MODEL.WEIGHTS", weights],
+        capsys,
+    )
+    assert status == 0
+    assert cv2.imread(str(target)).shape == (52, 44, 3)
+    assert (tmp_path / "picture.semantic.png").is_file()
+    assert (tmp_path / "picture.panoptic.json").is_file()
+
+
+def test_video_keeps_frame_rate_size_and_frame_count(weights, tmp_path, capsys):
+    source = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(source, cv2.VideoWriter_fourcc(*"mp4v"), 7.0, (56, 40))
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        writer.write(rng.integers(0, 256, size=(40, 56, 3), dtype=np.uint8))
+    writer.release()
+
+    status, _, _ = _run(
+        ["--config-file", CONFIG, "--video-input", source, "--output", str(tmp_path / "out")]
+        + ["--batch-size", "3", "--task", "panoptic", "--opts", "MODEL.WEIGHTS", weights],
+        capsys,
+    )
+    assert status == 0
+    result = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
+    assert result.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0)
+    frames = 0
+    while True:
+        ok, frame = result.read()
+        if not ok:
+            break
+        assert frame.shape == (40, 56, 3)
+        frames += 1
+    result.release()
+    assert frames == 6
+
+
+def test_video_that_cannot_be_opened(tmp_path, capsys):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"definitely not a video")
+    status, _, err = _run(
+        ["--config-file", CONFIG, "--video-input", str(broken), "--output", str(tmp_path)], capsys
+    )
+    assert status == 1
+    assert f"{broken}: cannot open the video" in err
+    status, _, err = _run(
+        ["--config-file", CONFIG, "--video-input", str(tmp_path / "gone.mp4")], capsys
+    )
+    assert status == 1 and "gone.mp4: no such video file" in err
+
+
+def test_missing_weights_file(images, tmp_path, capsys):
+    missing = str(tmp_path / "model_final.pth")
+    status, _, err = _run(
+        ["--config-file", CONFIG, "--input", images["good"][0], "--output", str(tmp_path)]
+        + ["--opts", "MODEL.WEIGHTS", missing],
+        capsys,
+    )
+    assert status == 1
+    assert f"Weights file '{missing}' does not exist" in err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_config_typos_and_missing_config(images, tmp_path, capsys):
+    base = ["--input", images["good"][0], "--output", str(tmp_path)]
+    status, _, err = _run(
+        ["--config-file", CONFIG] + base + ["--opts", "MODEL.MASK_FORMER.TEST.PANOPTIC", "True"],
+        capsys,
+    )
+    assert status == 1
+    assert "MODEL.MASK_FORMER.TEST.PANOPTIC (did you mean MODEL.MASK_FORMER.TEST.PANOPTIC_ON" in err
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f"_BASE_: {CONFIG}\nMODEL:\n  MASK_FORMER:\n    HIDEN_DIM: 16\n")
+    status, _, err = _run(["--config-file", str(typo)] + base, capsys)
+    assert status == 1
+    assert str(typo) in err and "MODEL.MASK_FORMER.HIDEN_DIM" in err and "HIDDEN_DIM" in err
+
+    status, _, err = _run(["--config-file", str(tmp_path / "nowhere.yaml")] + base, capsys)
+    assert status == 1 and "nowhere.yaml" in err and "--config-file" in err
+
+
+def test_command_line_exit_status(tmp_path):
+    """The script itself, as a user runs it: a typo in --opts exits non-zero with the key."""
+    command = [sys.executable, os.path.join(ROOT, "demo", "demo.py"), "--config-file", CONFIG]
+    command += ["--input", str(tmp_path), "--opts", "MODEL.WEIGTHS", "x.pth"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1
+    assert "MODEL.WEIGTHS (did you mean MODEL.WEIGHTS" in result.stderr

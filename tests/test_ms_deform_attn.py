@@ -1,0 +1,480 @@
+"""Multi-scale deformable attention: reference, CPU / CUDA kernels, dispatch, tracing, module."""
+
+import logging
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mask2former.modeling.pixel_decoder.ops import (
+    MSDeformAttn,
+    functional,
+    ms_deform_attn,
+    ms_deform_attn_reference,
+)
+
+OPS_PACKAGE = "mask2former.modeling.pixel_decoder.ops"
+needs_cpu_kernel = pytest.mark.skipif(
+    not functional.kernel_available("cpu"), reason="the _C extension is not built"
+)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def make_inputs(
+    batch=2,
+    heads=2,
+    channels=4,
+    queries=5,
+    shapes=((3, 4), (2, 2)),
+    points=2,
+    dtype=torch.float64,
+    device="cpu",
+    low=-0.2,
+    high=1.2,
+    seed=0,
+):
+    """Random inputs; sampling locations uniform in [low, high] (outside [0, 1] by default)."""
+    generator = torch.Generator().manual_seed(seed)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
+    sizes = spatial_shapes[:, 0] * spatial_shapes[:, 1]
+    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    levels = len(shapes)
+    value = torch.randn(batch, int(sizes.sum()), heads, channels, generator=generator)
+    locations = low + (high - low) * torch.rand(
+        batch, queries, heads, levels, points, 2, generator=generator
+    )
+    weights = torch.rand(batch, queries, heads, levels, points, generator=generator)
+    location_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return (
+        value.to(device, dtype),
+        spatial_shapes.to(device),
+        level_start_index.to(device),
+        locations.to(device, location_dtype),
+        weights.to(device, location_dtype),
+    )
+
+
+def outputs_and_grads(fn, inputs, grad_seed=1):
+    """Output of ``fn`` and the gradients of value, locations and weights for a fixed
+    random output gradient."""
+    value, shapes, starts, locations, weights = (
+        t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs
+    )
+    output = fn(value, shapes, starts, locations, weights)
+    generator = torch.Generator().manual_seed(grad_seed)
+    grad = torch.randn(output.shape, generator=generator).to(output)
+    grads = torch.autograd.grad(output, (value, locations, weights), grad)
+    return (output, *grads)
+
+
+def naive_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):
+    """Loop-by-loop definition: bilinear sampling, zero padding, pixel centres at i + 0.5."""
+    batch, _, heads, channels = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    output = torch.zeros(batch, queries, heads, channels, dtype=value.dtype)
+    start = 0
+    for level in range(levels):
+        height, width = (int(s) for s in spatial_shapes[level])
+        level_value = value[:, start : start + height * width].reshape(
+            batch, height, width, heads, channels
+        )
+        start += height * width
+        for n in range(batch):
+            for q in range(queries):
+                for m in range(heads):
+                    for p in range(points):
+                        x, y = (float(c) for c in sampling_locations[n, q, m, level, p])
+                        col, row = x * width - 0.5, y * height - 0.5
+                        col0, row0 = math.floor(col), math.floor(row)
+                        sample = torch.zeros(channels, dtype=value.dtype)
+                        for r, wr in ((row0, 1 - (row - row0)), (row0 + 1, row - row0)):
+                            for c, wc in ((col0, 1 - (col - col0)), (col0 + 1, col - col0)):
+                                if 0 <= r < height and 0 <= c < width:
+                                    sample += wr * wc * level_value[n, r, c, m]
+                        output[n, q, m] += attention_weights[n, q, m, level, p] * sample
+    return output.flatten(2)
+
+
+def test_reference_matches_naive_loop():
+    inputs = make_inputs(batch=2, heads=2, channels=3, queries=4, shapes=((3, 5), (2, 3)))
+    value, shapes, starts, locations, weights = inputs
+    # exact pixel centres, borders and far-outside points too
+    locations[0, 0, 0, 0] = torch.tensor([[0.1, 1 / 6], [-0.5, 0.5]], dtype=torch.float64)
+    locations[1, 1, 1, 1] = torch.tensor([[1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    expected = naive_ms_deform_attn(value, shapes, locations, weights)
+    actual = ms_deform_attn_reference(*inputs)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    # the pixel centre (0.1, 1/6) of a 3x5 map reads exactly pixel (0, 0)
+    single = ms_deform_attn_reference(
+        value[:, :15], shapes[:1], starts[:1], locations[:, :, :, :1, :1], weights[:, :, :, :1, :1]
+    )
+    torch.testing.assert_close(single[0, 0, :3], weights[0, 0, 0, 0, 0] * value[0, 0, 0])
+
+
+KERNEL_CASES = [
+    # batch, heads, channels, queries, shapes, points
+    pytest.param(1, 1, 3, 7, ((5, 7),), 1, id="one-level-batch1-heads1-c3"),
+    pytest.param(2, 8, 17, 6, ((6, 3), (3, 2), (1, 1)), 4, id="three-levels-heads8-c17"),
+    pytest.param(3, 2, 32, 9, ((8, 8), (4, 4)), 3, id="batch3-c32"),
+    pytest.param(2, 3, 1, 4, ((2, 9), (9, 2)), 2, id="non-square-c1"),
+]
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch,heads,channels,queries,shapes,points", KERNEL_CASES)
+def test_cpu_kernel_matches_reference(dtype, batch, heads, channels, queries, shapes, points):
+    inputs = make_inputs(batch, heads, channels, queries, shapes, points, dtype=dtype)
+    assert functional.implementation_for("cpu", dtype) == functional.CPU_KERNEL
+    expected = outputs_and_grads(ms_deform_attn_reference, inputs)
+    actual = outputs_and_grads(ms_deform_attn, inputs)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    for name, a, e in zip(("output", "value", "locations", "weights"), actual, expected):
+        torch.testing.assert_close(a, e, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("channels", [1, 3, 8])
+def test_cpu_kernel_gradcheck(channels):
+    value, shapes, starts, locations, weights = make_inputs(
+        batch=2, heads=2, channels=channels, queries=3, shapes=((3, 4), (2, 3)), points=2
+    )
+    value.requires_grad_()
+    locations.requires_grad_()
+    weights.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda v, loc, w: ms_deform_attn(v, shapes, starts, loc, w),
+        (value, locations, weights),
+        eps=1e-6,
+        atol=1e-5,
+    )
+
+
+@needs_cpu_kernel
+def test_locations_all_outside_read_zero():
+    inputs = make_inputs(low=1.6, high=3.0)
+    for tensor in outputs_and_grads(ms_deform_attn, inputs):
+        assert torch.count_nonzero(tensor) == 0
+
+
+@pytest.mark.parametrize("fn", [ms_deform_attn, ms_deform_attn_reference])
+def test_empty_queries(fn):
+    inputs = make_inputs(queries=0, dtype=torch.float32)
+    output, grad_value, grad_locations, grad_weights = outputs_and_grads(fn, inputs)
+    assert output.shape == (2, 0, 2 * 4)
+    assert grad_value.shape == inputs[0].shape and torch.count_nonzero(grad_value) == 0
+    assert grad_locations.shape == inputs[3].shape
+    assert grad_weights.shape == inputs[4].shape
+
+
+def test_non_contiguous_inputs():
+    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float64)
+    # same numbers, transposed storage
+    value_t = value.transpose(0, 1).contiguous().transpose(0, 1)
+    locations_t = locations.transpose(1, 2).contiguous().transpose(1, 2)
+    weights_t = weights.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not value_t.is_contiguous() and not locations_t.is_contiguous()
+    expected = outputs_and_grads(
+        ms_deform_attn_reference, (value, shapes, starts, locations, weights)
+    )
+    actual = outputs_and_grads(ms_deform_attn, (value_t, shapes, starts, locations_t, weights_t))
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def _replace(inputs, index, tensor):
+    inputs = list(inputs)
+    inputs[index] = tensor
+    return inputs
+
+
+BAD_INPUTS = [
+    # (description, builder from good inputs, error type, message fragment)
+    ("value length", lambda i: _replace(i, 0, i[0][:, :-1]), ValueError, "positions"),
+    ("value heads", lambda i: _replace(i, 0, i[0][:, :, :1]), ValueError, "heads"),
+    ("value batch", lambda i: _replace(i, 0, i[0][:1]), ValueError, "batch"),
+    ("value rank", lambda i: _replace(i, 0, i[0].flatten(2)), ValueError, "(N, S, M, D)"),
+    ("weights points", lambda i: _replace(i, 4, i[4][..., :1]), ValueError, "attention_weights"),
+    (
+        "weights levels",
+        lambda i: _replace(i, 4, i[4][:, :, :, :1]),
+        ValueError,
+        "attention_weights",
+    ),
+    (
+        "locations last dim",
+        lambda i: _replace(i, 3, i[3][..., :1]),
+        ValueError,
+        "(N, Q, M, L, P, 2)",
+    ),
+    ("levels vs shapes", lambda i: _replace(i, 1, i[1][:1]), ValueError, "spatial_shapes"),
+    ("start index length", lambda i: _replace(i, 2, i[2][:1]), ValueError, "level_start_index"),
+    ("start index values", lambda i: _replace(i, 2, i[2] + 1), ValueError, "inconsistent"),
+    ("float shapes", lambda i: _replace(i, 1, i[1].float()), TypeError, "integer"),
+    ("integer value", lambda i: _replace(i, 0, i[0].long()), TypeError, "floating point"),
+    ("integer weights", lambda i: _replace(i, 4, i[4].long()), TypeError, "floating point"),
+    ("devices", lambda i: _replace(i, 4, i[4].to("meta")), ValueError, "same device"),
+]
+
+
+@pytest.mark.parametrize(
+    "build,error,fragment", [pytest.param(*case[1:], id=case[0]) for case in BAD_INPUTS]
+)
+def test_bad_inputs_raise(build, error, fragment):
+    inputs = make_inputs(dtype=torch.float32)
+    with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        ms_deform_attn(*build(inputs))
+
+
+def test_int32_shapes_accepted():
+    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float64)
+    expected = ms_deform_attn_reference(value, shapes, starts, locations, weights)
+    actual = ms_deform_attn(value, shapes.int(), starts.int(), locations, weights)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_dispatch_without_extension(monkeypatch):
+    monkeypatch.setattr(functional, "_C", None)
+    for device_type, dtype in (("cpu", torch.float32), ("cuda", torch.float16)):
+        assert not functional.kernel_available(device_type, dtype)
+        assert functional.implementation_for(device_type, dtype) == functional.REFERENCE
+    inputs = make_inputs(dtype=torch.float64)
+    torch.testing.assert_close(ms_deform_attn(*inputs), ms_deform_attn_reference(*inputs))
+
+
+@needs_cpu_kernel
+def test_dispatch_with_extension():
+    assert functional.implementation_for("cpu", torch.float32) == functional.CPU_KERNEL
+    assert functional.implementation_for("cpu", torch.float64) == functional.CPU_KERNEL
+    # no CPU kernel for half types: the reference handles them
+    assert functional.implementation_for("cpu", torch.bfloat16) == functional.REFERENCE
+    assert functional.implementation_for("cuda", torch.bfloat16) == (
+        functional.CUDA_KERNEL if functional._C.cuda_built() else functional.REFERENCE
+    )
+
+
+def test_cpu_bfloat16_uses_reference_and_is_close():
+    inputs = make_inputs(dtype=torch.bfloat16)
+    expected = ms_deform_attn_reference(
+        *(t.double() if t.is_floating_point() else t for t in inputs)
+    )
+    actual = ms_deform_attn(*inputs)
+    assert actual.dtype == torch.bfloat16
+    torch.testing.assert_close(actual.double(), expected, rtol=5e-2, atol=5e-2)
+
+
+def test_first_call_logs_choice_once(monkeypatch, caplog):
+    monkeypatch.setattr(functional, "_logged_choices", set())
+    inputs = make_inputs(dtype=torch.float64)
+    with caplog.at_level(logging.INFO, logger=functional.__name__):
+        ms_deform_attn(*inputs)
+        ms_deform_attn(*inputs)
+    messages = [r.getMessage() for r in caplog.records if "cpu/float64" in r.getMessage()]
+    assert len(messages) == 1
+    assert functional.implementation_for("cpu", torch.float64).replace("_", " ") in messages[0]
+
+
+def test_import_without_extension_uses_reference():
+    """A fresh interpreter where _C cannot be found imports the package and still works."""
+    script = f"""
+import sys
+sys.modules["{OPS_PACKAGE}._C"] = None  # makes the extension unfindable
+import torch
+from {OPS_PACKAGE} import ms_deform_attn, functional
+assert functional._C is None
+assert functional.implementation_for("cpu", torch.float32) == "reference"
+shapes = torch.tensor([[2, 3]])
+out = ms_deform_attn(torch.ones(1, 6, 1, 2), shapes, torch.tensor([0]),
+                     torch.full((1, 1, 1, 1, 1, 2), 0.5), torch.ones(1, 1, 1, 1, 1))
+assert out.shape == (1, 1, 2) and torch.allclose(out, torch.ones(1, 1, 2)), out
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_broken_extension_is_reported(monkeypatch):
+    def fail(name):
+        raise ImportError("undefined symbol: _ZN2at6Tensor")
+
+    monkeypatch.setattr(functional.importlib, "import_module", fail)
+    monkeypatch.setattr(functional.importlib.util, "find_spec", lambda name: object())
+    with pytest.raises(ImportError, match="rebuild"):
+        functional._load_extension()
+
+
+@needs_cpu_kernel
+def test_torch_compile_traces_through_kernel():
+    torch._dynamo.reset()
+    inputs = make_inputs(dtype=torch.float32)
+
+    def loss_fn(value, shapes, starts, locations, weights):
+        return ms_deform_attn(value, shapes, starts, locations, weights).square().sum()
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    value, shapes, starts, locations, weights = (
+        t.clone().requires_grad_(t.is_floating_point()) for t in inputs
+    )
+    compiled(value, shapes, starts, locations, weights).backward()
+    eager = [t.clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    loss_fn(*eager).backward()
+    for traced, reference in zip((value, locations, weights), (eager[0], eager[3], eager[4])):
+        torch.testing.assert_close(traced.grad, reference.grad)
+
+
+@needs_cpu_kernel
+def test_torch_export_contains_custom_op():
+    class Attend(torch.nn.Module):
+        def forward(self, value, shapes, starts, locations, weights):
+            return ms_deform_attn(value, shapes, starts, locations, weights)
+
+    inputs = make_inputs(dtype=torch.float32)
+    exported = torch.export.export(Attend(), tuple(inputs))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert "mask2former.ms_deform_attn_forward.default" in targets
+    torch.testing.assert_close(exported.module()(*inputs), ms_deform_attn_reference(*inputs))
+
+
+@pytest.mark.parametrize("box", [False, True], ids=["points", "boxes"])
+def test_module_shapes_and_backward(box):
+    torch.manual_seed(0)
+    layer = MSDeformAttn(embed_dim=16, num_levels=2, num_heads=4, num_points=3)
+    _, shapes, starts, _, _ = make_inputs(shapes=((4, 5), (2, 3)))
+    query = torch.randn(2, 7, 16)
+    value = torch.randn(2, 26, 16)
+    reference_points = torch.rand(2, 7, 2, 4 if box else 2)
+    output = layer(query, reference_points, value, shapes, starts)
+    assert output.shape == (2, 7, 16)
+    output.sum().backward()
+    assert layer.sampling_offsets.weight.grad.abs().sum() > 0
+    assert layer.value_proj.weight.grad.abs().sum() > 0
+
+
+@needs_cpu_kernel
+def test_module_compiles_without_graph_breaks():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = MSDeformAttn(embed_dim=8, num_levels=2, num_heads=2, num_points=2)
+    shapes = torch.tensor([[3, 4], [2, 2]])
+    starts = torch.tensor([0, 12])
+    args = (torch.randn(2, 5, 8), torch.rand(2, 5, 2, 2), torch.randn(2, 16, 8), shapes, starts)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), layer(*args))
+
+
+def test_module_rejects_value_not_matching_shapes():
+    layer = MSDeformAttn(embed_dim=8, num_levels=1, num_heads=2, num_points=1)
+    with pytest.raises(ValueError, match="positions"):
+        layer(
+            torch.randn(1, 2, 8),
+            torch.rand(1, 2, 1, 2),
+            torch.randn(1, 5, 8),
+            torch.tensor([[2, 2]]),
+            torch.tensor([0]),
+        )
+
+
+def test_module_padding_mask_hides_padded_values():
+    torch.manual_seed(0)
+    layer = MSDeformAttn(embed_dim=8, num_levels=1, num_heads=2, num_points=4)
+    shapes = torch.tensor([[4, 4]])
+    starts = torch.tensor([0])
+    query = torch.randn(1, 5, 8)
+    value = torch.randn(1, 16, 8)
+    reference_points = torch.rand(1, 5, 1, 2)
+    padding_mask = torch.zeros(1, 16, dtype=torch.bool)
+    padding_mask[:, 8:] = True
+    changed = value.clone()
+    changed[:, 8:] = 100.0
+    out = layer(query, reference_points, value, shapes, starts, padding_mask)
+    out_changed = layer(query, reference_points, changed, shapes, starts, padding_mask)
+    torch.testing.assert_close(out, out_changed)
+    assert not torch.allclose(out, layer(query, reference_points, changed, shapes, starts))
+
+
+def test_module_rejects_bad_reference_points():
+    layer = MSDeformAttn(embed_dim=8, num_levels=1, num_heads=2, num_points=1)
+    with pytest.raises(ValueError, match="reference_points"):
+        layer(
+            torch.randn(1, 2, 8),
+            torch.rand(1, 2, 1, 3),
+            torch.randn(1, 4, 8),
+            torch.tensor([[2, 2]]),
+            torch.tensor([0]),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch,heads,channels,queries,shapes,points", KERNEL_CASES)
+def test_cuda_kernel_matches_reference(dtype, batch, heads, channels, queries, shapes, points):
+    assert functional.implementation_for("cuda", dtype) == functional.CUDA_KERNEL
+    inputs = make_inputs(
+        batch, heads, channels, queries, shapes, points, dtype=dtype, device="cuda"
+    )
+    expected = outputs_and_grads(ms_deform_attn_reference, [t.cpu() for t in inputs])
+    actual = outputs_and_grads(ms_deform_attn, inputs)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    for name, a, e in zip(("output", "value", "locations", "weights"), actual, expected):
+        torch.testing.assert_close(a.cpu(), e, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_types_match_float32_reference(dtype):
+    assert functional.implementation_for("cuda", dtype) == functional.CUDA_KERNEL
+    inputs = make_inputs(3, 8, 32, 50, ((16, 12), (8, 6), (4, 3)), 4, dtype=dtype, device="cuda")
+    as_float = [t.float() if t.is_floating_point() else t for t in inputs]
+    expected = outputs_and_grads(ms_deform_attn_reference, as_float)
+    actual = outputs_and_grads(ms_deform_attn, inputs)
+    assert actual[0].dtype == dtype and actual[1].dtype == dtype
+    assert actual[2].dtype == torch.float32
+    tol = 2e-2 if dtype == torch.float16 else 8e-2
+    for name, a, e in zip(("output", "value", "locations", "weights"), actual, expected):
+        scale = e.abs().max().clamp(min=1)
+        torch.testing.assert_close(
+            a.float() / scale,
+            e / scale,
+            rtol=tol,
+            atol=tol,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_gradcheck_float64():
+    value, shapes, starts, locations, weights = make_inputs(channels=5, device="cuda")
+    assert torch.autograd.gradcheck(
+        lambda v, loc, w: ms_deform_attn(v, shapes, starts, loc, w),
+        (value.requires_grad_(), locations.requires_grad_(), weights.requires_grad_()),
+        eps=1e-6,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.cuda
+@needs_cuda
+@needs_cpu_kernel
+def test_cuda_large_odd_batch_matches_cpu_kernel():
+    """Batch 7 (odd), 8 heads, 32 channels, a few thousand queries: bigger launches."""
+    inputs = make_inputs(7, 8, 32, 3001, ((40, 30), (20, 15), (10, 8)), 4, dtype=torch.float32)
+    expected = outputs_and_grads(ms_deform_attn, inputs)
+    actual = outputs_and_grads(ms_deform_attn, [t.cuda() for t in inputs])
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a.cpu(), e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_empty_queries():
+    inputs = make_inputs(queries=0, dtype=torch.float16, device="cuda")
+    output, grad_value, _, _ = outputs_and_grads(ms_deform_attn, inputs)
+    assert output.shape == (2, 0, 8) and torch.count_nonzero(grad_value) == 0

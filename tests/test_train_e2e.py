@@ -1,0 +1,192 @@
+"""End-to-end training tests on the synthetic shapes data through the real evaluators:
+a few iterations then evaluation per task, a 2-process run over gloo, and crash-and-resume.
+
+The models are the configs/shapes ones with overrides that shrink the heads; images are the
+synthetic set's 128 x 128 ones (generated under $DETECTRON2_DATASETS/shapes when missing).
+"""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mask2former.data  # noqa: F401  only registration
+from mask2former import modeling as _modeling  # noqa: F401  only registration
+from mask2former.config import load_config
+from mask2former.engine import MaskFormerTrainer
+from mask2former.engine import checkpoint as checkpoint_module
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = os.path.join(REPO, "configs", "shapes")
+
+TINY = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.NORM_NUM_GROUPS", "8",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", "64",
+    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8",
+    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.MAX_ITER", "3",
+    "SOLVER.WARMUP_ITERS", "0",
+    "SOLVER.BASE_LR", "0.001",
+    "DATALOADER.NUM_WORKERS", "0",
+    "TEST.EVAL_PERIOD", "0",
+    "SEED", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Train with one thread: on a shared 2-core machine two threads are many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _cfg(name, output_dir, *opts):
+    cfg = load_config(os.path.join(SHAPES, name), [*TINY, "OUTPUT_DIR", str(output_dir), *opts])
+    cfg.freeze()
+    return cfg
+
+
+def _in_range(value, low=0.0, high=100.0):
+    return math.isfinite(value) and low <= value <= high
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config_name, metrics",
+    [
+        (
+            "maskformer2_R18_panoptic.yaml",
+            {"panoptic_seg": ["PQ", "SQ", "RQ"], "segm": ["AP", "AP50"], "sem_seg": ["mIoU"]},
+        ),
+        ("maskformer2_R18_instance.yaml", {"segm": ["AP", "AP50"]}),
+        ("maskformer2_R18_semantic.yaml", {"sem_seg": ["mIoU", "pACC"]}),
+    ],
+)
+def test_train_then_evaluate(tmp_path, config_name, metrics):
+    # semantic test-time augmentation runs after training when TEST.AUG.ENABLED
+    tta = config_name.endswith("semantic.yaml")
+    aug = ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(96, 128)", "TEST.AUG.FLIP", "True"]
+    cfg = _cfg(config_name, tmp_path, *(aug if tta else []))
+    trainer = MaskFormerTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()  # evaluates DATASETS.TEST after the last iteration
+    assert trainer.iter == cfg.SOLVER.MAX_ITER  # Detectron2 counts past the last one
+    losses = trainer.storage.history("total_loss").values()
+    assert len(losses) == cfg.SOLVER.MAX_ITER and all(math.isfinite(v) for v, _ in losses)
+    results = trainer._last_eval_results
+    for task, names in metrics.items():
+        for name in names:
+            assert _in_range(results[task][name]), (task, name, results[task])
+    assert (tmp_path / "model_final.pth").is_file()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    if tta:
+        # one test set: Detectron2 returns its results unnested, so the key is the task's
+        tta_miou = trainer.storage.latest()["sem_seg_TTA/mIoU"][0]
+        assert _in_range(tta_miou)
+
+
+def _poly_lr(cfg, iteration):
+    """The WarmupPolyLR learning rate after `iteration` steps (no warm-up in these configs)."""
+    return cfg.SOLVER.BASE_LR * (1 - iteration / cfg.SOLVER.MAX_ITER) ** cfg.SOLVER.POLY_LR_POWER
+
+
+@pytest.mark.slow
+def test_crash_during_checkpoint_then_resume(tmp_path, monkeypatch):
+    opts = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()"]
+    cfg = _cfg("maskformer2_R18_semantic.yaml", tmp_path, *opts)
+    real_save = torch.save
+
+    def save_or_crash(data, f):
+        if data.get("iteration") == 3:  # the second periodic checkpoint, model_0000003.pth
+            f.write(b"partial")
+            raise KeyboardInterrupt("killed while writing model_0000003.pth")
+        real_save(data, f)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_or_crash)
+    crashed = MaskFormerTrainer(cfg)
+    crashed.resume_or_load(resume=False)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train()
+    monkeypatch.undo()
+    del crashed
+    files = sorted(os.listdir(tmp_path))
+    assert "model_0000001.pth" in files and "model_0000003.pth" not in files
+    assert not [f for f in files if f.endswith(".tmp")]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+
+    resumed = MaskFormerTrainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    optimizer = resumed.optimizer
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(_poly_lr(cfg, 2))
+    adam_steps = {int(state["step"]) for state in optimizer.state.values()}
+    assert adam_steps == {2}
+    resumed.train()
+    lrs = {it: lr for lr, it in resumed.storage.history("lr").values()}
+    assert sorted(lrs) == [2, 3, 4, 5]
+    for iteration, lr in lrs.items():
+        assert lr == pytest.approx(_poly_lr(cfg, iteration))
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 5
+
+
+@pytest.mark.slow
+def test_two_process_training_over_gloo(tmp_path):
+    config = os.path.join(SHAPES, "maskformer2_R18_semantic.yaml")
+    script = [sys.executable, os.path.join(REPO, "train_net.py")]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    train = [
+        *script, "--num-gpus", "2", "--config-file", config,
+        *TINY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
+    ]  # fmt: skip
+    run = subprocess.run(train, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (tmp_path / "log.txt").read_text()
+    assert "World size: 2" in log
+    assert "mIoU" in log
+    assert (tmp_path / "model_final.pth").is_file()
+
+    # --eval-only on the weights just written, in one process
+    eval_dir = tmp_path / "eval"
+    weights = str(tmp_path / "model_final.pth")
+    evaluate = [
+        *script, "--eval-only", "--config-file", config,
+        *TINY, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(eval_dir),
+    ]  # fmt: skip
+    run = subprocess.run(evaluate, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (eval_dir / "log.txt").read_text()
+    assert weights in log and "mIoU" in log
+
+
+def _run_cli(*args, tmp_path):
+    command = [sys.executable, os.path.join(REPO, "train_net.py"), *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_errors_name_the_problem(tmp_path):
+    config = os.path.join(SHAPES, "maskformer2_R18_semantic.yaml")
+    typo = _run_cli("--config-file", config, "SOLVER.BASE_LRR", "0.1", tmp_path=tmp_path)
+    assert typo.returncode != 0
+    assert "SOLVER.BASE_LRR" in typo.stderr and "SOLVER.BASE_LR" in typo.stderr
+    missing = str(tmp_path / "no_such_weights.pth")
+    no_weights = _run_cli(
+        "--config-file", config, "--eval-only", "MODEL.WEIGHTS", missing, tmp_path=tmp_path
+    )
+    assert no_weights.returncode != 0
+    assert missing in no_weights.stderr and "MODEL.WEIGHTS" in no_weights.stderr

@@ -1,0 +1,310 @@
+#!/usr/bin/env python
+"""CPU inference time of Mask2Former R50 on a COCO-panoptic-sized input, stage by stage.
+
+The model is randomly initialised (no download): 133 classes, 100 queries, all three outputs on.
+Reports the backbone, pixel decoder, transformer decoder and post-processing times of full
+forwards, then compares this package's post-processing with the straightforward one of the
+official release (upsample all 100 masks to the padded size, crop and resize, then sigmoid per
+output, a Python loop per panoptic segment, every top-k mask gathered at full size) on the same
+predictions. A randomly initialised model has no confident query, so that comparison runs on
+synthetic predictions with realistic structure (blob-shaped masks, 25 confident queries).
+
+Example:
+    python tools/benchmark_inference.py --repeats 2 --json-out output/benchmark_inference.json
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections import defaultdict
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import Boxes, Instances
+
+import mask2former.modeling  # noqa: F401  (registers MaskFormer)
+from mask2former.config import load_config
+
+DEFAULT_CONFIG = "configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
+METADATA = "mask2former_benchmark_inference"
+NUM_THINGS = 80
+
+
+def build_benchmark_model(config: str, opts: List[str]) -> torch.nn.Module:
+    """The model of ``config`` with random weights on the CPU, in eval mode."""
+    MetadataCatalog.get(METADATA).set(
+        thing_dataset_id_to_contiguous_id={i: i for i in range(NUM_THINGS)}
+    )
+    cfg = load_config(config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
+    cfg.DATASETS.TRAIN = (METADATA,)
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+class StageTimer:
+    """Wall time of submodule forwards, accumulated per name, via forward hooks."""
+
+    def __init__(self, modules: Dict[str, torch.nn.Module]):
+        self.times: Dict[str, float] = defaultdict(float)
+        self._starts: Dict[str, float] = {}
+        for name, module in modules.items():
+            module.register_forward_pre_hook(self._pre_hook(name))
+            module.register_forward_hook(self._post_hook(name))
+
+    def _pre_hook(self, name: str) -> Callable:
+        def hook(module, inputs):
+            self._starts[name] = time.perf_counter()
+
+        return hook
+
+    def _post_hook(self, name: str) -> Callable:
+        def hook(module, inputs, outputs):
+            self.times[name] += time.perf_counter() - self._starts[name]
+
+        return hook
+
+    def reset(self) -> None:
+        self.times.clear()
+
+
+def time_forwards(model, inputs: List[Dict], repeats: int) -> List[Dict[str, float]]:
+    """Per-stage seconds of ``repeats`` forwards (after one warm-up)."""
+    timer = StageTimer(
+        {
+            "backbone": model.backbone,
+            "pixel_decoder": model.sem_seg_head.pixel_decoder,
+            "transformer_decoder": model.sem_seg_head.predictor,
+        }
+    )
+    inference = model.inference
+
+    def timed_inference(*args, **kwargs):
+        start = time.perf_counter()
+        result = inference(*args, **kwargs)
+        timer.times["postprocessing"] += time.perf_counter() - start
+        return result
+
+    model.inference = timed_inference
+    runs = []
+    with torch.no_grad():
+        for run in range(repeats + 1):
+            timer.reset()
+            start = time.perf_counter()
+            model(inputs)
+            total = time.perf_counter() - start
+            if run > 0:
+                runs.append({**timer.times, "total": total})
+    del model.inference
+    return runs
+
+
+def synthetic_predictions(num_queries: int, num_classes: int, mask_size, seed: int = 0):
+    """Predictions with realistic structure, at 1/4 resolution.
+
+    25 confident queries (class probability ~0.99) whose masks tile the image (Voronoi cells
+    with smooth borders, so panoptic inference keeps them) and 75 unconfident queries with
+    random blob masks.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    num_confident = 25
+    class_logits = torch.randn(num_queries, num_classes + 1, generator=generator)
+    confident = torch.randperm(num_queries, generator=generator)[:num_confident]
+    classes = torch.randint(num_classes, (num_confident,), generator=generator)
+    class_logits[confident, classes] = 10.0
+    coarse_size = (mask_size[0] // 8, mask_size[1] // 8)
+    coarse = torch.randn(num_queries, *coarse_size, generator=generator) * 6 - 4
+    ys, xs = torch.meshgrid(
+        torch.linspace(0, 1, coarse_size[0]), torch.linspace(0, 1, coarse_size[1]), indexing="ij"
+    )
+    centers = torch.rand(num_confident, 2, generator=generator)
+    distances = (ys[None] - centers[:, 0, None, None]) ** 2 + (
+        xs[None] - centers[:, 1, None, None]
+    ) ** 2
+    nearest = distances.argmin(0)
+    for cell, query in enumerate(confident.tolist()):
+        coarse[query] = torch.where(nearest == cell, 6.0, -6.0) + coarse[query] * 0.1
+    mask_logits = F.interpolate(coarse[:, None], size=mask_size, mode="bilinear")[:, 0]
+    return class_logits, mask_logits
+
+
+def straightforward_postprocess(model, class_logits, mask_logits, padded, image_size, output):
+    """The official release's post-processing of one image (real boxes aside: zero there)."""
+    masks = F.interpolate(mask_logits[None], size=padded, mode="bilinear", align_corners=False)[0]
+    masks = sem_seg_postprocess(masks, image_size, *output)
+    num_classes = class_logits.shape[-1] - 1
+    things = set(model.metadata.thing_dataset_id_to_contiguous_id.values())
+    result = {
+        "sem_seg": torch.einsum("qc,qhw->chw", class_logits.softmax(-1)[:, :-1], masks.sigmoid())
+    }
+
+    scores, labels = class_logits.softmax(-1).max(-1)
+    probs = masks.sigmoid()
+    keep = labels.ne(num_classes) & (scores > model.object_mask_threshold)
+    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], probs[keep]
+    panoptic_seg = torch.zeros(output, dtype=torch.int32)
+    segments_info, stuff, segment_id = [], {}, 0
+    if len(cur_masks):
+        cur_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+        for k in range(len(cur_classes)):
+            category = cur_classes[k].item()
+            isthing = category in things
+            mask_area = (cur_ids == k).sum().item()
+            original_area = (cur_masks[k] >= 0.5).sum().item()
+            mask = (cur_ids == k) & (cur_masks[k] >= 0.5)
+            if mask_area > 0 and original_area > 0 and mask.sum().item() > 0:
+                if mask_area / original_area < model.overlap_threshold:
+                    continue
+                if not isthing:
+                    if category in stuff:
+                        panoptic_seg[mask] = stuff[category]
+                        continue
+                    stuff[category] = segment_id + 1
+                segment_id += 1
+                panoptic_seg[mask] = segment_id
+                segments_info.append(
+                    {"id": segment_id, "isthing": isthing, "category_id": category}
+                )
+    result["panoptic_seg"] = (panoptic_seg, segments_info)
+
+    class_probs = class_logits.softmax(-1)[:, :-1]
+    top_scores, top = class_probs.flatten().topk(model.test_topk_per_image, sorted=True)
+    top_labels, top_queries = top % num_classes, top // num_classes
+    is_thing = torch.tensor([label in things for label in top_labels.tolist()], dtype=torch.bool)
+    top_scores, top_labels = top_scores[is_thing], top_labels[is_thing]
+    top_masks = masks[top_queries[is_thing]]
+    instances = Instances(output)
+    instances.pred_masks = (top_masks > 0).float()
+    instances.pred_boxes = Boxes(torch.zeros(len(top_masks), 4))
+    flat = instances.pred_masks.flatten(1)
+    mask_scores = (top_masks.sigmoid().flatten(1) * flat).sum(1) / (flat.sum(1) + 1e-6)
+    instances.scores = top_scores * mask_scores
+    instances.pred_classes = top_labels
+    result["instances"] = instances
+    return result
+
+
+def compare_postprocessing(model, padded, image_size, output, repeats: int) -> Dict:
+    """Seconds of ours vs the straightforward post-processing, and how far the results differ."""
+    num_classes = model.sem_seg_head.predictor.class_embed.out_features - 1
+    mask_size = (padded[0] // 4, padded[1] // 4)
+    class_logits, mask_logits = synthetic_predictions(model.num_queries, num_classes, mask_size)
+    ours_times, reference_times, ours_cpu, reference_cpu = [], [], [], []
+    with torch.no_grad():
+        for run in range(repeats + 1):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            ours = model.inference_single_image(
+                class_logits, mask_logits, padded, image_size, output
+            )
+            middle, middle_cpu = time.perf_counter(), time.process_time()
+            reference = straightforward_postprocess(
+                model, class_logits, mask_logits, padded, image_size, output
+            )
+            end, end_cpu = time.perf_counter(), time.process_time()
+            if run > 0:
+                ours_times.append(middle - start)
+                reference_times.append(end - middle)
+                ours_cpu.append(middle_cpu - start_cpu)
+                reference_cpu.append(end_cpu - middle_cpu)
+    ours_seg, ours_info = ours["panoptic_seg"]
+    reference_seg, reference_info = reference["panoptic_seg"]
+    return {
+        "ours_s": statistics.median(ours_times),
+        "straightforward_s": statistics.median(reference_times),
+        # CPU time of all threads: less sensitive than wall time to other load on the machine.
+        "ours_cpu_s": statistics.median(ours_cpu),
+        "straightforward_cpu_s": statistics.median(reference_cpu),
+        "sem_seg_max_abs_diff": float((ours["sem_seg"] - reference["sem_seg"]).abs().max()),
+        "panoptic_pixels_differing": int((ours_seg != reference_seg).sum()),
+        "panoptic_segments": [len(ours_info), len(reference_info)],
+        "instance_mask_pixels_differing": int(
+            (ours["instances"].pred_masks != reference["instances"].pred_masks.bool()).sum()
+        ),
+        "instances": len(ours["instances"]),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG)
+    parser.add_argument("--image-size", type=int, nargs=2, default=(800, 1199), metavar=("H", "W"))
+    parser.add_argument(
+        "--output-size",
+        type=int,
+        nargs=2,
+        default=(427, 640),
+        metavar=("H", "W"),
+        help="original image size the results are returned at (a typical COCO image)",
+    )
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--json-out", default=None, help="also write the JSON report here")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = build_benchmark_model(args.config_file, args.opts)
+    generator = torch.Generator().manual_seed(0)
+    height, width = args.image_size
+    image = torch.randint(0, 256, (3, height, width), generator=generator).float()
+    inputs = [{"image": image, "height": args.output_size[0], "width": args.output_size[1]}]
+    runs = time_forwards(model, inputs, args.repeats)
+    stages = ["backbone", "pixel_decoder", "transformer_decoder", "postprocessing", "total"]
+    medians = {stage: statistics.median(run[stage] for run in runs) for stage in stages}
+
+    padded = tuple(model.preprocess_image(inputs).tensor.shape[-2:])
+    postprocessing = compare_postprocessing(
+        model, padded, tuple(args.image_size), tuple(args.output_size), args.repeats
+    )
+    network = sum(medians[s] for s in ["backbone", "pixel_decoder", "transformer_decoder"])
+    report = {
+        "config": args.config_file,
+        "image_size": list(args.image_size),
+        "padded_size": list(padded),
+        "output_size": list(args.output_size),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "repeats": args.repeats,
+        "forward_median_s": medians,
+        "forward_runs_s": runs,
+        "postprocessing_realistic": postprocessing,
+        "end_to_end_realistic_s": {
+            "ours": network + postprocessing["ours_s"],
+            "straightforward_postprocessing": network + postprocessing["straightforward_s"],
+        },
+    }
+    print(json.dumps(report, indent=2))
+    if args.json_out:
+        os.makedirs(os.path.dirname(args.json_out) or ".", exist_ok=True)
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=2)
+
+    total = medians["total"]
+    print(f"\n{'stage':<34}{'seconds':>10}{'share':>8}")
+    for stage in stages:
+        print(f"{stage:<34}{medians[stage]:>10.3f}{medians[stage] / total:>8.1%}")
+    print(
+        f"\npost-processing on realistic predictions ({postprocessing['instances']} instances, "
+        f"{postprocessing['panoptic_segments'][0]} panoptic segments):"
+    )
+    print(f"{'  ours':<34}{postprocessing['ours_s']:>10.3f}")
+    print(f"{'  straightforward (official)':<34}{postprocessing['straightforward_s']:>10.3f}")
+    print(f"{'  ours, CPU time (all threads)':<34}{postprocessing['ours_cpu_s']:>10.3f}")
+    print(f"{'  straightforward, CPU time':<34}{postprocessing['straightforward_cpu_s']:>10.3f}")
+    speedup = postprocessing["straightforward_s"] / postprocessing["ours_s"]
+    print(f"{'  speed-up (wall)':<34}{speedup:>9.2f}x")
+    print(f"{'end to end, ours':<34}{report['end_to_end_realistic_s']['ours']:>10.3f}")
+    print(
+        f"{'end to end, official post-proc.':<34}"
+        f"{report['end_to_end_realistic_s']['straightforward_postprocessing']:>10.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

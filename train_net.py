@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Train or evaluate Mask2Former with Detectron2.
+
+Examples::
+
+    # train on the synthetic shapes data set (CPU, minutes)
+    python train_net.py --config-file configs/shapes/maskformer2_R18_panoptic.yaml
+    # evaluate a checkpoint
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
+    # continue an interrupted run from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file CONFIG --resume
+    # 8 GPUs (or 8 gloo processes on a CPU-only machine)
+    python train_net.py --config-file CONFIG --num-gpus 8
+"""
+
+import logging
+import os
+import sys
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from mask2former import modeling as _modeling  # noqa: F401  only registration
+from mask2former.config import load_config
+from mask2former.engine import AtomicDetectionCheckpointer, MaskFormerTrainer
+
+logger = logging.getLogger("mask2former")
+
+
+def setup(args) -> CfgNode:
+    """Load the config (file + overrides), pick the device and set up logging and OUTPUT_DIR."""
+    cfg = load_config(args.config_file, args.opts)
+    # the official configs assume GPUs; on a CPU-only machine run there (gloo for N > 1)
+    moved_to_cpu = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    if moved_to_cpu:
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
+    if moved_to_cpu:
+        logger.info("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = MaskFormerTrainer.build_model(cfg)
+        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = MaskFormerTrainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(MaskFormerTrainer.test_with_TTA(cfg, model))
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = MaskFormerTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def check_args(args) -> None:
+    """Fail before starting any process when the config or the weights to evaluate are wrong."""
+    cfg = load_config(args.config_file, args.opts)
+    weights = cfg.MODEL.WEIGHTS
+    if args.eval_only and not args.resume and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"--eval-only needs trained weights, but MODEL.WEIGHTS {weights!r} is not a file. "
+            "Pass MODEL.WEIGHTS path/to/model_final.pth (or .pkl) after the options."
+        )
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    try:
+        check_args(args)
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
