@@ -78,7 +78,7 @@ TORCH_LIBRARY(mask2former, m) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.doc() = "Multi-scale deformable attention kernels (ops registered in torch.ops.mask2former)";
+  module.doc() = "Multi-scale deformable attention kernels, registered in torch.ops.mask2former";
   module.def(
       "cuda_built",
       []() {

@@ -128,11 +128,14 @@ inline void corners_of_query(
 // Prefetches [data, data + bytes) for reading (write = 0) or writing (write = 1).
 template <int write>
 inline void prefetch_span(const void* data, int64_t bytes) {
+  if (bytes <= 0) {
+    return;
+  }
   const char* begin = static_cast<const char*>(data);
   for (int64_t byte = 0; byte < bytes; byte += 64) {
     __builtin_prefetch(begin + byte, write);
   }
-  __builtin_prefetch(begin + bytes - 1, write);
+  __builtin_prefetch(begin + bytes - 1, write);  // the last line when bytes % 64 != 0
 }
 
 template <typename scalar_t>
@@ -151,8 +154,9 @@ void forward_kernel(
   const scalar_t* loc_data = sampling_locations.const_data_ptr<scalar_t>();
   const scalar_t* attn_data = attention_weights.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, num_levels * points * channels));
-
+  // about 4096 multiply-adds per chunk of (n, q, m)
+  const int64_t work = std::max<int64_t>(1, num_levels * points * channels);
+  const int64_t grain = std::max<int64_t>(1, 4096 / work);
   const int64_t row_bytes = channels * static_cast<int64_t>(sizeof(scalar_t));
 
   at::parallel_for(0, batch * queries * heads, grain, [&](int64_t begin, int64_t end) {
@@ -336,7 +340,8 @@ at::Tensor ms_deform_attn_forward_cpu(
   const auto value_c = value.contiguous();
   const auto loc_c = sampling_locations.contiguous();
   const auto attn_c = attention_weights.contiguous();
-  const auto levels = read_levels(spatial_shapes.contiguous(), level_start_index.contiguous(), value.size(1));
+  const auto levels =
+      read_levels(spatial_shapes.contiguous(), level_start_index.contiguous(), value.size(1));
   auto output = at::empty(
       {value.size(0), sampling_locations.size(1), value.size(2), value.size(3)}, value.options());
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
@@ -367,7 +372,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const auto loc_c = sampling_locations.contiguous();
   const auto attn_c = attention_weights.contiguous();
   const auto grad_out_c = grad_output.contiguous();
-  const auto levels = read_levels(spatial_shapes.contiguous(), level_start_index.contiguous(), value.size(1));
+  const auto levels =
+      read_levels(spatial_shapes.contiguous(), level_start_index.contiguous(), value.size(1));
   auto grad_value = at::zeros_like(value_c);
   auto grad_locations = at::empty_like(loc_c);
   auto grad_weights = at::empty_like(attn_c);

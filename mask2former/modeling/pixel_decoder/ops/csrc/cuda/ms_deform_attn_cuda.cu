@@ -27,7 +27,8 @@ constexpr int kWarp = 32;
 constexpr int64_t kMaxBlocks = 65535LL * 32;
 
 int64_t num_blocks(int64_t num_threads) {
-  return std::max<int64_t>(1, std::min<int64_t>((num_threads + kThreads - 1) / kThreads, kMaxBlocks));
+  const int64_t needed = (num_threads + kThreads - 1) / kThreads;
+  return std::max<int64_t>(1, std::min<int64_t>(needed, kMaxBlocks));
 }
 
 // Bilinear corners of one sampling point on one level (align_corners=False, zero padding).
@@ -167,7 +168,8 @@ __global__ void backward_kernel(
     for (int64_t l = 0; l < num_levels; ++l) {
       const int64_t height = spatial_shapes[2 * l];
       const int64_t width = spatial_shapes[2 * l + 1];
-      const int64_t level_offset = (n * num_values + level_start_index[l]) * row_stride + m * channels;
+      const int64_t level_offset =
+          (n * num_values + level_start_index[l]) * row_stride + m * channels;
       for (int64_t p = 0; p < points; ++p, loc += 2, ++attn, grad_loc += 2, ++grad_attn) {
         const Corners<acc_t> c = corners_at<acc_t>(height, width, loc[0], loc[1]);
         if (!c.any) {
