@@ -30,6 +30,7 @@ from detectron2.structures import Boxes, Instances
 
 import mask2former.modeling  # noqa: F401  (registers MaskFormer)
 from mask2former.config import load_config
+from mask2former.modeling.pixel_decoder.ops import functional as ms_deform_attn_functional
 
 DEFAULT_CONFIG = "configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 METADATA = "mask2former_benchmark_inference"
@@ -244,10 +245,21 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--json-out", default=None, help="also write the JSON report here")
+    parser.add_argument(
+        "--reference-op",
+        action="store_true",
+        help="run deformable attention with the pure-PyTorch reference instead of the kernel "
+        "(what the official release does on CPU)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.reference_op:
+        # ms_deform_attn looks its implementation up in the module at every call
+        ms_deform_attn_functional.implementation_for = lambda *_: (
+            ms_deform_attn_functional.REFERENCE
+        )
 
     model = build_benchmark_model(args.config_file, args.opts)
     generator = torch.Generator().manual_seed(0)
@@ -271,6 +283,7 @@ def main(argv=None) -> None:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "repeats": args.repeats,
+        "deformable_attention": "reference" if args.reference_op else "dispatch (kernel)",
         "forward_median_s": medians,
         "forward_runs_s": runs,
         "postprocessing_realistic": postprocessing,
