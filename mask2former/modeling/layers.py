@@ -8,7 +8,8 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import get_norm
+from detectron2.layers import Conv2d, get_norm
+from fvcore.nn import weight_init
 from torch import nn
 
 __all__ = [
@@ -54,6 +55,37 @@ def get_norm_layer(norm: str, channels: int, num_groups: int = 32) -> Optional[n
             )
         return nn.GroupNorm(num_groups, channels)
     return get_norm(norm, channels)
+
+
+def fpn_lateral_conv(in_channels: int, conv_dim: int, norm: str, norm_num_groups: int) -> Conv2d:
+    """The 1x1 lateral convolution (with norm, Caffe2 Xavier init) of an FPN level.
+
+    Bias only without a norm, as in the official pixel decoders' ``adapter_*`` layers.
+    """
+    conv = Conv2d(
+        in_channels,
+        conv_dim,
+        kernel_size=1,
+        bias=norm == "",
+        norm=get_norm_layer(norm, conv_dim, norm_num_groups),
+    )
+    weight_init.c2_xavier_fill(conv)
+    return conv
+
+
+def fpn_output_conv(in_channels: int, conv_dim: int, norm: str, norm_num_groups: int) -> Conv2d:
+    """The 3x3 output convolution (with norm and ReLU) of an FPN level (``layer_*``)."""
+    conv = Conv2d(
+        in_channels,
+        conv_dim,
+        kernel_size=3,
+        padding=1,
+        bias=norm == "",
+        norm=get_norm_layer(norm, conv_dim, norm_num_groups),
+        activation=F.relu,
+    )
+    weight_init.c2_xavier_fill(conv)
+    return conv
 
 
 def with_pos_embed(tensor: torch.Tensor, pos: Optional[torch.Tensor]) -> torch.Tensor:

@@ -9,7 +9,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from torch import nn
 
-from ..layers import get_norm_layer
+from ..layers import fpn_lateral_conv, fpn_output_conv
 from .build import PIXEL_DECODER_REGISTRY
 
 __all__ = ["BasePixelDecoder"]
@@ -55,30 +55,14 @@ class BasePixelDecoder(nn.Module):
             )
         by_stride = sorted(input_shape.items(), key=lambda item: item[1].stride)
         self.in_features = [name for name, _ in by_stride]
-        use_bias = norm == ""
         lateral_convs, output_convs = [], []
         for index, (_, shape) in enumerate(by_stride):
             coarsest = index == len(by_stride) - 1
-            output_conv = Conv2d(
-                shape.channels if coarsest else conv_dim,
-                conv_dim,
-                kernel_size=3,
-                padding=1,
-                bias=use_bias,
-                norm=get_norm_layer(norm, conv_dim, norm_num_groups),
-                activation=F.relu,
-            )
-            weight_init.c2_xavier_fill(output_conv)
+            in_channels = shape.channels if coarsest else conv_dim
+            output_conv = fpn_output_conv(in_channels, conv_dim, norm, norm_num_groups)
             lateral_conv = None
             if not coarsest:
-                lateral_conv = Conv2d(
-                    shape.channels,
-                    conv_dim,
-                    kernel_size=1,
-                    bias=use_bias,
-                    norm=get_norm_layer(norm, conv_dim, norm_num_groups),
-                )
-                weight_init.c2_xavier_fill(lateral_conv)
+                lateral_conv = fpn_lateral_conv(shape.channels, conv_dim, norm, norm_num_groups)
                 self.add_module(f"adapter_{index + 1}", lateral_conv)
             self.add_module(f"layer_{index + 1}", output_conv)
             lateral_convs.append(lateral_conv)

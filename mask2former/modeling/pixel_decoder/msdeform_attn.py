@@ -15,7 +15,12 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from torch import nn
 
-from ..layers import get_activation_fn, get_norm_layer, with_pos_embed
+from ..layers import (
+    fpn_lateral_conv,
+    fpn_output_conv,
+    get_activation_fn,
+    with_pos_embed,
+)
 from ..position_encoding import PositionEmbeddingSine
 from .build import PIXEL_DECODER_REGISTRY
 from .ops import MSDeformAttn
@@ -328,27 +333,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         finest_stride = min(shape.stride for _, shape in encoder_shapes)
         num_fpn_levels = round(math.log2(finest_stride) - math.log2(common_stride))
         self.fpn_in_features = [name for name, _ in by_stride[:num_fpn_levels]]
-        use_bias = norm == ""
         lateral_convs, output_convs = [], []
         for index, (_, shape) in enumerate(by_stride[:num_fpn_levels]):
-            lateral_conv = Conv2d(
-                shape.channels,
-                conv_dim,
-                kernel_size=1,
-                bias=use_bias,
-                norm=get_norm_layer(norm, conv_dim, norm_num_groups),
-            )
-            output_conv = Conv2d(
-                conv_dim,
-                conv_dim,
-                kernel_size=3,
-                padding=1,
-                bias=use_bias,
-                norm=get_norm_layer(norm, conv_dim, norm_num_groups),
-                activation=F.relu,
-            )
-            weight_init.c2_xavier_fill(lateral_conv)
-            weight_init.c2_xavier_fill(output_conv)
+            lateral_conv = fpn_lateral_conv(shape.channels, conv_dim, norm, norm_num_groups)
+            output_conv = fpn_output_conv(conv_dim, conv_dim, norm, norm_num_groups)
             self.add_module(f"adapter_{index + 1}", lateral_conv)
             self.add_module(f"layer_{index + 1}", output_conv)
             lateral_convs.append(lateral_conv)
