@@ -14,6 +14,7 @@ from detectron2.evaluation import (
     DatasetEvaluators,
     SemSegEvaluator,
 )
+from detectron2.utils.events import EventStorage
 from torch import nn
 
 import mask2former.data  # noqa: F401  only registration
@@ -25,6 +26,7 @@ from mask2former.engine import (
     add_full_model_gradient_clipping,
     build_evaluator,
     build_optimizer,
+    build_train_loop,
 )
 from mask2former.engine import checkpoint as checkpoint_module
 
@@ -305,9 +307,43 @@ def _loop_for(cfg, device):
     return loop, AMPTrainer, SimpleTrainer
 
 
-def test_amp_falls_back_to_float32_on_cpu():
-    loop, amp_trainer, simple_trainer = _loop_for(_cfg("SOLVER.AMP.ENABLED", "True"), "cpu")
+def test_amp_float16_falls_back_to_float32_on_cpu():
+    cfg = _cfg("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "float16")
+    loop, amp_trainer, simple_trainer = _loop_for(cfg, "cpu")
     assert type(loop) is simple_trainer and not isinstance(loop, amp_trainer)
+
+
+class _LossModel(nn.Module):
+    """Records the dtype its matmul runs in and returns a loss dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.seen_dtypes = []
+
+    def forward(self, batch):
+        out = self.linear(batch)
+        self.seen_dtypes.append(out.dtype)
+        return {"loss": out.float().pow(2).mean()}
+
+
+def test_amp_bfloat16_trains_under_cpu_autocast():
+    from mask2former.engine.trainer import CPUAutocastTrainer
+
+    cfg = _cfg("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16")
+    model = _LossModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    loop = build_train_loop(cfg, model, [batch, batch], optimizer)
+    assert isinstance(loop, CPUAutocastTrainer)
+    before = model.linear.weight.detach().clone()
+    loop.storage = EventStorage(0)
+    with loop.storage:
+        loop.run_step()
+    assert model.seen_dtypes == [torch.bfloat16]
+    assert model.linear.weight.dtype == torch.float32
+    assert torch.isfinite(model.linear.weight.grad).all()
+    assert not torch.equal(model.linear.weight, before)
 
 
 @pytest.mark.cuda

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import time
 import weakref
 from collections import OrderedDict
 from typing import Any, Dict
@@ -32,21 +33,47 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+class CPUAutocastTrainer(SimpleTrainer):
+    """``SimpleTrainer`` whose forward pass runs under CPU autocast (bfloat16, no loss scaling).
+
+    Detectron2's ``AMPTrainer`` is CUDA-only; bfloat16 has float32's range, so on a CPU the
+    forward can run in it without a gradient scaler. Backward and the optimizer step run
+    outside autocast, on the float32 parameters.
+    """
+
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype = torch.bfloat16):
+        super().__init__(model, data_loader, optimizer)
+        self.precision = precision
+
+    def run_step(self) -> None:
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=self.precision):
+            loss_dict = self.model(data)
+            losses = loss_dict if isinstance(loss_dict, torch.Tensor) else sum(loss_dict.values())
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        self.optimizer.zero_grad()
+        losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
 def build_train_loop(
     cfg: CfgNode, model: torch.nn.Module, data_loader, optimizer: torch.optim.Optimizer
 ) -> SimpleTrainer:
-    """The inner training loop: ``AMPTrainer`` when ``SOLVER.AMP.ENABLED`` on CUDA, else fp32.
+    """The inner training loop: float32, or mixed precision when ``SOLVER.AMP.ENABLED``.
 
-    The autocast dtype is ``SOLVER.AMP.PRECISION`` ("float16" with loss scaling, or
-    "bfloat16" without). Detectron2's ``AMPTrainer`` needs CUDA: on a CPU the loop trains in
-    float32 and says so.
+    The autocast dtype is ``SOLVER.AMP.PRECISION``: "float16" (with loss scaling) or
+    "bfloat16" (without). On CUDA this is Detectron2's ``AMPTrainer``; on a CPU bfloat16 runs
+    in :class:`CPUAutocastTrainer`, and float16 (which CPUs do not speed up and which would
+    need loss scaling) falls back to float32 with a warning, so the official configs, which
+    enable AMP, run unchanged.
     """
     if not cfg.SOLVER.AMP.ENABLED:
-        return SimpleTrainer(model, data_loader, optimizer)
-    if _model_device(model).type != "cuda":
-        logger.warning(
-            "SOLVER.AMP.ENABLED is set but the model is on the CPU: training in float32."
-        )
         return SimpleTrainer(model, data_loader, optimizer)
     precision_name = cfg.SOLVER.AMP.PRECISION
     if precision_name not in AMP_PRECISIONS:
@@ -54,6 +81,14 @@ def build_train_loop(
             f"SOLVER.AMP.PRECISION is {precision_name!r}; supported: {sorted(AMP_PRECISIONS)}."
         )
     precision = AMP_PRECISIONS[precision_name]
+    if _model_device(model).type != "cuda":
+        if precision == torch.bfloat16:
+            return CPUAutocastTrainer(model, data_loader, optimizer, precision)
+        logger.warning(
+            "SOLVER.AMP.ENABLED with PRECISION float16 but the model is on the CPU: training in "
+            "float32 (set SOLVER.AMP.PRECISION bfloat16 for mixed precision on a CPU)."
+        )
+        return SimpleTrainer(model, data_loader, optimizer)
     grad_scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
     return AMPTrainer(model, data_loader, optimizer, grad_scaler=grad_scaler, precision=precision)
 
