@@ -30,6 +30,7 @@ from detectron2.modeling import build_model
 from . import data as _data  # noqa: F401  only registration (data set metadata)
 from . import modeling as _modeling  # noqa: F401  only registration (model parts)
 from .config import load_config
+from .utils.cpu_memory import keep_freed_memory
 from .utils.image_io import ImageSource, read_image
 from .utils.results import Prediction, prediction_from_model_output
 from .utils.visualization import TASKS, class_names_from_metadata
@@ -134,6 +135,9 @@ class Predictor:
         weights = cfg.MODEL.WEIGHTS if weights is None else weights
         _check_weights(weights)
         self.device = _resolve_device(device, cfg.MODEL.DEVICE)
+        if self.device.type == "cpu":
+            # a third faster on a CPU; MASK2FORMER_KEEP_FREED_MEMORY=0 turns it off
+            keep_freed_memory()
         cfg.MODEL.DEVICE = str(self.device)
         cfg.MODEL.WEIGHTS = weights
         cfg.freeze()

@@ -140,6 +140,7 @@ def test_output_shapes_and_aux_outputs(dec_layers):
 
 def test_first_prediction_comes_from_learnable_queries_only():
     decoder = _decoder(dec_layers=3).eval()
+    decoder.aux_outputs_in_eval = True
     features, mask_features = _inputs()
     other_features = [torch.randn_like(f) for f in features]
     with torch.no_grad():
@@ -153,6 +154,7 @@ def test_first_prediction_comes_from_learnable_queries_only():
 
 def test_layers_visit_levels_round_robin():
     decoder = _decoder(dec_layers=4).eval()  # 3 layers: levels 0, 1, 2
+    decoder.aux_outputs_in_eval = True
     features, mask_features = _inputs()
     changed = list(features)
     changed[1] = torch.randn_like(features[1])
@@ -172,6 +174,7 @@ def test_masked_positions_get_no_attention():
     # One query (no self-attention mixing), one layer, level 0 at the mask resolution so that
     # the attention mask is the first prediction's sign: hidden where its logits are < 0.
     decoder = _decoder(dec_layers=2, queries=1).eval()
+    decoder.aux_outputs_in_eval = True
     features, mask_features = _inputs(batch=1, sizes=[(16, 24), (8, 12), (4, 6)])
     with torch.no_grad():
         out = decoder(features, mask_features)
@@ -210,7 +213,7 @@ def test_attention_mask_layout():
     decoder = _decoder(dec_layers=2)
     logits = torch.full((2, 3, 4, 4), -5.0)  # all hidden
     logits[0, 1, :2] = 5.0  # image 0, query 1: top half visible
-    attn_mask = decoder._attention_mask(logits, (4, 4))
+    attn_mask = decoder._attention_mask(logits)
     heads = decoder.num_heads
     assert attn_mask.shape == (2 * heads, 3, 16) and attn_mask.dtype == torch.bool
     # nn.MultiheadAttention's layout: index = image * heads + head.
@@ -218,6 +221,29 @@ def test_attention_mask_layout():
         assert attn_mask[head, 1, :8].logical_not().all() and attn_mask[head, 1, 8:].all()
         assert not attn_mask[head, 0].any()  # empty mask: attends everywhere
         assert not attn_mask[heads + head].any()
+
+
+@pytest.mark.parametrize("dec_layers", [2, 4, 8])
+def test_eval_without_aux_outputs_gives_the_same_prediction(dec_layers):
+    # Without aux outputs, eval makes each attention mask from mask features resized to the
+    # level; with them, it resizes the full-size mask logits (the official way). Linear maps
+    # commute, so the predictions agree; non-integer size ratios included. Nothing in a
+    # random decoder's masks sits on the threshold within float rounding.
+    decoder = _decoder(dec_layers=dec_layers).eval()
+    sizes = [(3, 5), (5, 7), (9, 13)]
+    features, mask_features = _inputs(sizes=sizes, mask_size=(17, 26))
+    with torch.no_grad():
+        fast = decoder(features, mask_features)
+        decoder.aux_outputs_in_eval = True
+        full = decoder(features, mask_features)
+    assert fast["aux_outputs"] == [] and len(full["aux_outputs"]) == dec_layers - 1
+    torch.testing.assert_close(fast["pred_logits"], full["pred_logits"])
+    torch.testing.assert_close(fast["pred_masks"], full["pred_masks"])
+    # the attention masks matter here: hiding nothing changes the prediction
+    decoder.mask_threshold = 0.0
+    with torch.no_grad():
+        unmasked = decoder(features, mask_features)
+    assert not torch.allclose(unmasked["pred_logits"], full["pred_logits"])
 
 
 def test_every_parameter_gets_a_gradient():

@@ -1,22 +1,36 @@
 #!/usr/bin/env python
 """CPU inference time of Mask2Former R50 on a COCO-panoptic-sized input, stage by stage.
 
-The model is randomly initialised (no download): 133 classes, 100 queries, all three outputs on.
-Reports the backbone, pixel decoder, transformer decoder and post-processing times of full
-forwards, then compares this package's post-processing with the straightforward one of the
-official release (upsample all 100 masks to the padded size, crop and resize, then sigmoid per
-output, a Python loop per panoptic segment, every top-k mask gathered at full size) on the same
-predictions. A randomly initialised model has no confident query, so that comparison runs on
-synthetic predictions with realistic structure (blob-shaped masks, 25 confident queries).
+The model is randomly initialised (no download): 133 classes, 100 queries, all three outputs
+on. Three variants are timed, each in its own process:
+
+- ``ours``: the deformable attention kernel, attention masks made at each level's resolution
+  (no full-size masks for the intermediate layers), this package's post-processing, and the
+  CPU allocator set to keep freed memory (``mask2former.utils.cpu_memory``), as the demo,
+  the predictor and train_net.py do;
+- ``ours-default-malloc``: the same with glibc's default allocator behaviour;
+- ``official-style``: what the official release does on a CPU: the PyTorch deformable
+  attention, every decoder layer's masks at full size, the straightforward post-processing
+  (upsample all 100 masks to the padded size, crop and resize, sigmoid per output, a Python
+  loop per panoptic segment, every top-k mask gathered at full size), default allocator.
+
+A randomly initialised model has no confident query, so post-processing is timed on
+synthetic predictions with realistic structure (blob-shaped masks, 25 confident queries);
+ours is checked to give the same results as the straightforward one. End to end = the three
+network stages + that post-processing.
 
 Example:
     python tools/benchmark_inference.py --repeats 2 --json-out output/benchmark_inference.json
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from typing import Callable, Dict, List
@@ -31,6 +45,7 @@ from detectron2.structures import Boxes, Instances
 import mask2former.modeling  # noqa: F401  (registers MaskFormer)
 from mask2former.config import load_config
 from mask2former.modeling.pixel_decoder.ops import functional as ms_deform_attn_functional
+from mask2former.utils.cpu_memory import keep_freed_memory
 
 DEFAULT_CONFIG = "configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 METADATA = "mask2former_benchmark_inference"
@@ -190,43 +205,118 @@ def straightforward_postprocess(model, class_logits, mask_logits, padded, image_
     return result
 
 
-def compare_postprocessing(model, padded, image_size, output, repeats: int) -> Dict:
-    """Seconds of ours vs the straightforward post-processing, and how far the results differ."""
+def time_postprocessing(model, padded, image_size, output, repeats: int, official: bool) -> Dict:
+    """Seconds of one post-processing on realistic predictions (median of ``repeats``).
+
+    For ours, also how far its results are from the straightforward post-processing's.
+    """
     num_classes = model.sem_seg_head.predictor.class_embed.out_features - 1
     mask_size = (padded[0] // 4, padded[1] // 4)
     class_logits, mask_logits = synthetic_predictions(model.num_queries, num_classes, mask_size)
-    ours_times, reference_times, ours_cpu, reference_cpu = [], [], [], []
+    if official:
+        postprocess = functools.partial(straightforward_postprocess, model)
+    else:
+        postprocess = model.inference_single_image
+    wall, cpu = [], []
     with torch.no_grad():
         for run in range(repeats + 1):
             start, start_cpu = time.perf_counter(), time.process_time()
-            ours = model.inference_single_image(
-                class_logits, mask_logits, padded, image_size, output
-            )
-            middle, middle_cpu = time.perf_counter(), time.process_time()
+            result = postprocess(class_logits, mask_logits, padded, image_size, output)
+            if run > 0:
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
+        report = {
+            "wall_s": statistics.median(wall),
+            # CPU time of all threads: less sensitive than wall time to other load.
+            "cpu_s": statistics.median(cpu),
+            "instances": len(result["instances"]),
+            "panoptic_segments": len(result["panoptic_seg"][1]),
+        }
+        if not official:
             reference = straightforward_postprocess(
                 model, class_logits, mask_logits, padded, image_size, output
             )
-            end, end_cpu = time.perf_counter(), time.process_time()
-            if run > 0:
-                ours_times.append(middle - start)
-                reference_times.append(end - middle)
-                ours_cpu.append(middle_cpu - start_cpu)
-                reference_cpu.append(end_cpu - middle_cpu)
-    ours_seg, ours_info = ours["panoptic_seg"]
-    reference_seg, reference_info = reference["panoptic_seg"]
+            report["differences_from_straightforward"] = {
+                "sem_seg_max_abs": float((result["sem_seg"] - reference["sem_seg"]).abs().max()),
+                "panoptic_pixels": int(
+                    (result["panoptic_seg"][0] != reference["panoptic_seg"][0]).sum()
+                ),
+                "panoptic_segments": len(reference["panoptic_seg"][1])
+                - report["panoptic_segments"],
+                "instance_mask_pixels": int(
+                    (
+                        result["instances"].pred_masks != reference["instances"].pred_masks.bool()
+                    ).sum()
+                ),
+            }
+    return report
+
+
+# What each variant changes. "official-style" stands in for the official release on a CPU:
+# the PyTorch deformable attention, every decoder layer's masks at full size, the
+# straightforward post-processing, and glibc's default allocator.
+VARIANTS = {
+    "ours": {
+        "reference_op": False,
+        "full_size_aux": False,
+        "official_post": False,
+        "keep_memory": True,
+    },
+    "ours-default-malloc": {
+        "reference_op": False,
+        "full_size_aux": False,
+        "official_post": False,
+        "keep_memory": False,
+    },
+    "official-style": {
+        "reference_op": True,
+        "full_size_aux": True,
+        "official_post": True,
+        "keep_memory": False,
+    },
+}
+STAGES = ["backbone", "pixel_decoder", "transformer_decoder"]
+
+
+def run_variant(name: str, args) -> Dict:
+    """Time one variant in this process (the allocator setting cannot be undone)."""
+    variant = VARIANTS[name]
+    if variant["keep_memory"]:
+        if not keep_freed_memory():
+            raise SystemExit(
+                "The allocator could not be tuned here (see the log); the 'ours' figures "
+                "would be those of 'ours-default-malloc'."
+            )
+    if variant["reference_op"]:
+        # ms_deform_attn looks its implementation up in the module at every call
+        ms_deform_attn_functional.implementation_for = lambda *_: (
+            ms_deform_attn_functional.REFERENCE
+        )
+    model = build_benchmark_model(args.config_file, args.opts)
+    model.sem_seg_head.predictor.aux_outputs_in_eval = variant["full_size_aux"]
+    generator = torch.Generator().manual_seed(0)
+    height, width = args.image_size
+    image = torch.randint(0, 256, (3, height, width), generator=generator).float()
+    inputs = [{"image": image, "height": args.output_size[0], "width": args.output_size[1]}]
+    runs = time_forwards(model, inputs, args.repeats)
+    medians = {stage: statistics.median(run[stage] for run in runs) for stage in STAGES}
+    padded = tuple(model.preprocess_image(inputs).tensor.shape[-2:])
+    postprocessing = time_postprocessing(
+        model,
+        padded,
+        tuple(args.image_size),
+        tuple(args.output_size),
+        args.repeats,
+        official=variant["official_post"],
+    )
     return {
-        "ours_s": statistics.median(ours_times),
-        "straightforward_s": statistics.median(reference_times),
-        # CPU time of all threads: less sensitive than wall time to other load on the machine.
-        "ours_cpu_s": statistics.median(ours_cpu),
-        "straightforward_cpu_s": statistics.median(reference_cpu),
-        "sem_seg_max_abs_diff": float((ours["sem_seg"] - reference["sem_seg"]).abs().max()),
-        "panoptic_pixels_differing": int((ours_seg != reference_seg).sum()),
-        "panoptic_segments": [len(ours_info), len(reference_info)],
-        "instance_mask_pixels_differing": int(
-            (ours["instances"].pred_masks != reference["instances"].pred_masks.bool()).sum()
-        ),
-        "instances": len(ours["instances"]),
+        "variant": name,
+        **variant,
+        "padded_size": list(padded),
+        "forward_runs_s": runs,
+        "stages_median_s": medians,
+        "postprocessing_realistic": postprocessing,
+        "end_to_end_s": sum(medians.values()) + postprocessing["wall_s"],
     }
 
 
@@ -246,77 +336,82 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--json-out", default=None, help="also write the JSON report here")
     parser.add_argument(
-        "--reference-op",
-        action="store_true",
-        help="run deformable attention with the pure-PyTorch reference instead of the kernel "
-        "(what the official release does on CPU)",
+        "--variants",
+        nargs="+",
+        choices=sorted(VARIANTS),
+        default=list(VARIANTS),
+        help="what to time, each in its own process (default: all)",
     )
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.reference_op:
-        # ms_deform_attn looks its implementation up in the module at every call
-        ms_deform_attn_functional.implementation_for = lambda *_: (
-            ms_deform_attn_functional.REFERENCE
-        )
 
-    model = build_benchmark_model(args.config_file, args.opts)
-    generator = torch.Generator().manual_seed(0)
-    height, width = args.image_size
-    image = torch.randint(0, 256, (3, height, width), generator=generator).float()
-    inputs = [{"image": image, "height": args.output_size[0], "width": args.output_size[1]}]
-    runs = time_forwards(model, inputs, args.repeats)
-    stages = ["backbone", "pixel_decoder", "transformer_decoder", "postprocessing", "total"]
-    medians = {stage: statistics.median(run[stage] for run in runs) for stage in stages}
+    if args.in_process:  # a child: one variant, JSON to --json-out
+        (name,) = args.variants
+        report = run_variant(name, args)
+        with open(args.json_out, "w") as f:
+            json.dump(report, f)
+        return
 
-    padded = tuple(model.preprocess_image(inputs).tensor.shape[-2:])
-    postprocessing = compare_postprocessing(
-        model, padded, tuple(args.image_size), tuple(args.output_size), args.repeats
-    )
-    network = sum(medians[s] for s in ["backbone", "pixel_decoder", "transformer_decoder"])
+    reports = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.variants:
+            print(f"timing {name} ...", file=sys.stderr, flush=True)
+            path = os.path.join(tmp, f"{name}.json")
+            command = [sys.executable, os.path.abspath(__file__), "--in-process"]
+            command += ["--variants", name, "--json-out", path]
+            command += ["--config-file", args.config_file, "--repeats", str(args.repeats)]
+            command += ["--image-size", *map(str, args.image_size)]
+            command += ["--output-size", *map(str, args.output_size)]
+            if args.threads:
+                command += ["--threads", str(args.threads)]
+            subprocess.run(command + list(args.opts), check=True)
+            with open(path) as f:
+                reports[name] = json.load(f)
+
     report = {
         "config": args.config_file,
         "image_size": list(args.image_size),
-        "padded_size": list(padded),
         "output_size": list(args.output_size),
-        "threads": torch.get_num_threads(),
+        "threads": args.threads or torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "repeats": args.repeats,
-        "deformable_attention": "reference" if args.reference_op else "dispatch (kernel)",
-        "forward_median_s": medians,
-        "forward_runs_s": runs,
-        "postprocessing_realistic": postprocessing,
-        "end_to_end_realistic_s": {
-            "ours": network + postprocessing["ours_s"],
-            "straightforward_postprocessing": network + postprocessing["straightforward_s"],
-        },
+        "variants": reports,
     }
+    if "ours" in reports and "official-style" in reports:
+        report["speed_up_vs_official_style"] = (
+            reports["official-style"]["end_to_end_s"] / reports["ours"]["end_to_end_s"]
+        )
     print(json.dumps(report, indent=2))
     if args.json_out:
         os.makedirs(os.path.dirname(args.json_out) or ".", exist_ok=True)
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)
+    print_table(reports)
 
-    total = medians["total"]
-    print(f"\n{'stage':<34}{'seconds':>10}{'share':>8}")
-    for stage in stages:
-        print(f"{stage:<34}{medians[stage]:>10.3f}{medians[stage] / total:>8.1%}")
-    print(
-        f"\npost-processing on realistic predictions ({postprocessing['instances']} instances, "
-        f"{postprocessing['panoptic_segments'][0]} panoptic segments):"
+
+def print_table(reports: Dict[str, Dict]) -> None:
+    names = list(reports)
+    rows = [(stage, [reports[n]["stages_median_s"][stage] for n in names]) for stage in STAGES]
+    rows.append(
+        ("post-processing", [reports[n]["postprocessing_realistic"]["wall_s"] for n in names])
     )
-    print(f"{'  ours':<34}{postprocessing['ours_s']:>10.3f}")
-    print(f"{'  straightforward (official)':<34}{postprocessing['straightforward_s']:>10.3f}")
-    print(f"{'  ours, CPU time (all threads)':<34}{postprocessing['ours_cpu_s']:>10.3f}")
-    print(f"{'  straightforward, CPU time':<34}{postprocessing['straightforward_cpu_s']:>10.3f}")
-    speedup = postprocessing["straightforward_s"] / postprocessing["ours_s"]
-    print(f"{'  speed-up (wall)':<34}{speedup:>9.2f}x")
-    print(f"{'end to end, ours':<34}{report['end_to_end_realistic_s']['ours']:>10.3f}")
-    print(
-        f"{'end to end, official post-proc.':<34}"
-        f"{report['end_to_end_realistic_s']['straightforward_postprocessing']:>10.3f}"
-    )
+    rows.append(("end to end", [reports[n]["end_to_end_s"] for n in names]))
+    print("\nseconds" + "".join(f"{n:>22}" for n in names))
+    for stage, values in rows:
+        print(f"{stage:<20}" + "".join(f"{v:>22.3f}" for v in values))
+    if "ours" in reports:
+        base = reports["ours"]["end_to_end_s"]
+        print(
+            f"{'vs ours':<20}"
+            + "".join(f"{reports[n]['end_to_end_s'] / base:>21.2f}x" for n in names)
+        )
+        differences = reports["ours"]["postprocessing_realistic"][
+            "differences_from_straightforward"
+        ]
+        print(f"\nours vs straightforward post-processing on realistic predictions: {differences}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 from mask2former import modeling as _modeling  # noqa: F401  only registration
 from mask2former.config import load_config
 from mask2former.engine import MaskFormerTrainer, build_evaluator
+from mask2former.utils.cpu_memory import keep_freed_memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "shapes", "maskformer2_R18_panoptic.yaml")
@@ -82,6 +83,7 @@ def table(untrained, trained):
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as train_net.py does on a CPU
     setup_logger(name="mask2former")
     setup_logger()
     logging.getLogger("fvcore").setLevel(logging.WARNING)

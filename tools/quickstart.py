@@ -34,6 +34,7 @@ from mask2former.data.datasets.catalog_utils import get_datasets_root
 from mask2former.data.synthetic import synthetic_split_paths
 from mask2former.engine import MaskFormerTrainer, atomic_write
 from mask2former.predictor import Predictor
+from mask2former.utils.cpu_memory import keep_freed_memory
 from mask2former.utils.demo import run_images
 from mask2former.utils.progress import TqdmProgressHook
 
@@ -211,6 +212,7 @@ def main(argv=None) -> int:
     args.output = os.path.abspath(args.output) if args.output != DEFAULT_OUTPUT else args.output
     os.chdir(ROOT)
     _setup_logging(args.output)
+    keep_freed_memory()  # faster CPU training (mask2former/utils/cpu_memory.py)
     try:
         cfg = _config(args)
     except (FileNotFoundError, UnknownConfigKeyError, ValueError) as error:

@@ -403,8 +403,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
         batch, _, channels = memory.shape
         levels = memory.split([height * width for height, width in shapes], dim=1)
+        # contiguous (N, C, H, W): a strided view would make every later resize copy at 1/4
         outputs = [
-            level.transpose(1, 2).reshape(batch, channels, height, width)
+            level.transpose(1, 2).reshape(batch, channels, height, width).contiguous()
             for level, (height, width) in zip(levels, shapes)
         ]
         for name, lateral_conv, output_conv in zip(

@@ -33,8 +33,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
     A prediction (class logits, mask logits) is made from the learnable queries before the
     first layer and after every layer, ``num_layers + 1`` in all; the last is the output and
-    the others are ``aux_outputs`` (returned always, in training and inference; the criterion
-    uses them when deep supervision is on).
+    the others are ``aux_outputs``, which the criterion uses for deep supervision.
+
+    In eval mode nothing needs the earlier predictions at full resolution, so by default they
+    are not made: ``aux_outputs`` is empty, and each attention mask is computed directly at its
+    level's resolution from mask features resized once per level. Resizing is linear and so
+    is the mask prediction (a dot product per pixel), so this equals resizing the full-size
+    mask logits, as training does, up to float rounding; it saves ``num_layers`` full-size
+    mask predictions (about a tenth of an R50 COCO forward on a CPU). Set
+    ``aux_outputs_in_eval = True`` to get the earlier predictions in eval mode too.
 
     Parameter names are those of the official checkpoints.
     """
@@ -118,6 +125,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        # Eval mode only: also make the earlier predictions (see the class docstring).
+        self.aux_outputs_in_eval = False
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, mask_classification: bool):
@@ -159,7 +168,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         Returns:
             dict with "pred_logits" (N, Q, K + 1), "pred_masks" (N, Q, H, W) logits, and
             "aux_outputs": ``num_layers`` dicts with the same keys, the earlier predictions
-            (the learnable-query one first).
+            (the learnable-query one first); empty in eval mode unless
+            ``aux_outputs_in_eval``.
         """
         del mask
         if len(multi_scale_features) != self.num_feature_levels:
@@ -181,28 +191,42 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, batch, -1)
         queries = self.query_feat.weight.unsqueeze(1).expand(-1, batch, -1)
 
-        class_logits, mask_logits = self._predict(queries, mask_features)
-        predictions = [(class_logits, mask_logits)]
+        with_aux = self.training or self.aux_outputs_in_eval
+        if not with_aux and self.num_layers > 0:
+            # Mask features at the resolution of each level that an attention mask is made for.
+            level_mask_features = [
+                F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+                for size in sizes[: min(self.num_layers, self.num_feature_levels)]
+            ]
+
+        predictions = []
         for index in range(self.num_layers):
             level = index % self.num_feature_levels
-            attn_mask = self._attention_mask(mask_logits, sizes[level])
+            if with_aux:
+                class_logits, mask_logits = self._predict(queries, mask_features)
+                predictions.append((class_logits, mask_logits))
+                level_logits = F.interpolate(
+                    mask_logits.detach(), size=sizes[level], mode="bilinear", align_corners=False
+                )
+            else:
+                decoded = self.decoder_norm(queries).transpose(0, 1)
+                level_logits = self._mask_logits(decoded, level_mask_features[level])
             queries = self.transformer_cross_attention_layers[index](
                 queries,
                 memories[level],
-                memory_mask=attn_mask,
+                memory_mask=self._attention_mask(level_logits),
                 pos=positions[level],
                 query_pos=query_pos,
             )
             queries = self.transformer_self_attention_layers[index](queries, query_pos=query_pos)
             queries = self.transformer_ffn_layers[index](queries)
-            class_logits, mask_logits = self._predict(queries, mask_features)
-            predictions.append((class_logits, mask_logits))
 
+        class_logits, mask_logits = self._predict(queries, mask_features)
         return {
-            "pred_logits": predictions[-1][0],
-            "pred_masks": predictions[-1][1],
+            "pred_logits": class_logits,
+            "pred_masks": mask_logits,
             "aux_outputs": [
-                {"pred_logits": logits, "pred_masks": masks} for logits, masks in predictions[:-1]
+                {"pred_logits": logits, "pred_masks": masks} for logits, masks in predictions
             ],
         }
 
@@ -211,24 +235,23 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(Q, N, C) queries -> class logits (N, Q, K + 1) and mask logits (N, Q, H, W)."""
         decoded = self.decoder_norm(queries).transpose(0, 1)
-        mask_embed = self.mask_embed(decoded)
-        mask_logits = torch.einsum("nqc,nchw->nqhw", mask_embed, mask_features)
-        return self.class_embed(decoded), mask_logits
+        return self.class_embed(decoded), self._mask_logits(decoded, mask_features)
 
-    def _attention_mask(self, mask_logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    def _mask_logits(self, decoded: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+        """(N, Q, C) normalized queries -> mask logits (N, Q, h, w) on (N, mask_dim, h, w)."""
+        return torch.einsum("nqc,nchw->nqhw", self.mask_embed(decoded), mask_features)
+
+    def _attention_mask(self, level_logits: torch.Tensor) -> torch.Tensor:
         """Where each query may not look at the next level.
 
         Args:
-            mask_logits: (N, Q, H, W) previous mask prediction.
-            size: (H_l, W_l) of the level attended to next.
+            level_logits: (N, Q, H_l, W_l) previous mask prediction at the size of the level
+                attended to next.
 
         Returns:
             (N * M, Q, H_l * W_l) bool, True = hidden; never True on a whole row.
         """
-        resized = F.interpolate(
-            mask_logits.detach(), size=size, mode="bilinear", align_corners=False
-        )
-        hidden = resized.sigmoid().flatten(2) < self.mask_threshold
+        hidden = level_logits.detach().sigmoid().flatten(2) < self.mask_threshold
         # A query with an empty mask attends everywhere (an all-hidden row would give NaN).
         hidden &= ~hidden.all(-1, keepdim=True)
         return hidden.repeat_interleave(self.num_heads, dim=0)
