@@ -6,8 +6,12 @@ The logic lives in :mod:`mask2former.utils.demo`; this script reports and sets t
 
 import logging
 import sys
+import warnings
 
-from mask2former.utils.demo import DemoError, build_argument_parser, run_demo
+# detectron2 uses torch.jit.script, deprecated in this torch: nothing a user can act on.
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+
+from mask2former.utils.demo import DemoError, build_argument_parser, run_demo  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import cv2
 import numpy as np
@@ -15,10 +16,12 @@ import torch
 from panopticapi.utils import rgb2id
 from PIL import Image
 
+import mask2former.utils.demo as demo_utils
 from mask2former.predictor import Predictor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "configs", "demo_tiny_shapes.yaml")
+REAL_VIDEO_CAPTURE = cv2.VideoCapture  # the webcam tests replace cv2.VideoCapture
 
 
 def _load_demo_script():
@@ -200,6 +203,93 @@ def test_video_keeps_frame_rate_size_and_frame_count(weights, tmp_path, capsys):
         frames += 1
     result.release()
     assert frames == 6
+
+
+def test_video_memory_does_not_grow_with_its_length(weights, tmp_path):
+    # Frames and pictures are numpy arrays, which tracemalloc sees. Each frame's drawing is a
+    # matplotlib reference cycle holding a few copies of it: if the demo left those to Python's
+    # rare full collections, the peak for 15 frames would exceed the one for 3 by ~12 x 3
+    # frames.
+    predictor = Predictor(CONFIG, weights)
+    size = (160, 120)
+    short = _write_clip(tmp_path / "short.mp4", frames=3, size=size)
+    long = _write_clip(tmp_path / "long.mp4", frames=15, size=size)
+    run_video = demo_utils.run_video
+    run_video(predictor, short, str(tmp_path / "warm-up.mp4"), "panoptic", progress=False)
+    peaks = []
+    for clip in (short, long):
+        tracemalloc.start()
+        try:
+            run_video(predictor, clip, str(tmp_path / "out.mp4"), "panoptic", progress=False)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    frame_bytes = size[0] * size[1] * 3
+    assert peaks[1] - peaks[0] < 2 * frame_bytes, peaks
+
+
+def _write_clip(path, frames=5, fps=7.0, size=(56, 40)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    rng = np.random.default_rng(2)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+    writer.release()
+    return str(path)
+
+
+@pytest.fixture
+def fake_webcam(monkeypatch, tmp_path):
+    """Camera 0 plays a short clip (no camera here); returns the clip's path."""
+    clip = _write_clip(tmp_path / "camera.mp4")
+
+    def capture(source, *args):
+        assert source == 0, "the demo reads the first camera"
+        return REAL_VIDEO_CAPTURE(clip)
+
+    monkeypatch.setattr(demo_utils.cv2, "VideoCapture", capture)
+    return clip
+
+
+def test_webcam_recorded_to_a_file(weights, fake_webcam, tmp_path, capsys):
+    output = tmp_path / "webcam.mp4"
+    status, _, err = _run(
+        ["--config-file", CONFIG, "--webcam", "--output", str(output)]
+        + ["--opts", "MODEL.WEIGHTS", weights],
+        capsys,
+    )
+    assert status == 0, err
+    result = REAL_VIDEO_CAPTURE(str(output))
+    assert result.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0)
+    frames = 0
+    while True:
+        ok, frame = result.read()
+        if not ok:
+            break
+        assert frame.shape == (40, 56, 3)
+        frames += 1
+    result.release()
+    assert frames == 5
+
+
+@pytest.mark.skipif(
+    "headless" not in cv2.getBuildInformation().lower() and bool(os.environ.get("DISPLAY")),
+    reason="needs an OpenCV that cannot show windows",
+)
+def test_webcam_without_output_on_headless_opencv(weights, fake_webcam, capsys):
+    status, _, err = _run(
+        ["--config-file", CONFIG, "--webcam", "--opts", "MODEL.WEIGHTS", weights], capsys
+    )
+    assert status == 1
+    assert "cannot show windows" in err and "--output" in err
+
+
+def test_no_webcam(weights, monkeypatch, tmp_path, capsys):
+    missing = str(tmp_path / "no-camera.mp4")
+    monkeypatch.setattr(demo_utils.cv2, "VideoCapture", lambda source: REAL_VIDEO_CAPTURE(missing))
+    status, _, err = _run(
+        ["--config-file", CONFIG, "--webcam", "--opts", "MODEL.WEIGHTS", weights], capsys
+    )
+    assert status == 1 and "cannot open webcam 0" in err
 
 
 def test_video_that_cannot_be_opened(tmp_path, capsys):

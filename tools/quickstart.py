@@ -13,6 +13,7 @@
 A second run reuses what is done; ``--force`` redoes training, evaluation and demo.
 Everything goes under ``output/quickstart`` (``--output``); the full log is in ``log.txt``.
 """
+# ruff: noqa: E402
 
 import argparse
 import json
@@ -20,7 +21,12 @@ import logging
 import os
 import sys
 import time
+import warnings
 from contextlib import redirect_stdout
+
+# detectron2 uses torch.jit.script, deprecated in this torch: nothing a user can act on.
+# (Set before detectron2 is imported, hence the imports below this line.)
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
