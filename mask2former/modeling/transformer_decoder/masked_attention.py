@@ -40,8 +40,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     level's resolution from mask features resized once per level. Resizing is linear and so
     is the mask prediction (a dot product per pixel), so this equals resizing the full-size
     mask logits, as training does, up to float rounding; it saves ``num_layers`` full-size
-    mask predictions (about a tenth of an R50 COCO forward on a CPU). Set
-    ``aux_outputs_in_eval = True`` to get the earlier predictions in eval mode too.
+    mask predictions (a quarter of the decoder's time in an R50 COCO forward on a 2-core
+    CPU, see BENCHMARKS.md). Set ``aux_outputs_in_eval = True`` to get the earlier
+    predictions in eval mode too.
 
     Parameter names are those of the official checkpoints.
     """
