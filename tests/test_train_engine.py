@@ -104,6 +104,45 @@ def test_optimizer_groups_of_the_real_model():
         assert lr == pytest.approx(cfg.SOLVER.BASE_LR * factor), name
 
 
+@pytest.mark.parametrize(
+    "amp, precision, fused",
+    [("False", "float16", True), ("True", "bfloat16", True), ("True", "float16", False)],
+)
+def test_adamw_is_fused_unless_gradients_are_scaled(amp, precision, fused):
+    cfg = _cfg(
+        "SOLVER.AMP.ENABLED", amp, "SOLVER.AMP.PRECISION", precision,
+        "SOLVER.CLIP_GRADIENTS.ENABLED", "False",  # compared with plain AdamW below
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = _ToyModel()
+    optimizer = build_optimizer(cfg, model)
+    assert bool(optimizer.defaults["fused"]) is fused
+    # and the fused step is AdamW's step
+    reference_model = _ToyModel()
+    reference_model.load_state_dict(model.state_dict())
+    reference = torch.optim.AdamW(
+        [{**g, "params": [dict(reference_model.named_parameters())[n] for n in names]}
+         for g, names in _group_names(optimizer, model)],
+        lr=cfg.SOLVER.BASE_LR,
+    )  # fmt: skip
+    for _ in range(3):
+        for net in (model, reference_model):
+            torch.manual_seed(1)
+            for p in net.parameters():
+                p.grad = torch.randn_like(p)
+        optimizer.step()
+        reference.step()
+    for (name, p), q in zip(model.named_parameters(), reference_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _group_names(optimizer, model):
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        settings = {k: v for k, v in group.items() if k in ("lr", "weight_decay")}
+        yield settings, [names[id(p)] for p in group["params"]]
+
+
 def _sgd_step(optimizer_type, grads, **kwargs):
     params = [nn.Parameter(torch.zeros_like(g)) for g in grads]
     optimizer = optimizer_type(params, lr=1.0, **kwargs)

