@@ -136,7 +136,7 @@ class Predictor:
         _check_weights(weights)
         self.device = _resolve_device(device, cfg.MODEL.DEVICE)
         if self.device.type == "cpu":
-            # a third faster on a CPU; MASK2FORMER_KEEP_FREED_MEMORY=0 turns it off
+            # 12-23% less inference time on a CPU; MASK2FORMER_KEEP_FREED_MEMORY=0 turns it off
             keep_freed_memory()
         cfg.MODEL.DEVICE = str(self.device)
         cfg.MODEL.WEIGHTS = weights
