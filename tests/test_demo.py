@@ -179,12 +179,7 @@ def test_single_output_file_and_semantic_task(weights, images, tmp_path, capsys)
 
 
 def test_video_keeps_frame_rate_size_and_frame_count(weights, tmp_path, capsys):
-    source = str(tmp_path / "clip.mp4")
-    writer = cv2.VideoWriter(source, cv2.VideoWriter_fourcc(*"mp4v"), 7.0, (56, 40))
-    rng = np.random.default_rng(1)
-    for _ in range(6):
-        writer.write(rng.integers(0, 256, size=(40, 56, 3), dtype=np.uint8))
-    writer.release()
+    source = _write_clip(tmp_path / "clip.mp4", frames=6, fps=7.0, size=(56, 40))
 
     status, _, _ = _run(
         ["--config-file", CONFIG, "--video-input", source, "--output", str(tmp_path / "out")]
@@ -192,17 +187,9 @@ def test_video_keeps_frame_rate_size_and_frame_count(weights, tmp_path, capsys):
         capsys,
     )
     assert status == 0
-    result = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
-    assert result.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0)
-    frames = 0
-    while True:
-        ok, frame = result.read()
-        if not ok:
-            break
-        assert frame.shape == (40, 56, 3)
-        frames += 1
-    result.release()
-    assert frames == 6
+    fps, shapes = _read_video(tmp_path / "out" / "clip.mp4")
+    assert fps == pytest.approx(7.0)
+    assert shapes == [(40, 56, 3)] * 6
 
 
 def test_video_memory_does_not_grow_with_its_length(weights, tmp_path):
@@ -226,6 +213,19 @@ def test_video_memory_does_not_grow_with_its_length(weights, tmp_path):
             tracemalloc.stop()
     frame_bytes = size[0] * size[1] * 3
     assert peaks[1] - peaks[0] < 2 * frame_bytes, peaks
+
+
+def _read_video(path):
+    """Frame rate and the shape of every frame of a video file."""
+    capture = REAL_VIDEO_CAPTURE(str(path))
+    fps, shapes = capture.get(cv2.CAP_PROP_FPS), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        shapes.append(frame.shape)
+    capture.release()
+    return fps, shapes
 
 
 def _write_clip(path, frames=5, fps=7.0, size=(56, 40)):
@@ -258,17 +258,9 @@ def test_webcam_recorded_to_a_file(weights, fake_webcam, tmp_path, capsys):
         capsys,
     )
     assert status == 0, err
-    result = REAL_VIDEO_CAPTURE(str(output))
-    assert result.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0)
-    frames = 0
-    while True:
-        ok, frame = result.read()
-        if not ok:
-            break
-        assert frame.shape == (40, 56, 3)
-        frames += 1
-    result.release()
-    assert frames == 5
+    fps, shapes = _read_video(output)
+    assert fps == pytest.approx(7.0)
+    assert shapes == [(40, 56, 3)] * 5
 
 
 @pytest.mark.skipif(
