@@ -45,7 +45,7 @@ def setup(args) -> CfgNode:
     if moved_to_cpu:
         logger.info("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
     if cfg.MODEL.DEVICE == "cpu":
-        keep_freed_memory()  # faster CPU training and inference (mask2former/utils/cpu_memory.py)
+        keep_freed_memory()  # faster CPU inference (mask2former/utils/cpu_memory.py)
     return cfg
 
 

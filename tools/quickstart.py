@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     args.output = os.path.abspath(args.output) if args.output != DEFAULT_OUTPUT else args.output
     os.chdir(ROOT)
     _setup_logging(args.output)
-    keep_freed_memory()  # faster CPU training (mask2former/utils/cpu_memory.py)
+    keep_freed_memory()  # as train_net.py does on a CPU (mask2former/utils/cpu_memory.py)
     try:
         cfg = _config(args)
     except (FileNotFoundError, UnknownConfigKeyError, ValueError) as error:
