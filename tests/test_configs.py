@@ -1,5 +1,9 @@
 """Tests of the shipped YAML configs: they load, carry the official values, and build models.
 
+Where the official release's configs are at hand (``../shared/gpu/baseline/Mask2Former/configs``
+next to the repository), every one of its image configs must exist here at the same path and
+merge to the same value for every key. The video (youtubevis) configs are out of scope.
+
 The end-to-end test builds a model from every shipped config with overrides that shrink it
 (narrow heads, few queries, tiny Swin widths; the ResNet depths, Swin depths, windows and class
 counts stay), runs a training step on two small images (one without instances) and then
@@ -24,6 +28,24 @@ ALL_CONFIGS = sorted(
     for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
 )
 MODEL_CONFIGS = [p for p in ALL_CONFIGS if not os.path.basename(p).startswith("Base-")]
+
+# The official release's configs, when a copy sits next to the repository.
+RELEASE_CONFIG_DIR = os.path.join(
+    os.path.dirname(REPO), "shared", "gpu", "baseline", "Mask2Former", "configs"
+)
+# Release folders out of scope: the video instance segmentation configs.
+RELEASE_VIDEO_FOLDERS = ("youtubevis_2019", "youtubevis_2021")
+
+
+def _release_image_configs():
+    if not os.path.isdir(RELEASE_CONFIG_DIR):
+        return []
+    paths = glob.glob(os.path.join(RELEASE_CONFIG_DIR, "**", "*.yaml"), recursive=True)
+    relative = (os.path.relpath(p, RELEASE_CONFIG_DIR) for p in paths)
+    return sorted(p for p in relative if p.split(os.sep)[0] not in RELEASE_VIDEO_FOLDERS)
+
+
+RELEASE_CONFIGS = _release_image_configs()
 
 # Facts of the official Mask2Former release: config path -> {key: value}.
 OFFICIAL_VALUES = {
@@ -237,6 +259,36 @@ def test_official_tree_is_complete():
     )
     missing = [p for p in expected if p not in ALL_CONFIGS]
     assert not missing
+
+
+def _flatten(node, prefix=""):
+    """Dotted key -> value for every leaf of a config."""
+    out = {}
+    for name, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = value
+    return out
+
+
+@pytest.mark.skipif(
+    not RELEASE_CONFIGS,
+    reason=f"the official release's configs are not at {RELEASE_CONFIG_DIR}",
+)
+@pytest.mark.parametrize("path", RELEASE_CONFIGS or ["(none)"])
+def test_release_config_merges_to_the_same_values(path):
+    ours = os.path.join(CONFIG_DIR, path)
+    assert os.path.isfile(ours), f"the release's configs/{path} has no counterpart here"
+    release = _flatten(load_config(os.path.join(RELEASE_CONFIG_DIR, path)))
+    shipped = _flatten(load_config(ours))
+    assert release.keys() == shipped.keys()
+    differences = {
+        key: {"release": release[key], "ours": shipped[key]}
+        for key in release
+        if release[key] != shipped[key]
+    }
+    assert not differences
 
 
 @pytest.mark.parametrize("path", sorted(OFFICIAL_VALUES))

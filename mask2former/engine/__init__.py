@@ -1,7 +1,13 @@
 """Training and evaluation pieces used by ``train_net.py``."""
 
 from .checkpoint import AtomicDetectionCheckpointer, atomic_write
-from .evaluation import EVALUATOR_BUILDERS, InstanceSegEvaluator, build_evaluator
+from .evaluation import (
+    EVALUATOR_BUILDERS,
+    OUTPUT_FLAGS,
+    InstanceSegEvaluator,
+    OutputEvaluation,
+    build_evaluator,
+)
 from .optimizer import add_full_model_gradient_clipping, build_optimizer
 from .trainer import MaskFormerTrainer, build_train_loop
 from .tta import SemanticSegmentorWithTTA
@@ -11,6 +17,8 @@ __all__ = [
     "AtomicDetectionCheckpointer",
     "InstanceSegEvaluator",
     "MaskFormerTrainer",
+    "OUTPUT_FLAGS",
+    "OutputEvaluation",
     "SemanticSegmentorWithTTA",
     "add_full_model_gradient_clipping",
     "atomic_write",

@@ -1,14 +1,20 @@
 """Evaluators for a data set, chosen by its ``evaluator_type`` metadata.
 
-``EVALUATOR_BUILDERS`` maps an ``evaluator_type`` to the builders whose evaluators run on it;
-each builder is called as ``builder(cfg, dataset_name, output_folder)`` and returns a (possibly
-empty) list of ``DatasetEvaluator``. Builders that depend on an output of the model return
-nothing when ``MODEL.MASK_FORMER.TEST.{SEMANTIC_ON, INSTANCE_ON, PANOPTIC_ON}`` is off.
+``EVALUATOR_BUILDERS`` maps an ``evaluator_type`` to the model outputs that data sets of that
+type can score, one :class:`OutputEvaluation` each: the ``MODEL.MASK_FORMER.TEST`` flag that
+turns the output on, a builder called as ``build(cfg, dataset_name, output_folder)`` that
+returns a list of ``DatasetEvaluator``, and, where only some data sets of the type have that
+ground truth, the metadata field that says a data set has it.
+
+An output is evaluated when its flag is on and the data set has its ground truth. An output
+that is on but has no ground truth in the data set (the semantic and panoptic outputs of the
+official ADE20K instance configs on ``ade20k_instance_val``, say) is skipped, and one log line
+says so.
 """
 
-import itertools
 import logging
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
@@ -109,44 +115,56 @@ def _lvis(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEv
     return [LVISEvaluator(dataset_name, output_dir=output_folder)]
 
 
-def _when(test_flag: str, builder: EvaluatorBuilder) -> EvaluatorBuilder:
-    """Run ``builder`` only when ``MODEL.MASK_FORMER.TEST.<test_flag>`` is on."""
-
-    def build(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEvaluator]:
-        if not cfg.MODEL.MASK_FORMER.TEST[test_flag]:
-            return []
-        return builder(cfg, dataset_name, output_folder)
-
-    return build
+# The MODEL.MASK_FORMER.TEST flags that turn the model's outputs on, and the outputs' names.
+OUTPUT_FLAGS = {"SEMANTIC_ON": "semantic", "INSTANCE_ON": "instance", "PANOPTIC_ON": "panoptic"}
 
 
-EVALUATOR_BUILDERS: Dict[str, Tuple[EvaluatorBuilder, ...]] = {
-    "sem_seg": (_semantic,),
-    "coco": (_coco_instances,),
-    "lvis": (_lvis,),
-    "coco_panoptic_seg": (
-        _when("PANOPTIC_ON", _panoptic),
-        _when("INSTANCE_ON", _coco_instances),
-        _when("SEMANTIC_ON", _semantic),
-    ),
-    "ade20k_panoptic_seg": (
-        _when("PANOPTIC_ON", _panoptic),
-        _when("INSTANCE_ON", _mapped_instances),
-        _when("SEMANTIC_ON", _semantic),
-    ),
-    "mapillary_vistas_panoptic_seg": (
-        _when("PANOPTIC_ON", _panoptic),
-        _when("INSTANCE_ON", _mapped_instances),
-        _when("SEMANTIC_ON", _semantic),
-    ),
-    "cityscapes_sem_seg": (_cityscapes_semantic,),
-    "cityscapes_instance": (_cityscapes_instances,),
+@dataclass(frozen=True)
+class OutputEvaluation:
+    """How one model output is scored on the data sets of one ``evaluator_type``.
+
+    Attributes:
+        flag: the ``MODEL.MASK_FORMER.TEST`` flag of the output (a key of ``OUTPUT_FLAGS``).
+        build: returns the evaluators, called as ``build(cfg, dataset_name, output_folder)``.
+        ground_truth: metadata field (a path) that a data set of this type sets when it has
+            this ground truth; None when every data set of the type has it.
+    """
+
+    flag: str
+    build: EvaluatorBuilder
+    ground_truth: Optional[str] = None
+
+
+def _panoptic_type(instances: EvaluatorBuilder) -> Tuple[OutputEvaluation, ...]:
+    """A COCO-style panoptic data set: panoptic PNGs + JSON, optionally semantic PNGs
+    (``sem_seg_root``) and an instance JSON (``json_file``)."""
+    return (
+        OutputEvaluation("PANOPTIC_ON", _panoptic, ground_truth="panoptic_json"),
+        OutputEvaluation("INSTANCE_ON", instances, ground_truth="json_file"),
+        OutputEvaluation("SEMANTIC_ON", _semantic, ground_truth="sem_seg_root"),
+    )
+
+
+EVALUATOR_BUILDERS: Dict[str, Tuple[OutputEvaluation, ...]] = {
+    "sem_seg": (OutputEvaluation("SEMANTIC_ON", _semantic),),
+    "coco": (OutputEvaluation("INSTANCE_ON", _coco_instances),),
+    "lvis": (OutputEvaluation("INSTANCE_ON", _lvis),),
+    "coco_panoptic_seg": _panoptic_type(_coco_instances),
+    "ade20k_panoptic_seg": _panoptic_type(_mapped_instances),
+    "mapillary_vistas_panoptic_seg": _panoptic_type(_mapped_instances),
+    "cityscapes_sem_seg": (OutputEvaluation("SEMANTIC_ON", _cityscapes_semantic),),
+    "cityscapes_instance": (OutputEvaluation("INSTANCE_ON", _cityscapes_instances),),
     "cityscapes_panoptic_seg": (
-        _when("PANOPTIC_ON", _panoptic),
-        _when("SEMANTIC_ON", _cityscapes_semantic),
-        _when("INSTANCE_ON", _cityscapes_instances),
+        OutputEvaluation("PANOPTIC_ON", _panoptic),
+        OutputEvaluation("SEMANTIC_ON", _cityscapes_semantic),
+        OutputEvaluation("INSTANCE_ON", _cityscapes_instances),
     ),
 }
+
+
+def _outputs(flags: Iterable[str]) -> str:
+    """The outputs' names, e.g. "semantic, panoptic" for ["SEMANTIC_ON", "PANOPTIC_ON"]."""
+    return ", ".join(OUTPUT_FLAGS[flag] for flag in flags)
 
 
 def build_evaluator(
@@ -165,23 +183,45 @@ def build_evaluator(
     """
     if output_folder is None:
         output_folder = f"{cfg.OUTPUT_DIR}/inference"
-    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    metadata = MetadataCatalog.get(dataset_name)
+    evaluator_type = metadata.get("evaluator_type", None)
     if evaluator_type not in EVALUATOR_BUILDERS:
         raise NotImplementedError(
             f"No evaluator for data set {dataset_name!r} with evaluator_type {evaluator_type!r}; "
             f"known types: {sorted(EVALUATOR_BUILDERS)}. Set evaluator_type in its "
             "MetadataCatalog entry or add a builder to EVALUATOR_BUILDERS."
         )
-    evaluators = list(
-        itertools.chain.from_iterable(
-            build(cfg, dataset_name, output_folder) for build in EVALUATOR_BUILDERS[evaluator_type]
-        )
-    )
-    if not evaluators:
+    scorable = [
+        evaluation
+        for evaluation in EVALUATOR_BUILDERS[evaluator_type]
+        if evaluation.ground_truth is None or metadata.get(evaluation.ground_truth, None)
+    ]
+    flags = cfg.MODEL.MASK_FORMER.TEST
+    evaluated = [evaluation for evaluation in scorable if flags[evaluation.flag]]
+    if not evaluated:
         raise ValueError(
-            f"Data set {dataset_name!r} ({evaluator_type}) gets no evaluator: every "
-            "MODEL.MASK_FORMER.TEST.*_ON flag that it could use is off."
+            f"Data set {dataset_name!r} ({evaluator_type}) has ground truth for the outputs "
+            f"[{_outputs(e.flag for e in scorable)}], and the config turns all of them off "
+            f"(MODEL.MASK_FORMER.TEST.{', '.join(e.flag for e in scorable)}): nothing to "
+            "evaluate. Turn one on, or evaluate on a data set with ground truth for an output "
+            "that is on."
         )
+    scorable_flags = {evaluation.flag for evaluation in scorable}
+    skipped = [flag for flag in OUTPUT_FLAGS if flags[flag] and flag not in scorable_flags]
+    if skipped:
+        logger.warning(
+            "Data set %r has no ground truth for the outputs %s that the config turns on "
+            "(MODEL.MASK_FORMER.TEST.%s): skipped; evaluating %s.",
+            dataset_name,
+            _outputs(skipped),
+            ", ".join(skipped),
+            _outputs(evaluation.flag for evaluation in evaluated),
+        )
+    evaluators = [
+        evaluator
+        for evaluation in evaluated
+        for evaluator in evaluation.build(cfg, dataset_name, output_folder)
+    ]
     if len(evaluators) == 1:
         return evaluators[0]
     return DatasetEvaluators(evaluators)
