@@ -8,7 +8,9 @@ config values whose defaults reproduce the official behaviour.
 Keys that Mask2Former reads from detectron2's own defaults (not declared here):
 ``MODEL.SEM_SEG_HEAD.{NAME, IN_FEATURES, NUM_CLASSES, IGNORE_VALUE, CONVS_DIM, COMMON_STRIDE,
 NORM, LOSS_WEIGHT}`` and ``TEST.DETECTIONS_PER_IMAGE`` (the number of instances kept per image
-by instance inference, default 100).
+by instance inference, default 100). ``IGNORE_VALUE`` is the label of unlabeled pixels for data
+sets whose metadata has no ``ignore_label``; where it has one, the dataset mappers use that
+and log a config that disagrees (Mapillary Vistas: 65).
 """
 
 import difflib

@@ -144,12 +144,39 @@ OFFICIAL_VALUES = {
         "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 8,
         "DATASETS.TEST": ("cityscapes_fine_instance_seg_val",),
     },
-    "mapillary-vistas/panoptic-segmentation/maskformer2_R50_bs16_300k.yaml": {
+    "mapillary-vistas/panoptic-segmentation/maskformer_R50_bs16_300k.yaml": {
         "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 65,
+        "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": 65,
+        "MODEL.MASK_FORMER.TEST.SEMANTIC_ON": True,
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
+        "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.0,
         "SOLVER.MAX_ITER": 300000,
         "INPUT.CROP.SIZE": [1024, 1024],
         "INPUT.MIN_SIZE_TEST": 2048,
     },
+    "mapillary-vistas/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_300k.yaml": {
+        "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": 65,
+    },
+    "ade20k/instance-segmentation/maskformer2_R50_bs16_160k.yaml": {
+        "MODEL.MASK_FORMER.TEST.SEMANTIC_ON": True,
+        "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
+    },
+    "ade20k/semantic-segmentation/maskformer2_R101_bs16_90k.yaml": {
+        "MODEL.RESNETS.DEPTH": 101,
+        "MODEL.RESNETS.NORM": "SyncBN",
+        "SOLVER.MAX_ITER": 160000,
+    },
+}
+
+# Our second names for release configs: path -> the release config it is.
+ALIASES = {
+    "ade20k/semantic-segmentation/maskformer2_R101_bs16_160k.yaml": (
+        "ade20k/semantic-segmentation/maskformer2_R101_bs16_90k.yaml"
+    ),
+    "mapillary-vistas/panoptic-segmentation/maskformer2_R50_bs16_300k.yaml": (
+        "mapillary-vistas/panoptic-segmentation/maskformer_R50_bs16_300k.yaml"
+    ),
 }
 
 # Shrink a model while keeping what distinguishes the configs (backbone type and depths,
@@ -241,7 +268,7 @@ def test_official_tree_is_complete():
         ]
         + [
             "ade20k/semantic-segmentation/maskformer2_R50_bs16_160k.yaml",
-            "ade20k/semantic-segmentation/maskformer2_R101_bs16_160k.yaml",
+            "ade20k/semantic-segmentation/maskformer2_R101_bs16_90k.yaml",
             "ade20k/semantic-segmentation/swin/maskformer2_swin_tiny_bs16_160k.yaml",
             "ade20k/semantic-segmentation/swin/maskformer2_swin_small_bs16_160k.yaml",
             "ade20k/semantic-segmentation/swin/maskformer2_swin_base_384_bs16_160k_res640.yaml",
@@ -253,7 +280,7 @@ def test_official_tree_is_complete():
             "ade20k/instance-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k.yaml",
             "mapillary-vistas/semantic-segmentation/maskformer2_R50_bs16_300k.yaml",
             "mapillary-vistas/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_300k.yaml",
-            "mapillary-vistas/panoptic-segmentation/maskformer2_R50_bs16_300k.yaml",
+            "mapillary-vistas/panoptic-segmentation/maskformer_R50_bs16_300k.yaml",
             "mapillary-vistas/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_300k.yaml",
         ]
     )
@@ -289,6 +316,13 @@ def test_release_config_merges_to_the_same_values(path):
         if release[key] != shipped[key]
     }
     assert not differences
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_alias_is_its_release_config(alias):
+    assert load_config(os.path.join(CONFIG_DIR, alias)) == load_config(
+        os.path.join(CONFIG_DIR, ALIASES[alias])
+    )
 
 
 @pytest.mark.parametrize("path", sorted(OFFICIAL_VALUES))

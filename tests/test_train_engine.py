@@ -1,6 +1,7 @@
 """Unit tests of mask2former.engine: optimizer groups, gradient clipping, evaluator selection,
 atomic checkpoints and semantic test-time augmentation."""
 
+import logging
 import os
 
 import pytest
@@ -19,7 +20,16 @@ from torch import nn
 
 import mask2former.data  # noqa: F401  only registration
 from mask2former.config import load_config
+from mask2former.data.datasets import panoptic_category_metadata, register_coco_panoptic_with_checks
+from mask2former.data.datasets.catalog_utils import get_datasets_root
+from mask2former.data.synthetic import (
+    SHAPES_CATEGORIES,
+    SyntheticConfig,
+    ensure_synthetic_dataset,
+    synthetic_split_paths,
+)
 from mask2former.engine import (
+    OUTPUT_FLAGS,
     AtomicDetectionCheckpointer,
     InstanceSegEvaluator,
     SemanticSegmentorWithTTA,
@@ -29,6 +39,7 @@ from mask2former.engine import (
     build_train_loop,
 )
 from mask2former.engine import checkpoint as checkpoint_module
+from mask2former.engine import evaluation as evaluation_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES_PANOPTIC = os.path.join(REPO, "configs/shapes/maskformer2_R18_panoptic.yaml")
@@ -186,30 +197,77 @@ def _evaluator_types(evaluator):
     return sorted(type(e).__name__ for e in parts)
 
 
-def test_evaluators_by_evaluator_type(tmp_path):
+def _skip_messages(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == evaluation_module.__name__]
+
+
+@pytest.fixture
+def registered_shapes():
+    """The registered shapes_* data sets' files (COCOEvaluator reads its JSON when built)."""
+    ensure_synthetic_dataset(os.path.join(get_datasets_root(), "shapes"))
+
+
+def test_evaluators_by_evaluator_type(registered_shapes, tmp_path, caplog):
     out = str(tmp_path)
-    cfg = _cfg()
+    cfg = _cfg()  # semantic, instance and panoptic outputs on
     assert _evaluator_types(build_evaluator(cfg, "shapes_val_panoptic", out)) == sorted(
         [COCOPanopticEvaluator.__name__, COCOEvaluator.__name__, SemSegEvaluator.__name__]
     )
-    cfg = _cfg("MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False")
-    assert _evaluator_types(build_evaluator(cfg, "shapes_val_panoptic", out)) == sorted(
-        [COCOPanopticEvaluator.__name__, SemSegEvaluator.__name__]
+    without_instances = _cfg("MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False")
+    assert _evaluator_types(build_evaluator(without_instances, "shapes_val_panoptic", out)) == (
+        sorted([COCOPanopticEvaluator.__name__, SemSegEvaluator.__name__])
     )
-    assert _evaluator_types(build_evaluator(cfg, "shapes_val", out)) == [COCOEvaluator.__name__]
-    assert _evaluator_types(build_evaluator(cfg, "shapes_val_sem_seg", out)) == [
-        SemSegEvaluator.__name__
-    ]
     MetadataCatalog.get("test_engine_cityscapes_sem").set(evaluator_type="cityscapes_sem_seg")
-    assert _evaluator_types(build_evaluator(cfg, "test_engine_cityscapes_sem", out)) == [
-        CityscapesSemSegEvaluator.__name__
-    ]
+    with caplog.at_level(logging.WARNING, logger=evaluation_module.__name__):
+        assert _evaluator_types(build_evaluator(cfg, "shapes_val", out)) == [COCOEvaluator.__name__]
+        assert _evaluator_types(build_evaluator(cfg, "shapes_val_sem_seg", out)) == [
+            SemSegEvaluator.__name__
+        ]
+        assert _evaluator_types(build_evaluator(cfg, "test_engine_cityscapes_sem", out)) == [
+            CityscapesSemSegEvaluator.__name__
+        ]
+    # one line per data set, naming the outputs that are on but have no ground truth there
+    expected = {
+        "shapes_val": {"SEMANTIC_ON", "PANOPTIC_ON"},
+        "shapes_val_sem_seg": {"INSTANCE_ON", "PANOPTIC_ON"},
+        "test_engine_cityscapes_sem": {"INSTANCE_ON", "PANOPTIC_ON"},
+    }
+    skipped = _skip_messages(caplog)
+    assert len(skipped) == len(expected)
+    for message, (data_set, flags) in zip(skipped, expected.items()):
+        assert repr(data_set) in message
+        assert {flag for flag in OUTPUT_FLAGS if flag in message} == flags
+    # the data set's only output is off: nothing to evaluate
+    with pytest.raises(ValueError, match="INSTANCE_ON"):
+        build_evaluator(without_instances, "shapes_val", out)
     MetadataCatalog.get("test_engine_unknown").set(evaluator_type="no_such_type")
     with pytest.raises(NotImplementedError, match="test_engine_unknown"):
         build_evaluator(cfg, "test_engine_unknown", out)
 
 
-def test_ade20k_style_instance_evaluator_maps_interleaved_thing_ids(tmp_path):
+def test_panoptic_data_set_without_semantic_or_instance_files(tmp_path, caplog):
+    """A COCO panoptic data set registered without semantic PNGs or an instance JSON gets
+    panoptic evaluation only, and one line saying semantic and instance were skipped."""
+    paths = synthetic_split_paths(
+        ensure_synthetic_dataset(str(tmp_path / "shapes"), SyntheticConfig(2, 2, size=32)), "val"
+    )
+    name = "test_engine_panoptic_only"
+    register_coco_panoptic_with_checks(
+        name,
+        panoptic_category_metadata(SHAPES_CATEGORIES),
+        paths["image_root"],
+        paths["panoptic_root"],
+        paths["panoptic_json"],
+    )
+    with caplog.at_level(logging.WARNING, logger=evaluation_module.__name__):
+        evaluator = build_evaluator(_cfg(), name, str(tmp_path / "out"))
+    assert isinstance(evaluator, COCOPanopticEvaluator)
+    (message,) = _skip_messages(caplog)
+    assert repr(name) in message and "SEMANTIC_ON" in message and "INSTANCE_ON" in message
+    assert "PANOPTIC_ON" not in message
+
+
+def test_ade20k_style_instance_evaluator_maps_interleaved_thing_ids(registered_shapes, tmp_path):
     # things interleaved with stuff: dataset ids 1..4 at contiguous 0, 2, 4, 5 of 7 classes
     source = MetadataCatalog.get("shapes_val_panoptic")
     name = "test_engine_interleaved"

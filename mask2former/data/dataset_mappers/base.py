@@ -4,6 +4,7 @@ Shapes: H, W image height and width after augmentation and padding.
 """
 
 import copy
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -17,6 +18,8 @@ from .augmentations import build_test_augmentations
 from .target_utils import pad_to_divisibility
 
 __all__ = ["MaskFormerMapperBase", "valid_region"]
+
+logger = logging.getLogger(__name__)
 
 
 def valid_region(transforms: T.TransformList, shape: Tuple[int, int]) -> np.ndarray:
@@ -82,10 +85,27 @@ class MaskFormerMapperBase:
 
     @staticmethod
     def _ignore_label(cfg: CfgNode, is_train: bool) -> int:
+        """The first data set's ``ignore_label``; ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE`` when its
+        metadata has none. A config that disagrees with the data set is logged."""
+        config_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
         if not names:
-            return 255
-        return MetadataCatalog.get(names[0]).get("ignore_label", 255)
+            return config_value
+        dataset_value = MetadataCatalog.get(names[0]).get("ignore_label", None)
+        if dataset_value is None:
+            return config_value
+        if dataset_value != config_value:
+            logger.warning(
+                "Data set %r labels unlabeled pixels %d (its metadata's ignore_label), but "
+                "MODEL.SEM_SEG_HEAD.IGNORE_VALUE is %d: the mapper ignores %d. Set IGNORE_VALUE "
+                "to %d to make the config agree.",
+                names[0],
+                dataset_value,
+                config_value,
+                dataset_value,
+                dataset_value,
+            )
+        return dataset_value
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         """
