@@ -28,6 +28,7 @@ from mask2former import modeling as _modeling  # noqa: F401  only registration
 from mask2former.config import load_config
 from mask2former.engine import AtomicDetectionCheckpointer, MaskFormerTrainer
 from mask2former.utils.cpu_memory import keep_freed_memory
+from mask2former.utils.weights_io import WeightsFileError
 
 logger = logging.getLogger("mask2former")
 
@@ -64,7 +65,10 @@ def main(args):
         return results
     trainer = MaskFormerTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    results = trainer.train()
+    if cfg.SOLVER.SAVE_SAFETENSORS:
+        trainer.checkpointer.save_safetensors("model_final")
+    return results
 
 
 def check_args(args) -> None:
@@ -85,11 +89,14 @@ if __name__ == "__main__":
     except (FileNotFoundError, KeyError, ValueError) as error:
         sys.exit(f"error: {error}")
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except WeightsFileError as error:  # MODEL.WEIGHTS or the checkpoint to resume from
+        sys.exit(f"error: {error}")

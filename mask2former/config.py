@@ -82,6 +82,9 @@ def _add_solver_config(cfg: CfgNode) -> None:
     # Not in the official release (which trained in float16): autocast dtype when
     # SOLVER.AMP.ENABLED, "float16" (with loss scaling) or "bfloat16".
     cfg.SOLVER.AMP.PRECISION = "float16"
+    # Not in the official release: train_net.py and the quickstart also save the final model's
+    # weights as OUTPUT_DIR/model_final.safetensors (the format to share weights in).
+    cfg.SOLVER.SAVE_SAFETENSORS = False
 
 
 def _add_mask_former_config(cfg: CfgNode) -> None:

@@ -20,7 +20,6 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
@@ -30,6 +29,7 @@ from detectron2.modeling import build_model
 from . import data as _data  # noqa: F401  only registration (data set metadata)
 from . import modeling as _modeling  # noqa: F401  only registration (model parts)
 from .config import load_config
+from .engine.checkpoint import AtomicDetectionCheckpointer
 from .utils.cpu_memory import keep_freed_memory
 from .utils.image_io import ImageSource, read_image
 from .utils.results import Prediction, prediction_from_model_output
@@ -127,6 +127,9 @@ class Predictor:
             FileNotFoundError: the config file is missing.
             mask2former.config.UnknownConfigKeyError: a config key or override is misspelt.
             WeightsNotFoundError: the weights file is missing.
+            mask2former.utils.weights_io.WeightsFileError: the weights file is empty,
+                truncated or of an unknown format, or (``UnsafeWeightsError``) asks to run
+                code; nothing from it is run.
             ValueError: unknown precision or task.
         """
         if precision not in PRECISIONS:
@@ -146,7 +149,7 @@ class Predictor:
         self.model = build_model(cfg)
         self.model.eval()
         if weights:
-            DetectionCheckpointer(self.model).load(weights)
+            AtomicDetectionCheckpointer(self.model).load(weights)
         else:
             logger.warning("No weights given: the model is randomly initialised.")
 

@@ -137,7 +137,7 @@ def test_scripts_report_bad_inputs(tmp_path, capsys):
     torch.save({"epoch": 3}, tmp_path / "no_weights.pth")
     cases = [
         ("missing.pth", "does not exist"),
-        ("garbage.pth", "not a readable PyTorch checkpoint"),
+        ("garbage.pth", "cannot be read as a PyTorch file"),
         ("no_weights.pth", "does not contain a state dict"),
     ]
     for script in ("convert-torchvision-to-d2.py", "convert-pretrained-swin-model-to-d2.py"):

@@ -17,7 +17,7 @@ import mask2former.data  # noqa: F401  only registration
 from mask2former import modeling as _modeling  # noqa: F401  only registration
 from mask2former.config import load_config
 from mask2former.engine import MaskFormerTrainer
-from mask2former.engine import checkpoint as checkpoint_module
+from mask2former.utils.weights_io import load_weights_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(REPO, "configs", "shapes")
@@ -115,7 +115,7 @@ def test_crash_during_checkpoint_then_resume(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed while writing model_0000003.pth")
         real_save(data, f)
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", save_or_crash)
+    monkeypatch.setattr(torch, "save", save_or_crash)
     crashed = MaskFormerTrainer(cfg)
     crashed.resume_or_load(resume=False)
     with pytest.raises(KeyboardInterrupt):
@@ -140,7 +140,7 @@ def test_crash_during_checkpoint_then_resume(tmp_path, monkeypatch):
     for iteration, lr in lrs.items():
         assert lr == pytest.approx(_poly_lr(cfg, iteration))
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
-    final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
+    final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
     assert final["iteration"] == 5
 
 
@@ -152,6 +152,7 @@ def test_two_process_training_over_gloo(tmp_path):
     train = [
         *script, "--num-gpus", "2", "--config-file", config,
         *TINY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
+        "SOLVER.SAVE_SAFETENSORS", "True",
     ]  # fmt: skip
     run = subprocess.run(train, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -160,9 +161,14 @@ def test_two_process_training_over_gloo(tmp_path):
     assert "mIoU" in log
     assert (tmp_path / "model_final.pth").is_file()
 
-    # --eval-only on the weights just written, in one process
+    # --eval-only on the safetensors copy of the final weights (SOLVER.SAVE_SAFETENSORS, written
+    # by the main process only), in one process
     eval_dir = tmp_path / "eval"
-    weights = str(tmp_path / "model_final.pth")
+    weights = str(tmp_path / "model_final.safetensors")
+    final = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
+    shared = load_weights_file(weights)["model"]
+    assert shared.keys() == final.keys()
+    assert all(torch.equal(shared[name], value) for name, value in final.items())
     evaluate = [
         *script, "--eval-only", "--config-file", config,
         *TINY, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(eval_dir),

@@ -38,7 +38,6 @@ from mask2former.engine import (
     build_optimizer,
     build_train_loop,
 )
-from mask2former.engine import checkpoint as checkpoint_module
 from mask2former.engine import evaluation as evaluation_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -318,7 +317,7 @@ def test_checkpoint_is_atomic_when_the_save_crashes(tmp_path, monkeypatch):
 
     with torch.no_grad():
         model.linear.weight.fill_(1.0)
-    monkeypatch.setattr(checkpoint_module.torch, "save", crash_midway)
+    monkeypatch.setattr(torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         checkpointer.save("model_final")
     with pytest.raises(KeyboardInterrupt):

@@ -19,7 +19,9 @@ from mask2former.modeling.backbone.convert import convert_checkpoint_file, conve
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="official Swin checkpoint (.pth with a 'model' entry)")
-    parser.add_argument("output", help="detectron2 checkpoint to write (.pkl)")
+    parser.add_argument(
+        "output", help="detectron2 checkpoint to write (.pkl, or .pth or .safetensors)"
+    )
     args = parser.parse_args(argv)
     try:
         count = convert_checkpoint_file(

@@ -22,7 +22,9 @@ from mask2former.modeling.backbone.convert import (
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="torchvision ResNet state dict (.pth)")
-    parser.add_argument("output", help="detectron2 checkpoint to write (.pkl)")
+    parser.add_argument(
+        "output", help="detectron2 checkpoint to write (.pkl, or .pth or .safetensors)"
+    )
     args = parser.parse_args(argv)
     try:
         count = convert_checkpoint_file(

@@ -4,7 +4,7 @@
 1. generates the synthetic "shapes" data set (skipped when it is there);
 2. trains the small panoptic config (configs/shapes/maskformer2_R18_panoptic.yaml) with a
    progress bar and ETA, within a time budget (``--train-minutes``, default 8; skipped when
-   OUTPUT/model_final.pth exists);
+   OUTPUT/model_final.pth exists), and saves the weights also as model_final.safetensors;
 3. evaluates it with the real evaluators (panoptic PQ, instance AP, semantic mIoU) and prints
    a table (skipped when OUTPUT/evaluation_metrics.json exists and no training ran);
 4. runs the demo on a few validation images (skipped when their pictures exist);
@@ -28,7 +28,6 @@ from contextlib import redirect_stdout
 # (Set before detectron2 is imported, hence the imports below this line.)
 warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import hooks
 from detectron2.utils.env import seed_all_rng
@@ -38,8 +37,9 @@ from mask2former.config import UnknownConfigKeyError, load_config
 from mask2former.data import ensure_synthetic_dataset
 from mask2former.data.datasets.catalog_utils import get_datasets_root
 from mask2former.data.synthetic import synthetic_split_paths
-from mask2former.engine import MaskFormerTrainer, atomic_write
+from mask2former.engine import AtomicDetectionCheckpointer, MaskFormerTrainer
 from mask2former.predictor import Predictor
+from mask2former.utils.atomic_io import atomic_open
 from mask2former.utils.cpu_memory import keep_freed_memory
 from mask2former.utils.demo import run_images
 from mask2former.utils.progress import TqdmProgressHook
@@ -126,7 +126,8 @@ def _setup_logging(output: str) -> None:
 
 
 def _config(args) -> CfgNode:
-    opts = ["OUTPUT_DIR", args.output, "MODEL.DEVICE", "cpu"] + list(args.opts)
+    opts = ["OUTPUT_DIR", args.output, "MODEL.DEVICE", "cpu", "SOLVER.SAVE_SAFETENSORS", "True"]
+    opts += list(args.opts)
     if args.max_iter is not None:
         opts += ["SOLVER.MAX_ITER", str(args.max_iter)]
     cfg = load_config(args.config_file, opts)
@@ -154,6 +155,8 @@ def _train(cfg: CfgNode, weights: str, time_budget_s: float) -> None:
     # the trainer's last hook saves model_final.pth
     if not os.path.isfile(weights):
         trainer.checkpointer.save("model_final")
+    if cfg.SOLVER.SAVE_SAFETENSORS:
+        trainer.checkpointer.save_safetensors("model_final")
     done = cfg.SOLVER.MAX_ITER if trainer.stopped_at is None else trainer.stopped_at
     print(f"Trained {done} iterations in {time.perf_counter() - started:.0f} s.")
     if trainer.stopped_at is not None:
@@ -166,12 +169,13 @@ def _train(cfg: CfgNode, weights: str, time_budget_s: float) -> None:
 
 def _evaluate(cfg: CfgNode, weights: str, metrics_path: str) -> dict:
     model = MaskFormerTrainer.build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    AtomicDetectionCheckpointer(model).load(weights)
     # the COCO and panoptic APIs print their own summaries: keep them in the log
     with open(os.path.join(cfg.OUTPUT_DIR, "log.txt"), "a") as log, redirect_stdout(log):
         results = MaskFormerTrainer.test(cfg, model)
     results = {group: dict(values) for group, values in results.items()}
-    atomic_write(metrics_path, lambda f: json.dump(results, f, indent=2), binary=False)
+    with atomic_open(metrics_path, "w") as f:
+        json.dump(results, f, indent=2)
     return results
 
 
@@ -225,10 +229,12 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    shared_weights = os.path.join(cfg.OUTPUT_DIR, "model_final.safetensors")
     metrics_path = os.path.join(cfg.OUTPUT_DIR, EVALUATION_FILE)
     demo_dir = os.path.join(cfg.OUTPUT_DIR, "demo")
     if args.force:
-        for path in (weights, metrics_path, os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        last_checkpoint = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+        for path in (weights, shared_weights, metrics_path, last_checkpoint):
             if os.path.exists(path):
                 os.remove(path)
 
@@ -262,6 +268,8 @@ def main(argv=None) -> int:
 
     print("\nDone.")
     print(f"  trained weights: {weights}")
+    if os.path.isfile(shared_weights):
+        print(f"  to share them:   {shared_weights}")
     print(f"  metrics (JSON):  {metrics_path}")
     print(
         f"  pictures:        {demo_dir}/ ({len(pictures)} images, with .panoptic.png/.json, "

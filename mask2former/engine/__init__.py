@@ -1,6 +1,6 @@
 """Training and evaluation pieces used by ``train_net.py``."""
 
-from .checkpoint import AtomicDetectionCheckpointer, atomic_write
+from .checkpoint import AtomicDetectionCheckpointer
 from .evaluation import (
     EVALUATOR_BUILDERS,
     OUTPUT_FLAGS,
@@ -21,7 +21,6 @@ __all__ = [
     "OutputEvaluation",
     "SemanticSegmentorWithTTA",
     "add_full_model_gradient_clipping",
-    "atomic_write",
     "build_evaluator",
     "build_optimizer",
     "build_train_loop",

@@ -1,84 +1,76 @@
-"""A checkpointer whose files are never half-written.
+"""Detectron2's checkpointer, with files that are never half-written and loads that run no code.
 
-Detectron2's ``Checkpointer.save`` writes ``model_XXXX.pth`` and then ``last_checkpoint`` in
-place: a job killed during the write leaves a truncated model file, and ``last_checkpoint`` may
-name it, so ``--resume`` fails. Here every file is written to a temporary file in the same
-folder, flushed to disk and renamed over the target (``os.replace`` is atomic on POSIX), and
-``last_checkpoint`` is only updated after the checkpoint it names is complete.
+Writing: Detectron2's ``Checkpointer.save`` writes ``model_XXXX.pth`` and then
+``last_checkpoint`` in place, through its path manager. A job killed during the write would
+leave a truncated model file that ``last_checkpoint`` may name, and ``--resume`` would fail.
+Here the path manager opens local files for writing with
+:func:`~mask2former.utils.atomic_io.atomic_open` (temporary file, fsync, rename), so each file
+is complete or untouched, and since ``save`` tags ``last_checkpoint`` after writing the
+checkpoint, it only ever names a complete file.
+
+Reading: every weights file goes through :mod:`mask2former.utils.weights_io` (a restricted
+unpickler for ``.pkl``, ``weights_only`` for ``.pth``, and ``.safetensors``), then through
+Detectron2's own handling (model-zoo name matching, Caffe2 conversion, ``?matching_heuristics``
+URLs).
 """
 
-import logging
 import os
-import tempfile
-from typing import Any, Callable, Dict
+from typing import Any, Dict, Optional
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-logger = logging.getLogger(__name__)
+from ..utils.atomic_io import atomic_open
+from ..utils.weights_io import load_checkpoint, load_weights_file, save_weights_file
 
 
-def atomic_write(path: str, write: Callable[[Any], None], *, binary: bool = True) -> None:
-    """Write a file so that ``path`` holds either its old content or the complete new one.
+class _AtomicWritePathManager:
+    """A path manager whose ``open`` writes local files atomically; the rest is delegated."""
 
-    Args:
-        path: the destination file (a local path).
-        write: called with an open file object to write the content.
-        binary: open the temporary file in binary mode.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    _fsync_folder(folder)
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
 
+    def open(self, path: str, mode: str = "r", **kwargs: Any):
+        if mode in ("w", "wb") and "://" not in path:
+            return atomic_open(path, mode)
+        return self._path_manager.open(path, mode, **kwargs)
 
-def _fsync_folder(folder: str) -> None:
-    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._path_manager, name)
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with crash-safe ``save`` and ``last_checkpoint`` tagging.
+    """``DetectionCheckpointer`` with crash-safe writes and weights loading that runs no code.
 
-    Only local ``save_dir`` folders are supported for saving (the temporary file and the rename
-    need a real file system); loading works with every path Detectron2 accepts.
+    Files are written atomically in local ``save_dir`` folders (others are written as
+    Detectron2 does). Loading accepts every path Detectron2 accepts; the file itself must be a
+    ``.pkl``, ``.pth``, ``.pt`` or ``.safetensors`` file (see
+    :mod:`mask2former.utils.weights_io`).
     """
 
-    def save(self, name: str, **kwargs: Any) -> None:
-        """Save the model and the checkpointables as ``{save_dir}/{name}.pth``.
+    def __init__(self, model, save_dir: str = "", *, save_to_disk=None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.path_manager = _AtomicWritePathManager(self.path_manager)
 
-        Args:
-            name: file name without extension.
-            kwargs: extra data stored in the checkpoint (e.g. ``iteration``).
+    def save_safetensors(self, name: str) -> Optional[str]:
+        """Save the model's weights alone as ``{save_dir}/{name}.safetensors``.
+
+        Returns:
+            The path written, or None where this checkpointer does not save (no ``save_dir``,
+            or not the main process).
         """
         if not self.save_dir or not self.save_to_disk:
-            return
-        data: Dict[str, Any] = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
-        logger.info("Saving checkpoint to %s", save_file)
-        atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
+            return None
+        path = os.path.join(self.save_dir, f"{name}.safetensors")
+        self.logger.info("Saving the model's weights to %s", path)
+        save_weights_file(path, self.model.state_dict())
+        return path
 
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        """Point ``{save_dir}/last_checkpoint`` at ``last_filename_basename`` atomically."""
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        atomic_write(path, lambda f: f.write(last_filename_basename), binary=False)
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".pkl"):  # Detectron2 would unpickle it with plain pickle
+            checkpoint = load_checkpoint(filename)
+            self.logger.info("Reading a file from '%s'", checkpoint["__author__"])
+            return checkpoint
+        return super()._load_file(filename)
+
+    def _torch_load(self, filename: str) -> Any:
+        return load_weights_file(filename)

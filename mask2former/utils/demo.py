@@ -34,6 +34,7 @@ from .export import write_instances, write_panoptic, write_semantic
 from .image_io import ImageReadError, expand_image_inputs, read_image
 from .results import Prediction
 from .visualization import TASKS, VideoPredictionDrawer, display_metadata, draw_prediction
+from .weights_io import WeightsFileError
 
 __all__ = [
     "DemoError",
@@ -494,6 +495,8 @@ def run_demo(args: argparse.Namespace, *, progress: bool = True) -> DemoReport:
         )
     except WeightsNotFoundError as error:
         raise DemoError(f"{error} (set with --opts MODEL.WEIGHTS PATH)") from error
+    except WeightsFileError as error:
+        raise DemoError(str(error)) from error
     if args.webcam:
         return run_webcam(predictor, args.output, task)
     output = args.output or DEFAULT_OUTPUT

@@ -1,24 +1,24 @@
 """Conversion of ImageNet-pretrained backbone weights into detectron2 checkpoints.
 
-The returned dicts are what detectron2's `DetectionCheckpointer` reads from a ``.pkl`` file:
-``{"model": {name: numpy array}, "__author__": ..., "matching_heuristics": True}``; the
-heuristics let the checkpointer add the ``backbone.`` prefix when loading into a full model.
+The files written are what detectron2's `DetectionCheckpointer` reads from a ``.pkl`` file:
+``{"model": {name: numpy array}, "__author__": ..., "matching_heuristics": True}`` (or the same
+as ``.pth`` / ``.safetensors``, see :mod:`mask2former.utils.weights_io`); the heuristics let
+the checkpointer add the ``backbone.`` prefix when loading into a full model.
 """
 
-import os
-import pickle
 import re
 from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
 import torch
 
+from ...utils.weights_io import load_weights_file, save_weights_file
+
 __all__ = [
     "convert_checkpoint_file",
     "convert_swin_state_dict",
     "convert_torchvision_resnet_state_dict",
     "extract_state_dict",
-    "to_detectron2_checkpoint",
 ]
 
 _TORCHVISION_RULES = (
@@ -114,20 +114,6 @@ def convert_swin_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str,
     }
 
 
-def to_detectron2_checkpoint(weights: Dict[str, np.ndarray], author: str) -> Dict[str, Any]:
-    """Wrap converted weights in the dict detectron2's checkpointer expects in a ``.pkl``."""
-    return {"model": weights, "__author__": author, "matching_heuristics": True}
-
-
-def _short_reason(error: Exception) -> str:
-    """The informative line of a `torch.load` error (its weights-only errors are long)."""
-    detail = re.search(r"Unpickler error:\s*(.+)", str(error))
-    if detail:
-        return detail.group(1).strip()
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def convert_checkpoint_file(
     input_path: str,
     output_path: str,
@@ -136,9 +122,13 @@ def convert_checkpoint_file(
 ) -> int:
     """Load a ``.pth`` file, convert its state dict with `convert`, write a detectron2 ``.pkl``.
 
+    Both files go through :mod:`mask2former.utils.weights_io`: the input is read without
+    running code from it, and the output may also be ``.pth`` or ``.safetensors``.
+
     Args:
         input_path: PyTorch checkpoint (a state dict, or a dict with "model"/"state_dict").
-        output_path: where to write the pickled detectron2 checkpoint.
+        output_path: where to write the detectron2 checkpoint (``.pkl``, ``.pth`` or
+            ``.safetensors``).
         convert: e.g. `convert_torchvision_resnet_state_dict` or `convert_swin_state_dict`.
         author: the checkpoint's ``__author__`` field.
 
@@ -147,18 +137,9 @@ def convert_checkpoint_file(
 
     Raises:
         FileNotFoundError: `input_path` does not exist.
-        ValueError: the file cannot be read as a checkpoint or holds unexpected keys.
+        ValueError: the file cannot be read as a checkpoint (``WeightsFileError``, or
+            ``UnsafeWeightsError`` when it asks to run code) or holds unexpected keys.
     """
-    if not os.path.isfile(input_path):
-        raise FileNotFoundError(f"input file '{input_path}' does not exist")
-    try:
-        obj = torch.load(input_path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(
-            f"'{input_path}' is not a readable PyTorch checkpoint of plain tensors "
-            f"({_short_reason(error)})"
-        ) from error
-    weights = convert(extract_state_dict(obj, input_path))
-    with open(output_path, "wb") as file:
-        pickle.dump(to_detectron2_checkpoint(weights, author=author), file)
+    weights = convert(extract_state_dict(load_weights_file(input_path), input_path))
+    save_weights_file(output_path, weights, author=author, matching_heuristics=True)
     return len(weights)
