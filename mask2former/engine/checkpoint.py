@@ -66,7 +66,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         return path
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if filename.endswith(".pkl"):  # Detectron2 would unpickle it with plain pickle
+        if filename.lower().endswith(".pkl"):  # Detectron2 would unpickle it with plain pickle
             checkpoint = load_checkpoint(filename)
             self.logger.info("Reading a file from '%s'", checkpoint["__author__"])
             return checkpoint

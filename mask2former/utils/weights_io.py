@@ -241,8 +241,9 @@ def load_weights_file(path: str) -> Any:
         raise FileNotFoundError(f"weights file '{path}' does not exist")
     extension = os.path.splitext(path)[1].lower()
     if extension not in WEIGHTS_EXTENSIONS:
+        found = f"'{extension}'" if extension else "(no extension)"
         raise WeightsFileError(
-            f"{path}: unknown weights format '{extension}'; weights files are {_FORMATS_HELP}."
+            f"{path}: unknown weights format {found}; weights files are {_FORMATS_HELP}."
         )
     if os.path.getsize(path) == 0:
         raise WeightsFileError(
