@@ -41,6 +41,7 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     if "MASK_FORMER" in cfg.MODEL:
         return
     _add_input_config(cfg)
+    _add_data_config(cfg)
     _add_solver_config(cfg)
     _add_mask_former_config(cfg)
     _add_pixel_decoder_config(cfg)
@@ -69,6 +70,17 @@ def _add_input_config(cfg: CfgNode) -> None:
     cfg.INPUT.MIN_SCALE = 0.1
     # Large-scale jittering: largest random rescale factor, relative to IMAGE_SIZE.
     cfg.INPUT.MAX_SCALE = 2.0
+
+
+def _add_data_config(cfg: CfgNode) -> None:
+    # Not in the official release: a text file listing images to leave out of training, one
+    # image id or image file name per line ("#" starts a comment), as written by
+    # `datasets/check_dataset.py --write-exclude FILE`; "" leaves nothing out.
+    cfg.DATASETS.EXCLUDE_FILE = ""
+    # Not in the official release: a sample that cannot be read or mapped is logged, replaced by
+    # another one in training and left out of the metrics in evaluation; when more than this
+    # fraction of a data set's images are bad, training or evaluation stops with a summary.
+    cfg.DATALOADER.MAX_BAD_SAMPLE_FRACTION = 0.01
 
 
 def _add_solver_config(cfg: CfgNode) -> None:

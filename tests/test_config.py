@@ -77,8 +77,8 @@ OFFICIAL_DEFAULTS = {
     "SOLVER.POLY_LR_CONSTANT_ENDING": 0.0,
 }
 
-# Keys this project adds so that constants the official code hard-coded are configurable; the
-# defaults are those hard-coded values.
+# Keys this project adds: constants the official code hard-coded (the defaults are those
+# hard-coded values), and the settings of features the official release lacks.
 NEW_KEY_DEFAULTS = {
     "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD": 1024,
     "MODEL.SEM_SEG_HEAD.NORM_NUM_GROUPS": 32,
@@ -87,6 +87,8 @@ NEW_KEY_DEFAULTS = {
     "MODEL.MASK_FORMER.TEST.MASK_THRESHOLD": 0.5,
     "SOLVER.AMP.PRECISION": "float16",
     "SOLVER.SAVE_SAFETENSORS": False,
+    "DATASETS.EXCLUDE_FILE": "",
+    "DATALOADER.MAX_BAD_SAMPLE_FRACTION": 0.01,
 }
 
 

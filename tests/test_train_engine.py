@@ -10,7 +10,6 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.transforms import HFlipTransform, NoOpTransform, TransformList
 from detectron2.evaluation import (
     CityscapesSemSegEvaluator,
-    COCOEvaluator,
     COCOPanopticEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
@@ -39,6 +38,10 @@ from mask2former.engine import (
     build_train_loop,
 )
 from mask2former.engine import evaluation as evaluation_module
+from mask2former.engine.partial_evaluation import (
+    PartialCOCOEvaluator,
+    PartialCOCOPanopticEvaluator,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES_PANOPTIC = os.path.join(REPO, "configs/shapes/maskformer2_R18_panoptic.yaml")
@@ -210,15 +213,21 @@ def test_evaluators_by_evaluator_type(registered_shapes, tmp_path, caplog):
     out = str(tmp_path)
     cfg = _cfg()  # semantic, instance and panoptic outputs on
     assert _evaluator_types(build_evaluator(cfg, "shapes_val_panoptic", out)) == sorted(
-        [COCOPanopticEvaluator.__name__, COCOEvaluator.__name__, SemSegEvaluator.__name__]
+        [
+            PartialCOCOPanopticEvaluator.__name__,
+            PartialCOCOEvaluator.__name__,
+            SemSegEvaluator.__name__,
+        ]
     )
     without_instances = _cfg("MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False")
     assert _evaluator_types(build_evaluator(without_instances, "shapes_val_panoptic", out)) == (
-        sorted([COCOPanopticEvaluator.__name__, SemSegEvaluator.__name__])
+        sorted([PartialCOCOPanopticEvaluator.__name__, SemSegEvaluator.__name__])
     )
     MetadataCatalog.get("test_engine_cityscapes_sem").set(evaluator_type="cityscapes_sem_seg")
     with caplog.at_level(logging.WARNING, logger=evaluation_module.__name__):
-        assert _evaluator_types(build_evaluator(cfg, "shapes_val", out)) == [COCOEvaluator.__name__]
+        assert _evaluator_types(build_evaluator(cfg, "shapes_val", out)) == [
+            PartialCOCOEvaluator.__name__
+        ]
         assert _evaluator_types(build_evaluator(cfg, "shapes_val_sem_seg", out)) == [
             SemSegEvaluator.__name__
         ]
@@ -406,7 +415,7 @@ def _loop_for(cfg, device):
 def test_amp_float16_falls_back_to_float32_on_cpu():
     cfg = _cfg("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "float16")
     loop, amp_trainer, simple_trainer = _loop_for(cfg, "cpu")
-    assert type(loop) is simple_trainer and not isinstance(loop, amp_trainer)
+    assert isinstance(loop, simple_trainer) and not isinstance(loop, amp_trainer)
 
 
 class _LossModel(nn.Module):

@@ -21,20 +21,20 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
-    COCOEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
     LVISEvaluator,
     SemSegEvaluator,
 )
 
+from .partial_evaluation import PartialCOCOEvaluator, PartialCOCOPanopticEvaluator
+
 logger = logging.getLogger(__name__)
 
 EvaluatorBuilder = Callable[[CfgNode, str, str], List[DatasetEvaluator]]
 
 
-class InstanceSegEvaluator(COCOEvaluator):
+class InstanceSegEvaluator(PartialCOCOEvaluator):
     """COCO instance evaluation for panoptic data sets whose thing classes are interleaved.
 
     A panoptic model numbers classes contiguously over things *and* stuff (ADE20K, Mapillary
@@ -86,7 +86,7 @@ def _semantic(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[Datas
 
 
 def _coco_instances(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEvaluator]:
-    return [COCOEvaluator(dataset_name, output_dir=output_folder)]
+    return [PartialCOCOEvaluator(dataset_name, output_dir=output_folder)]
 
 
 def _mapped_instances(
@@ -96,7 +96,7 @@ def _mapped_instances(
 
 
 def _panoptic(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEvaluator]:
-    return [COCOPanopticEvaluator(dataset_name, output_folder)]
+    return [PartialCOCOPanopticEvaluator(dataset_name, output_folder)]
 
 
 def _cityscapes_semantic(

@@ -9,18 +9,19 @@ from typing import Any, Dict
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from mask2former.data import build_dataset_mapper
+from mask2former.data import bad_samples, build_dataset_mapper
 
 from .checkpoint import AtomicDetectionCheckpointer
 from .evaluation import build_evaluator
+from .hooks import BadSampleHook
 from .optimizer import build_optimizer
+from .train_loops import CheckedAMPTrainer, CheckedSimpleTrainer, NonFiniteLossCheck
 from .tta import SemanticSegmentorWithTTA
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-class CPUAutocastTrainer(SimpleTrainer):
+class CPUAutocastTrainer(NonFiniteLossCheck, SimpleTrainer):
     """``SimpleTrainer`` whose forward pass runs under CPU autocast (bfloat16, no loss scaling).
 
     Detectron2's ``AMPTrainer`` is CUDA-only; bfloat16 has float32's range, so on a CPU the
@@ -41,8 +42,10 @@ class CPUAutocastTrainer(SimpleTrainer):
     outside autocast, on the float32 parameters.
     """
 
-    def __init__(self, model, data_loader, optimizer, precision: torch.dtype = torch.bfloat16):
-        super().__init__(model, data_loader, optimizer)
+    def __init__(
+        self, model, data_loader, optimizer, precision: torch.dtype = torch.bfloat16, **kwargs
+    ):
+        super().__init__(model, data_loader, optimizer, **kwargs)
         self.precision = precision
 
     def run_step(self) -> None:
@@ -71,10 +74,11 @@ def build_train_loop(
     "bfloat16" (without). On CUDA this is Detectron2's ``AMPTrainer``; on a CPU bfloat16 runs
     in :class:`CPUAutocastTrainer`, and float16 (which CPUs do not speed up and which would
     need loss scaling) falls back to float32 with a warning, so the official configs, which
-    enable AMP, run unchanged.
+    enable AMP, run unchanged. Every loop stops on a non-finite loss (see ``train_loops``).
     """
+    checks = {"checkpoint_dir": cfg.OUTPUT_DIR}
     if not cfg.SOLVER.AMP.ENABLED:
-        return SimpleTrainer(model, data_loader, optimizer)
+        return CheckedSimpleTrainer(model, data_loader, optimizer, **checks)
     precision_name = cfg.SOLVER.AMP.PRECISION
     if precision_name not in AMP_PRECISIONS:
         raise ValueError(
@@ -83,14 +87,16 @@ def build_train_loop(
     precision = AMP_PRECISIONS[precision_name]
     if _model_device(model).type != "cuda":
         if precision == torch.bfloat16:
-            return CPUAutocastTrainer(model, data_loader, optimizer, precision)
+            return CPUAutocastTrainer(model, data_loader, optimizer, precision, **checks)
         logger.warning(
             "SOLVER.AMP.ENABLED with PRECISION float16 but the model is on the CPU: training in "
             "float32 (set SOLVER.AMP.PRECISION bfloat16 for mixed precision on a CPU)."
         )
-        return SimpleTrainer(model, data_loader, optimizer)
+        return CheckedSimpleTrainer(model, data_loader, optimizer, **checks)
     grad_scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
-    return AMPTrainer(model, data_loader, optimizer, grad_scaler=grad_scaler, precision=precision)
+    return CheckedAMPTrainer(
+        model, data_loader, optimizer, grad_scaler=grad_scaler, precision=precision, **checks
+    )
 
 
 class MaskFormerTrainer(DefaultTrainer):
@@ -102,7 +108,9 @@ class MaskFormerTrainer(DefaultTrainer):
     clipping); the LR schedule may be "WarmupPolyLR"; evaluators follow the data set's
     ``evaluator_type``; checkpoints are written atomically; AMP uses ``SOLVER.AMP.PRECISION``;
     multi-process training also works on CPUs (gloo); semantic test-time augmentation runs after
-    training when ``TEST.AUG.ENABLED``.
+    training when ``TEST.AUG.ENABLED``; bad samples are replaced (training) or left out
+    (evaluation) and reported; a non-finite loss stops training with a message that names the
+    last good checkpoint.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -129,22 +137,29 @@ class MaskFormerTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        """Detectron2's default hooks, plus a final TTA evaluation when ``TEST.AUG.ENABLED``."""
+        """Detectron2's default hooks, plus the bad-sample count and, when
+        ``TEST.AUG.ENABLED``, a final TTA evaluation."""
         default_hooks = super().build_hooks()
-        if not self.cfg.TEST.AUG.ENABLED:
-            return default_hooks
-        tta_hook = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
-        # before the writers, so that the TTA metrics get written too
+        extra_hooks = [BadSampleHook()]
+        if self.cfg.TEST.AUG.ENABLED:
+            extra_hooks.append(hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model)))
+        # before the writers, so that what these hooks put in the storage gets written too
         writer_index = next(
             (i for i, hook in enumerate(default_hooks) if isinstance(hook, hooks.PeriodicWriter)),
             len(default_hooks),
         )
-        return default_hooks[:writer_index] + [tta_hook] + default_hooks[writer_index:]
+        return default_hooks[:writer_index] + extra_hooks + default_hooks[writer_index:]
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        mapper = build_dataset_mapper(cfg, is_train=True)
-        return build_detection_train_loader(cfg, mapper=mapper)
+        """The mapper named by ``INPUT.DATASET_MAPPER_NAME`` in a loader that replaces and
+        reports bad samples (:mod:`mask2former.data.bad_samples`)."""
+        return bad_samples.build_train_loader(cfg, build_dataset_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        """Detectron2's inference loader, leaving out and reporting bad images."""
+        return bad_samples.build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -37,7 +37,8 @@ class MaskFormerMapperBase:
     Output dict (besides the input fields): "image" (3, H, W) uint8 tensor in
     ``INPUT.FORMAT``; "padding_mask" (H, W) bool, True on padded pixels; "instances"
     (Instances with gt_classes (M,) int64, gt_masks BitMasks (M, H, W)); and
-    "sem_seg" (H, W) int64 where the mapper has a semantic map.
+    "sem_seg" (H, W) int64 where the mapper has a semantic map. A ground-truth class outside
+    [0, num_classes) raises ValueError naming the file (instead of failing in the loss).
     """
 
     @configurable
@@ -49,6 +50,7 @@ class MaskFormerMapperBase:
         image_format: str,
         ignore_label: int,
         size_divisibility: int,
+        num_classes: Optional[int] = None,
     ):
         """
         Args:
@@ -57,12 +59,15 @@ class MaskFormerMapperBase:
             image_format: ``INPUT.FORMAT`` ("BGR" or "RGB").
             ignore_label: semantic label of unlabeled pixels; used to pad semantic maps.
             size_divisibility: pad bottom/right to a multiple of it (<= 0: no padding).
+            num_classes: number of classes of the model (``MODEL.SEM_SEG_HEAD.NUM_CLASSES``);
+                None skips the check of the ground-truth classes.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.ignore_label = ignore_label
         self.size_divisibility = size_divisibility
+        self.num_classes = num_classes
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
@@ -77,6 +82,7 @@ class MaskFormerMapperBase:
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": ignore_label,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY if is_train else -1,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         }
 
     @classmethod
@@ -118,7 +124,23 @@ class MaskFormerMapperBase:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
-        return self._map(dataset_dict, image)
+        mapped = self._map(dataset_dict, image)
+        self._check_classes(mapped)
+        return mapped
+
+    def _check_classes(self, dataset_dict: Dict) -> None:
+        instances = dataset_dict.get("instances")
+        if self.num_classes is None or instances is None:
+            return
+        classes = instances.gt_classes
+        outside = sorted(set(classes[(classes < 0) | (classes >= self.num_classes)].tolist()))
+        if outside:
+            raise ValueError(
+                f"{dataset_dict['file_name']}: ground-truth classes {outside} "
+                f"are outside 0..{self.num_classes - 1} (MODEL.SEM_SEG_HEAD.NUM_CLASSES = "
+                f"{self.num_classes}). Does the config's number of classes match the data set, "
+                f"and is every label value a class or the ignore label {self.ignore_label}?"
+            )
 
     def _map(self, dataset_dict: Dict, image: np.ndarray) -> Dict:
         raise NotImplementedError

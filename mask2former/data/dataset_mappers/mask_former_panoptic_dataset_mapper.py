@@ -22,7 +22,8 @@ class MaskFormerPanopticDatasetMapper(MaskFormerMapperBase):
     """Reads "pan_seg_file_name" (panopticapi RGB ids) and "segments_info" (contiguous
     category ids). Outputs "image", "instances" (one mask per non-crowd segment still visible
     after augmentation), "sem_seg" (from "sem_seg_file_name", else derived from the panoptic
-    map, void and crowd = ignore label) and "padding_mask"."""
+    map, void and crowd = ignore label) and "padding_mask". Raises ValueError when the PNG's
+    pixels that remain after augmentation carry ids that "segments_info" does not list."""
 
     @classmethod
     def _build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List:
@@ -42,7 +43,8 @@ class MaskFormerPanopticDatasetMapper(MaskFormerMapperBase):
             transforms = self.augmentations(aug_input)
             self._pack(dataset_dict, aug_input.image, valid_region(transforms, image.shape[:2]))
             return dataset_dict
-        pan_rgb = utils.read_image(dataset_dict.pop("pan_seg_file_name"), "RGB")
+        pan_seg_file_name = dataset_dict.pop("pan_seg_file_name")
+        pan_rgb = utils.read_image(pan_seg_file_name, "RGB")
         segments_info = dataset_dict["segments_info"]
         if "sem_seg_file_name" in dataset_dict:
             sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
@@ -64,6 +66,9 @@ class MaskFormerPanopticDatasetMapper(MaskFormerMapperBase):
         )
         dataset_dict["sem_seg"] = padded["sem_seg"]
         dataset_dict["instances"] = panoptic_to_instances(
-            padded["pan_seg"].numpy(), segments_info, tuple(padded["pan_seg"].shape)
+            padded["pan_seg"].numpy(),
+            segments_info,
+            tuple(padded["pan_seg"].shape),
+            source=pan_seg_file_name,
         )
         return dataset_dict

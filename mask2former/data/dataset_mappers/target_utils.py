@@ -100,7 +100,11 @@ def semantic_to_instances(sem_seg: torch.Tensor, ignore_label: int) -> Instances
 
 
 def panoptic_to_instances(
-    pan_seg: np.ndarray, segments_info: List[Dict], image_shape: Tuple[int, int]
+    pan_seg: np.ndarray,
+    segments_info: List[Dict],
+    image_shape: Tuple[int, int],
+    *,
+    source: str = "the panoptic map",
 ) -> Instances:
     """One mask per non-crowd segment of a panoptic id map; emptied segments are dropped.
 
@@ -108,9 +112,26 @@ def panoptic_to_instances(
         pan_seg: (H, W) int64 segment ids (panopticapi ``rgb2id``), 0 = void.
         segments_info: dataset-dict segments with "id", contiguous "category_id", "iscrowd".
         image_shape: (H, W).
+        source: the map's file, named in the error.
+
+    Raises:
+        ValueError: when pixels of ``pan_seg`` carry a non-zero id that ``segments_info`` does
+            not list (their class would be unknown).
     """
     kept = [s for s in segments_info if not s.get("iscrowd", 0)]
     masks = [pan_seg == s["id"] for s in kept]
+    # every pixel is void, a kept segment's or a crowd segment's, unless an id is unlisted;
+    # counting the masks' pixels costs far less than comparing every pixel with every id again
+    listed = np.count_nonzero(pan_seg == 0) + sum(np.count_nonzero(m) for m in masks)
+    crowd = [s for s in segments_info if s.get("iscrowd", 0)]
+    listed += sum(np.count_nonzero(pan_seg == s["id"]) for s in crowd)
+    if listed != pan_seg.size:
+        unlisted = set(np.unique(pan_seg).tolist()) - {0} - {s["id"] for s in segments_info}
+        if unlisted:
+            raise ValueError(
+                f"{source} holds segment ids {sorted(unlisted)} that its segments_info (the "
+                "panoptic JSON) does not list."
+            )
     return masks_to_instances([s["category_id"] for s in kept], masks, image_shape)
 
 

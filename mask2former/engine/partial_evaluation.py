@@ -1,0 +1,72 @@
+"""COCO evaluators that score only the images they were given.
+
+The evaluation loader leaves bad images out (:mod:`mask2former.data.bad_samples`). Detectron2's
+``COCOEvaluator`` would still score every image of the annotation file, counting the objects of
+a left-out image as missed, and ``COCOPanopticEvaluator`` would fail, since panopticapi wants a
+prediction for every ground-truth image. These subclasses restrict the ground truth to the
+images that were evaluated; when every image was, they are Detectron2's evaluators unchanged.
+(``SemSegEvaluator`` only ever scores the images it is given.)
+
+Both contain a collective call in ``evaluate``, which, as in Detectron2, every process must
+make.
+"""
+
+import json
+import os
+import tempfile
+from typing import Any, Dict, List, Set
+
+from detectron2.data.catalog import Metadata
+from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator
+from detectron2.utils import comm
+
+__all__ = ["PartialCOCOEvaluator", "PartialCOCOPanopticEvaluator"]
+
+
+def _evaluated_image_ids(predictions: List[Dict[str, Any]], *, distributed: bool) -> Set[Any]:
+    """Image ids of the predictions, of all processes when ``distributed`` (then a collective
+    call)."""
+    image_ids = {prediction["image_id"] for prediction in predictions}
+    if distributed and comm.get_world_size() > 1:
+        image_ids = set().union(*comm.all_gather(image_ids))
+    return image_ids
+
+
+class PartialCOCOEvaluator(COCOEvaluator):
+    """``COCOEvaluator`` that scores only the images it processed (see the module docstring)."""
+
+    def evaluate(self, img_ids=None):
+        """Like ``COCOEvaluator.evaluate``; ``img_ids`` defaults to the processed images when
+        some images of the annotation file were not processed."""
+        if img_ids is None:
+            evaluated = _evaluated_image_ids(self._predictions, distributed=self._distributed)
+            if set(self._coco_api.getImgIds()) - evaluated:
+                img_ids = sorted(evaluated)
+        return super().evaluate(img_ids)
+
+
+class PartialCOCOPanopticEvaluator(COCOPanopticEvaluator):
+    """``COCOPanopticEvaluator`` that scores only the images it processed (see the module
+    docstring)."""
+
+    def evaluate(self):
+        evaluated = _evaluated_image_ids(self._predictions, distributed=True)
+        if not comm.is_main_process():
+            return super().evaluate()
+        with open(self._metadata.panoptic_json) as f:
+            ground_truth = json.load(f)
+        annotations = ground_truth["annotations"]
+        if all(annotation["image_id"] in evaluated for annotation in annotations):
+            return super().evaluate()
+        ground_truth["annotations"] = [a for a in annotations if a["image_id"] in evaluated]
+        ground_truth["images"] = [i for i in ground_truth["images"] if i["id"] in evaluated]
+        metadata = self._metadata
+        with tempfile.TemporaryDirectory(prefix="panoptic_gt") as folder:
+            panoptic_json = os.path.join(folder, "evaluated_images.json")
+            with open(panoptic_json, "w") as f:
+                json.dump(ground_truth, f)
+            self._metadata = Metadata(**{**metadata.as_dict(), "panoptic_json": panoptic_json})
+            try:
+                return super().evaluate()
+            finally:
+                self._metadata = metadata
