@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from unittest import mock
@@ -239,3 +238,303 @@ def test_checker_names_an_unknown_data_set(capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "shapes_trian_panoptic" in error and "shapes_train_panoptic" in error
+
+
+def _cfg(output_dir, *opts):
+    cfg = load_config(PANOPTIC_CONFIG, [*TINY, "OUTPUT_DIR", str(output_dir), *opts])
+    cfg.freeze()
+    return cfg
+
+
+def _bad_sample_warnings(caplog):
+    """Image file -> number of times training logged it as bad."""
+    counts = {}
+    for record in caplog.records:
+        match = re.match(r"Bad sample in training: (\S+) \(", record.getMessage())
+        if match:
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+def test_training_replaces_bad_samples_and_logs_each_file_once(planted, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="mask2former.data.bad_samples")
+    # 10 images, 4 that panoptic training reads are bad (the instance-JSON problems are not
+    # read by it); 6 iterations of 2 draw every image at least once; 2 DataLoader workers
+    cfg = _cfg(
+        tmp_path,
+        "DATASETS.TRAIN", "('planted_train_panoptic',)",
+        "DATALOADER.MAX_BAD_SAMPLE_FRACTION", "0.5",
+        "DATALOADER.NUM_WORKERS", "2",
+        "SOLVER.MAX_ITER", "6",
+    )  # fmt: skip
+    trainer = MaskFormerTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert (tmp_path / "model_final.pth").is_file()
+    losses = trainer.storage.history("total_loss").values()
+    assert len(losses) == 6 and all(math.isfinite(v) for v, _ in losses)
+    train = synthetic_split_paths(planted["root"], "train")["image_root"]
+    bad = {os.path.join(train, f"{i:06d}.jpg") for i in (1, 2, 3, 6)}
+    assert _bad_sample_warnings(caplog) == dict.fromkeys(bad, 1)
+    reasons = {r.getMessage() for r in caplog.records}
+    assert any("000006.png" in m and "999" in m for m in reasons), reasons
+    count = trainer.storage.history("[metric]bad_samples").latest()
+    assert count >= len(bad)
+
+
+@pytest.mark.slow
+def test_training_stops_past_the_bad_sample_fraction(planted, tmp_path):
+    # 4 of 10 images are bad; at most 2 are allowed
+    cfg = _cfg(
+        tmp_path,
+        "DATASETS.TRAIN", "('planted_train_panoptic',)",
+        "DATALOADER.MAX_BAD_SAMPLE_FRACTION", "0.2",
+        "SOLVER.MAX_ITER", "20",
+    )  # fmt: skip
+    trainer = MaskFormerTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(TooManyBadSamplesError) as error:
+        trainer.train()
+    message = str(error.value)
+    assert "3 of the 10 images (30.0%)" in message
+    assert "MAX_BAD_SAMPLE_FRACTION = 0.2" in message
+    train = synthetic_split_paths(planted["root"], "train")["image_root"]
+    listed = re.findall(r"^  (\S+\.jpg): ", message, flags=re.MULTILINE)
+    assert len(listed) == 3
+    assert set(listed) <= {os.path.join(train, f"{i:06d}.jpg") for i in (1, 2, 3, 6)}
+    assert "check_dataset.py planted_train_panoptic" in message
+    assert trainer.iter < cfg.SOLVER.MAX_ITER - 1
+
+
+@pytest.mark.slow
+def test_exclude_file_written_by_the_checker_removes_the_bad_images(planted, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="mask2former.data.bad_samples")
+    report = check_dataset("planted_train_panoptic", num_workers=0, show_progress=False)
+    exclude = tmp_path / "exclude.txt"
+    write_exclude_file(str(exclude), exclude_entries([report]))
+    # no bad file is tolerated now
+    cfg = _cfg(
+        tmp_path,
+        "DATASETS.TRAIN", "('planted_train_panoptic',)",
+        "DATASETS.EXCLUDE_FILE", str(exclude),
+        "DATALOADER.MAX_BAD_SAMPLE_FRACTION", "0.0",
+        "SOLVER.MAX_ITER", "4",
+    )  # fmt: skip
+    trainer = MaskFormerTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert _bad_sample_warnings(caplog) == {}
+    assert any("Left out 6 training images" in r.getMessage() for r in caplog.records)
+    assert trainer.data_loader.bad_samples.dataset_size == 4
+
+
+class _Oracle(nn.Module):
+    """Predicts each input image's ground truth: every metric is 100 on the images it sees."""
+
+    def __init__(self, dataset_name):
+        super().__init__()
+        self.records = {r["image_id"]: r for r in DatasetCatalog.get(dataset_name)}
+        self.num_classes = len(SHAPES_CATEGORIES)
+
+    def forward(self, inputs):
+        outputs = []
+        for x in inputs:
+            record = self.records[x["image_id"]]
+            pan = torch.as_tensor(rgb2id(read_image(record["pan_seg_file_name"], "RGB")))
+            segments = [
+                {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+                for s in record["segments_info"]
+            ]
+            things = [s for s in segments if s["isthing"]]
+            instances = Instances(tuple(pan.shape))
+            masks = torch.stack([pan == s["id"] for s in things])
+            instances.pred_masks = masks
+            instances.pred_boxes = BitMasks(masks).get_bounding_boxes()
+            instances.pred_classes = torch.tensor([s["category_id"] for s in things])
+            instances.scores = torch.ones(len(things))
+            labels = torch.as_tensor(read_image(record["sem_seg_file_name"]).astype(np.int64))
+            labels[labels >= self.num_classes] = 0  # ignored pixels: any class
+            sem_seg = nn.functional.one_hot(labels, self.num_classes).permute(2, 0, 1).float()
+            outputs.append(
+                {"panoptic_seg": (pan.int(), segments), "instances": instances, "sem_seg": sem_seg}
+            )
+        return outputs
+
+
+@pytest.mark.slow
+def test_evaluation_leaves_an_unreadable_image_out_of_the_metrics(planted, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="mask2former.data.bad_samples")
+    results = {}
+    for name in ("planted_val_panoptic", "planted_good_val_panoptic"):
+        cfg = _cfg(
+            tmp_path / name,
+            "DATASETS.TEST", f"('{name}',)",
+            "DATALOADER.MAX_BAD_SAMPLE_FRACTION", "0.2",
+        )  # fmt: skip
+        results[name] = MaskFormerTrainer.test(cfg, _Oracle("planted_val_panoptic"))
+    with_bad, good_only = results["planted_val_panoptic"], results["planted_good_val_panoptic"]
+    assert with_bad["panoptic_seg"]["PQ"] == pytest.approx(100.0)
+    assert with_bad["segm"]["AP"] == pytest.approx(100.0)
+    assert with_bad["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    assert with_bad.keys() == good_only.keys()
+    for task, metrics in good_only.items():
+        assert with_bad[task] == pytest.approx(metrics, nan_ok=True), task
+    val = synthetic_split_paths(planted["root"], "val")["image_root"]
+    unreadable = os.path.join(val, "000002.jpg")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(
+        m.startswith(f"Bad sample in evaluation on planted_val_panoptic: {unreadable}")
+        for m in warnings
+    )
+    assert any(
+        m.startswith("1 of the 6 images of evaluation on planted_val_panoptic") and unreadable in m
+        for m in warnings
+    ), warnings
+
+
+def _nan_dice_at(iteration):
+    """A SetCriterion.forward whose loss_dice is NaN at one iteration."""
+    forward = SetCriterion.forward
+
+    def nan_dice(self, outputs, targets):
+        from detectron2.utils.events import get_event_storage
+
+        losses = forward(self, outputs, targets)
+        if get_event_storage().iter == iteration:
+            losses["loss_dice"] = losses["loss_dice"] * float("nan")
+        return losses
+
+    return nan_dice
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_the_term_iteration_and_checkpoint_then_resume(
+    planted, tmp_path, monkeypatch
+):
+    cfg = _cfg(
+        tmp_path,
+        "DATASETS.TRAIN", "('planted_clean_train_panoptic',)",
+        "SOLVER.MAX_ITER", "6",
+        "SOLVER.CHECKPOINT_PERIOD", "2",
+    )  # fmt: skip
+    monkeypatch.setattr(SetCriterion, "forward", _nan_dice_at(4))
+    trainer = MaskFormerTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.train()
+    message = str(error.value)
+    assert "iteration 4" in message and "loss_dice = nan" in message
+    assert "loss_ce = " not in message  # only the non-finite terms are named
+    assert str(tmp_path / "model_0000003.pth") in message and "--resume" in message
+    for name, param in trainer.model.named_parameters():
+        assert torch.isfinite(param).all(), name
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
+    monkeypatch.undo()
+    del trainer
+
+    resumed = MaskFormerTrainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4
+    resumed.train()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    iterations = [it for _, it in resumed.storage.history("total_loss").values()]
+    assert iterations == [4, 5]
+
+
+def test_nan_loss_before_any_checkpoint_says_so(tmp_path):
+    from mask2former.engine.train_loops import non_finite_loss_message
+
+    message = non_finite_loss_message(
+        {"loss_ce": torch.tensor(1.0), "loss_mask": torch.tensor(float("inf"))}, 7, str(tmp_path)
+    )
+    assert "iteration 7" in message and "loss_mask = inf" in message
+    assert "No checkpoint had been written" in message and str(tmp_path) in message
+
+
+class _LossModel(nn.Module):
+    """A linear model whose loss is NaN at its second call."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.calls = 0
+
+    def forward(self, batch):
+        self.calls += 1
+        loss = self.linear(batch).float().pow(2).mean()
+        return {"loss_x": loss * float("nan") if self.calls == 2 else loss}
+
+
+def test_amp_float16_step_skipped_by_the_grad_scaler_is_only_counted():
+    # Detectron2's AMPTrainer asserts that CUDA is there; its loss scaling runs on a CPU
+    # GradScaler all the same (torch's CUDA autocast only affects CUDA tensors)
+    model = _LossModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    loop = CheckedAMPTrainer(
+        model,
+        [batch] * 4,
+        optimizer,
+        grad_scaler=torch.amp.GradScaler("cpu"),
+        precision=torch.float16,
+        checkpoint_dir="unused",
+    )
+    changed = []
+    with mock.patch.object(torch.cuda, "is_available", return_value=True), EventStorage(0) as st:
+        loop.storage = st
+        for iteration in range(4):
+            loop.iter = st.iter = iteration
+            before = model.linear.weight.detach().clone()
+            loop.run_step()
+            changed.append(not torch.equal(before, model.linear.weight))
+    assert changed == [True, False, True, True]
+    assert loop.skipped_steps == 1
+    assert st.history("[metric]amp_skipped_steps").latest() == 1
+    assert torch.isfinite(model.linear.weight).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_float16_on_cuda_counts_skipped_steps(tmp_path):
+    from mask2former.engine import build_train_loop
+
+    cfg = load_config(PANOPTIC_CONFIG, ["SOLVER.AMP.ENABLED", "True", "OUTPUT_DIR", str(tmp_path)])
+    model = _LossModel().cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = torch.randn(8, 4, device="cuda")
+    loop = build_train_loop(cfg, model, [batch] * 3, optimizer)
+    assert isinstance(loop, CheckedAMPTrainer)
+    with EventStorage(0) as st:
+        loop.storage = st
+        for iteration in range(3):
+            loop.iter = st.iter = iteration
+            loop.run_step()
+    assert loop.skipped_steps == 1
+    assert torch.isfinite(model.linear.weight).all()
+
+
+@pytest.mark.slow
+def test_two_training_processes_report_every_bad_file_once(planted, tmp_path):
+    # the planted set as `shapes_*` under DETECTRON2_DATASETS, 2 gloo processes of 1 image each
+    env = dict(
+        os.environ,
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS="1",
+        DETECTRON2_DATASETS=planted["datasets_root"],
+    )
+    command = [
+        sys.executable, os.path.join(REPO, "train_net.py"), "--num-gpus", "2",
+        "--config-file", PANOPTIC_CONFIG, *TINY,
+        "DATALOADER.MAX_BAD_SAMPLE_FRACTION", "0.5", "SOLVER.MAX_ITER", "6",
+        "OUTPUT_DIR", str(tmp_path),
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (tmp_path / "log.txt").read_text()
+    train = synthetic_split_paths(planted["root"], "train")["image_root"]
+    for i in (1, 2, 3, 6):
+        image = os.path.join(train, f"{i:06d}.jpg")
+        assert log.count(f"Bad sample in training: {image} (") == 1, (image, log[-3000:])
+    assert "[metric]bad_samples: " in log
+    assert (tmp_path / "model_final.pth").is_file()

@@ -265,6 +265,34 @@ def test_panoptic_mapper_drops_segment_emptied_by_crop(files):
     assert out["sem_seg"].shape == (15, W)
 
 
+def test_panoptic_mapper_rejects_segment_ids_missing_from_segments_info(files):
+    record = _panoptic_dict(files)
+    record["segments_info"] = [s for s in record["segments_info"] if s["id"] != 13]
+    with pytest.raises(ValueError, match=r"pan\.png holds segment ids \[13\]"):
+        _mapper(MaskFormerPanopticDatasetMapper)(record)
+    # ids that the crop removes do not matter; the crowd segment (12, no mask) is listed
+    crop = T.CropTransform(0, 20, W, H - 20)  # the stuff band (id 13) is cropped away
+    out = _mapper(MaskFormerPanopticDatasetMapper, [crop])(record)
+    assert out["instances"].gt_classes.tolist() == [1]
+
+
+def test_mapper_rejects_classes_outside_num_classes(files):
+    mapper = MaskFormerSemanticDatasetMapper(
+        is_train=True,
+        augmentations=[],
+        image_format="RGB",
+        ignore_label=255,
+        size_divisibility=-1,
+        num_classes=3,
+    )
+    with pytest.raises(
+        ValueError, match=r"img\.png: ground-truth classes \[3\] are outside 0\.\.2"
+    ):
+        mapper(_semantic_dict(files))  # labels 0 and 3
+    mapper.num_classes = 4
+    assert mapper(_semantic_dict(files))["instances"].gt_classes.tolist() == [0, 3]
+
+
 @pytest.mark.parametrize("name", ["coco_instance_lsj", "coco_panoptic_lsj"])
 def test_lsj_mappers_fixed_size_and_padding(files, name):
     cfg = _cfg(name)

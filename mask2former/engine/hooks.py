@@ -1,7 +1,6 @@
 """Training hooks of Mask2Former's trainer."""
 
 from detectron2.engine import HookBase
-from detectron2.utils import comm
 
 from mask2former.data.bad_samples import merge_across_processes
 
@@ -9,15 +8,17 @@ __all__ = ["BadSampleHook"]
 
 
 class BadSampleHook(HookBase):
-    """Puts the training loader's bad-sample count in the event storage
-    (``[metric]bad_samples``, shown in the training log once it is not zero) and, with several
+    """Puts the number of bad training samples met so far in the event storage
+    (``[metric]bad_samples``, in the training log once it is not zero) and, with several
     training processes, merges their reports.
 
     Each process replaces and logs the bad samples it meets itself
     (:mod:`mask2former.data.bad_samples`). Every ``period`` iterations and at the last one, the
     processes exchange their reports: the main process logs the files first met by the others,
     the count covers all processes, and the threshold ``DATALOADER.MAX_BAD_SAMPLE_FRACTION``
-    applies to the bad files of all of them (every process stops at the same iteration).
+    applies to the bad files of all of them (every process stops at the same iteration). The
+    count is put in the storage at those iterations only, so that the log writer, which shows
+    the median of a window of ``period`` iterations, shows the current total.
 
     Does nothing when the trainer's data loader keeps no ``bad_samples`` log.
     """
@@ -25,20 +26,17 @@ class BadSampleHook(HookBase):
     def __init__(self, period: int = 20):
         """
         Args:
-            period: iterations between two exchanges of reports between processes (the
-                period of the training log's writer is a good choice).
+            period: iterations between two reports; the period of the log writer
+                (``PeriodicWriter``, 20 in ``DefaultTrainer``).
         """
         self._period = period
 
     def after_step(self):
         log = getattr(self.trainer.data_loader, "bad_samples", None)
-        if log is None:
-            return
         next_iter = self.trainer.iter + 1
-        if comm.get_world_size() > 1 and (
-            next_iter % self._period == 0 or next_iter == self.trainer.max_iter
-        ):
-            merge_across_processes(log)
+        if log is None or (next_iter % self._period and next_iter != self.trainer.max_iter):
+            return
+        merge_across_processes(log)
         if log.total_count:
             self.trainer.storage.put_scalar(
                 "[metric]bad_samples", log.total_count, smoothing_hint=False
