@@ -29,6 +29,7 @@ from torch import nn
 import mask2former.data  # noqa: F401  only registration
 from mask2former import modeling as _modeling  # noqa: F401  only registration
 from mask2former.config import load_config
+from mask2former.data import bad_samples, build_dataset_mapper
 from mask2former.data.bad_samples import TooManyBadSamplesError
 from mask2former.data.check import check_dataset, exclude_entries, main
 from mask2former.data.datasets import (
@@ -307,6 +308,29 @@ def test_training_stops_past_the_bad_sample_fraction(planted, tmp_path):
     assert trainer.iter < cfg.SOLVER.MAX_ITER - 1
 
 
+def test_wrong_image_folder_stops_a_data_loader_worker(planted, tmp_path):
+    # every image is missing: the worker, which only meets bad samples, stops at once (with
+    # the default fraction, 1% of 10 images) instead of retrying forever
+    paths = synthetic_split_paths(planted["root"], "train")
+    empty_folder = tmp_path / "images"
+    empty_folder.mkdir()
+    register_coco_panoptic_with_checks(
+        "planted_wrong_path_panoptic",
+        panoptic_category_metadata(SHAPES_CATEGORIES),
+        str(empty_folder),
+        paths["panoptic_root"],
+        paths["panoptic_json"],
+    )
+    cfg = _cfg(
+        tmp_path,
+        "DATASETS.TRAIN", "('planted_wrong_path_panoptic',)",
+        "DATALOADER.NUM_WORKERS", "1",
+    )  # fmt: skip
+    loader = bad_samples.build_train_loader(cfg, build_dataset_mapper(cfg, is_train=True))
+    with pytest.raises(TooManyBadSamplesError, match="Stopping training: 1 of the 10 images"):
+        next(iter(loader))
+
+
 @pytest.mark.slow
 def test_exclude_file_written_by_the_checker_removes_the_bad_images(planted, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="mask2former.data.bad_samples")
@@ -466,6 +490,7 @@ class _LossModel(nn.Module):
         return {"loss_x": loss * float("nan") if self.calls == 2 else loss}
 
 
+@pytest.mark.filterwarnings("ignore:`torch.cuda.amp.autocast:FutureWarning")  # in Detectron2
 def test_amp_float16_step_skipped_by_the_grad_scaler_is_only_counted():
     # Detectron2's AMPTrainer asserts that CUDA is there; its loss scaling runs on a CPU
     # GradScaler all the same (torch's CUDA autocast only affects CUDA tensors)

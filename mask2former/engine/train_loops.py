@@ -48,7 +48,7 @@ def non_finite_loss_message(
     loss_dict: Mapping[str, torch.Tensor], iteration: int, checkpoint_dir: str
 ) -> str:
     """The message of :class:`NonFiniteLossError` for one step's loss terms."""
-    values = {name: float(value) for name, value in loss_dict.items()}
+    values = {name: float(value.detach()) for name, value in loss_dict.items()}
     bad = [name for name, value in values.items() if not math.isfinite(value)]
     terms = ", ".join(f"{name} = {values[name]}" for name in bad)
     checkpoint = _last_checkpoint(checkpoint_dir)
