@@ -26,7 +26,9 @@ from detectron2.utils.logger import setup_logger
 
 from mask2former import modeling as _modeling  # noqa: F401  only registration
 from mask2former.config import load_config
+from mask2former.data.bad_samples import TooManyBadSamplesError
 from mask2former.engine import AtomicDetectionCheckpointer, MaskFormerTrainer
+from mask2former.engine.train_loops import NonFiniteLossError
 from mask2former.utils.cpu_memory import keep_freed_memory
 from mask2former.utils.weights_io import WeightsFileError
 
@@ -98,5 +100,6 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except WeightsFileError as error:  # MODEL.WEIGHTS or the checkpoint to resume from
+    # MODEL.WEIGHTS or the checkpoint to resume from; too many bad samples; a non-finite loss
+    except (WeightsFileError, TooManyBadSamplesError, NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
