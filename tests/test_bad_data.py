@@ -16,6 +16,7 @@ import sys
 from unittest import mock
 
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.data import DatasetCatalog
@@ -34,6 +35,7 @@ from mask2former.data.bad_samples import TooManyBadSamplesError
 from mask2former.data.check import check_dataset, exclude_entries, main
 from mask2former.data.datasets import (
     panoptic_category_metadata,
+    register_coco_instances_with_checks,
     register_coco_panoptic_with_checks,
 )
 from mask2former.data.exclude import write_exclude_file
@@ -203,6 +205,51 @@ def test_checker_finds_exactly_the_planted_problems(planted):
     assert serial.problems == report.problems
     clean = check_dataset("planted_clean_train_panoptic", num_workers=0, show_progress=False)
     assert clean.num_images == 4 and clean.problems == []
+
+
+def test_checker_tells_the_instance_annotation_problems_apart(planted, tmp_path):
+    val = synthetic_split_paths(planted["root"], "val")
+    square = [10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]
+    wrong_size = mask_util.encode(np.asfortranarray(np.ones((SIZE, 2 * SIZE), dtype=np.uint8)))
+    wrong_size["counts"] = wrong_size["counts"].decode("ascii")
+    segmentations = {
+        None: [square],  # fine
+        "instance_empty": [],
+        "instance_degenerate": [[1.0, 2.0, 3.0, 4.0]],  # 2 points
+        ("instance_degenerate", "zero area"): [[0.0, 0.0, 10.0, 10.0, 20.0, 20.0]],
+        ("instance_degenerate", "not as a list"): square,  # a flat list: numbers as polygons
+        "instance_out_of_image": [[-50.0, -50.0, -10.0, -50.0, -10.0, -10.0]],
+        ("instance_out_of_image", "RLE"): wrong_size,
+        ("instance_empty", "RLE"): mask_util.encode(np.zeros((SIZE, SIZE), np.uint8, "F")),
+    }
+    annotations = []
+    for i, segmentation in enumerate(segmentations.values()):
+        if isinstance(segmentation, dict) and isinstance(segmentation["counts"], bytes):
+            segmentation = dict(segmentation, counts=segmentation["counts"].decode("ascii"))
+        annotations.append(
+            {"id": i + 1, "image_id": 0, "category_id": 1, "iscrowd": 0, "bbox": [0, 0, 1, 1],
+             "area": 1, "segmentation": segmentation}
+        )  # fmt: skip
+    content = _load_json(val["instances_json"])
+    content["images"] = content["images"][:1]
+    content["annotations"] = annotations
+    json_file = tmp_path / "instances.json"
+    _dump_json(json_file, content)
+    register_coco_instances_with_checks(
+        "planted_annotations", {}, str(json_file), val["image_root"]
+    )
+    report = check_dataset("planted_annotations", num_workers=0, show_progress=False)
+    # the flat list makes Detectron2's loader fail: reported, and the JSON checked all the same
+    (loader,) = [p for p in report.problems if p.image is None]
+    assert loader.kind == "dataset_unloadable" and "TypeError" in loader.detail
+    found = {int(p.detail.split(":")[0].split()[1]): p for p in report.problems if p.image}
+    for i, expected in enumerate(segmentations):
+        if expected is None:
+            assert i + 1 not in found
+            continue
+        kind, words = expected if isinstance(expected, tuple) else (expected, "")
+        assert found[i + 1].kind == kind and words in found[i + 1].detail, found[i + 1]
+    assert len(found) == len(segmentations) - 1
 
 
 @pytest.mark.slow

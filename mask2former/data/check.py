@@ -187,9 +187,13 @@ def _read(path: str, format: Optional[str], add: Callable, missing: str, unreada
 def _polygon_problem(polygon: Any) -> Optional[Tuple[str, str]]:
     """(kind, detail) when one polygon cannot be rasterised: Detectron2's COCO loader drops
     polygons of fewer than 3 points without saying which."""
-    if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
-        length = len(polygon) if isinstance(polygon, list) else type(polygon).__name__
-        return "instance_degenerate", f"a polygon of {length} coordinates (3 x, y points needed)"
+    if not isinstance(polygon, list):
+        return (
+            "instance_degenerate",
+            f"a polygon given as {type(polygon).__name__}, not as a list [x0, y0, x1, y1, ...]",
+        )
+    if len(polygon) < 6 or len(polygon) % 2:
+        return "instance_degenerate", f"a polygon of {len(polygon)} coordinates (3 x, y needed)"
     try:
         points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
     except (TypeError, ValueError):
