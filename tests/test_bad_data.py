@@ -459,7 +459,7 @@ def test_evaluation_leaves_an_unreadable_image_out_of_the_metrics(planted, tmp_p
         for m in warnings
     )
     assert any(
-        m.startswith("1 of the 6 images of evaluation on planted_val_panoptic") and unreadable in m
+        m.startswith("Evaluation on planted_val_panoptic: 1 of the 6 images") and unreadable in m
         for m in warnings
     ), warnings
 

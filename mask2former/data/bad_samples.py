@@ -289,11 +289,11 @@ class SkipBadImagesTestLoader:
         merge_across_processes(self.bad_samples)
         if self.bad_samples.files:
             logger.warning(
-                "%d of the %d images of %s could not be read or mapped and are left out of the "
+                "%s: %d of the %d images could not be read or mapped and are left out of the "
                 "metrics: %s.",
+                self.bad_samples.what.capitalize(),
                 len(self.bad_samples.files),
                 self.bad_samples.dataset_size,
-                self.bad_samples.what,
                 ", ".join(sorted(self.bad_samples.files)),
             )
 

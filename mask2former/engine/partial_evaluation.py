@@ -5,7 +5,9 @@ The evaluation loader leaves bad images out (:mod:`mask2former.data.bad_samples`
 a left-out image as missed, and ``COCOPanopticEvaluator`` would fail, since panopticapi wants a
 prediction for every ground-truth image. These subclasses restrict the ground truth to the
 images that were evaluated; when every image was, they are Detectron2's evaluators unchanged.
-(``SemSegEvaluator`` only ever scores the images it is given.)
+(``SemSegEvaluator`` only ever scores the images it is given. The LVIS and Cityscapes
+evaluators are left as they are: LVIS counts a left-out image's objects as missed, and the
+Cityscapes scripts stop when an image has no prediction.)
 
 Both contain a collective call in ``evaluate``, which, as in Detectron2, every process must
 make.
