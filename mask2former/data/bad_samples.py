@@ -94,6 +94,7 @@ class BadSampleLog:
         self,
         what: str,
         *,
+        outcome: str,
         dataset_size: int,
         max_fraction: float,
         dataset_names: Sequence[str],
@@ -102,6 +103,7 @@ class BadSampleLog:
         """
         Args:
             what: the data, in messages: "training" or "evaluation on NAME".
+            outcome: what becomes of a bad sample, in messages.
             dataset_size: number of images the loader draws from.
             max_fraction: ``DATALOADER.MAX_BAD_SAMPLE_FRACTION``.
             dataset_names: the registered data sets, named in the advice of the summary.
@@ -109,6 +111,7 @@ class BadSampleLog:
                 reports the main process logs).
         """
         self.what = what
+        self.outcome = outcome
         self.dataset_size = max(1, dataset_size)
         self.max_fraction = max_fraction
         self.dataset_names = list(dataset_names)
@@ -138,15 +141,10 @@ class BadSampleLog:
         if bad.file_name in self.files:
             return
         self.files[bad.file_name] = bad
-        if not self.announce:
-            return
-        if self.what == "training":
-            outcome = "replaced by another sample; later failures of this file are only counted"
-        else:
-            outcome = "left out of the metrics"
-        logger.warning(
-            "Bad sample in %s: %s (%s): %s.", self.what, bad.file_name, bad.reason, outcome
-        )
+        if self.announce:
+            logger.warning(
+                "Bad sample in %s: %s (%s): %s.", self.what, bad.file_name, bad.reason, self.outcome
+            )
 
     def snapshot(self) -> Tuple[int, List[BadSample]]:
         """What :meth:`merge` needs from this process: its count and the bad files it knows."""
@@ -191,9 +189,10 @@ class BadSampleLog:
             lines.append(f"  ... and {len(self.files) - len(listed)} more (all are in the log)")
         names = " ".join(self.dataset_names) or "DATASET_NAME"
         lines.append(
-            f"Check the data with `python datasets/check_dataset.py {names}`. To train without "
-            "known bad images, set DATASETS.EXCLUDE_FILE to the file that its --write-exclude "
-            "option writes; to accept more bad files, raise DATALOADER.MAX_BAD_SAMPLE_FRACTION."
+            f"Check the data with `python datasets/check_dataset.py {names}`; its "
+            "--write-exclude option writes the file for DATASETS.EXCLUDE_FILE, which leaves known "
+            "bad images out of training. To accept more bad files, raise "
+            "DATALOADER.MAX_BAD_SAMPLE_FRACTION."
         )
         return "\n".join(lines)
 
@@ -348,6 +347,7 @@ def build_train_loader(cfg: CfgNode, mapper: Callable[[Dict], Dict]) -> SkipBadS
     def new_log(announce: bool) -> BadSampleLog:
         return BadSampleLog(
             "training",
+            outcome="replaced by another sample; later failures of this file are only counted",
             dataset_size=len(dicts),
             max_fraction=cfg.DATALOADER.MAX_BAD_SAMPLE_FRACTION,
             dataset_names=cfg.DATASETS.TRAIN,
@@ -376,6 +376,7 @@ def build_test_loader(
     loader = build_detection_test_loader(cfg, dataset_name, mapper=_MarkBadSamples(mapper))
     log = BadSampleLog(
         f"evaluation on {dataset_name}",
+        outcome="left out of the metrics",
         dataset_size=len(loader.dataset),
         max_fraction=cfg.DATALOADER.MAX_BAD_SAMPLE_FRACTION,
         dataset_names=[dataset_name],
