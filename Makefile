@@ -17,7 +17,7 @@ TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 MAX_JOBS ?= $(shell nproc)
 OP_SOURCES := $(shell find mask2former/modeling/pixel_decoder/ops/csrc -type f 2>/dev/null) setup.py
 
-.PHONY: venv build lint format test test-fast quickstart benchmark clean
+.PHONY: venv build lint format chromium test test-fast quickstart benchmark clean
 
 venv: $(STAMPS)/deps
 
@@ -53,7 +53,21 @@ format: $(STAMPS)/deps
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: $(STAMPS)/build lint
+# The web demo's browser test drives Debian's Chromium through Playwright (whose own browser
+# download is not used). Installed here when possible (apt-get needs root); else the test skips.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Chromium for the browser test (apt-get install -y chromium)"; \
+		apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } || \
+			echo "could not install Chromium: the browser test will be skipped"; \
+	else \
+		echo "Chromium is missing, so the browser test will be skipped; to run it:" \
+			"sudo apt-get install -y chromium"; \
+	fi
+
+test: $(STAMPS)/build lint chromium
 	$(PY) -m pytest -q tests
 
 test-fast: $(STAMPS)/build

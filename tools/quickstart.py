@@ -281,6 +281,10 @@ def main(argv=None) -> int:
         f"{os.path.relpath(args.config_file, ROOT)} --input YOUR_IMAGES --output output/demo "
         f"--opts MODEL.WEIGHTS {weights}"
     )
+    print(
+        "Or in a browser: python demo/app.py --config-file "
+        f"{os.path.relpath(args.config_file, ROOT)} --opts MODEL.WEIGHTS {weights}"
+    )
     return 0
 
 

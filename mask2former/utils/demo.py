@@ -17,6 +17,7 @@ good input has been written, and the exit status is then 1.
 import argparse
 import contextlib
 import gc
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from tqdm import tqdm
 
 from ..config import UnknownConfigKeyError, load_config
 from ..predictor import Predictor, WeightsNotFoundError
-from .export import write_instances, write_panoptic, write_semantic
+from .export import write_prediction
 from .image_io import ImageReadError, expand_image_inputs, read_image
 from .results import Prediction
 from .visualization import TASKS, VideoPredictionDrawer, display_metadata, draw_prediction
@@ -39,8 +40,11 @@ from .weights_io import WeightsFileError
 __all__ = [
     "DemoError",
     "DemoReport",
+    "add_model_arguments",
     "build_argument_parser",
+    "build_predictor",
     "default_task",
+    "load_demo_config",
     "run_demo",
     "run_images",
     "run_video",
@@ -52,7 +56,9 @@ logger = logging.getLogger(__name__)
 _TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
 # Picture formats written with the input's extension; others are written as PNG.
 _PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-_VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
+# Video codecs by output extension (those OpenCV's bundled FFmpeg writes); web browsers play
+# .webm (VP8), not OpenCV's MPEG-4 .mp4.
+_VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v", ".webm": "VP80"}
 DEFAULT_OUTPUT = os.path.join("output", "demo")
 
 
@@ -67,10 +73,46 @@ class DemoReport:
     Attributes:
         written: paths of the files written.
         failures: (input, reason) for every input that could not be processed.
+        notes: what a user should know about a result written (e.g. a video cut short).
     """
 
     written: List[str] = field(default_factory=list)
     failures: List[Tuple[str, str]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser, *, default_config: Optional[str] = None
+) -> None:
+    """The options that choose and run the model, shared by the demos (CLI and web).
+
+    Args:
+        default_config: the config used without --config-file (None: the option is required).
+    """
+    parser.add_argument(
+        "--config-file",
+        required=default_config is None,
+        default=default_config,
+        metavar="FILE",
+        help="config YAML file" + (f" (default: {default_config})" if default_config else ""),
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="instances scoring below it are dropped (default: 0.5)",
+    )
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype"
+    )
+    parser.add_argument("--device", help="cpu, cuda, ... (default: MODEL.DEVICE)")
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth (takes the rest of the line)",
+    )
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -81,7 +123,6 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--input datasets/shapes/images/val --output output/demo --opts MODEL.WEIGHTS "
         "output/quickstart/model_final.pth",
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="config YAML file")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--input", nargs="+", metavar="PATH", help="image files, globs ('imgs/*.jpg') or folders"
@@ -100,24 +141,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
         help="what to draw (default: the first of panoptic, instance, semantic the config "
         "switches on); switched on when the config has it off",
     )
-    parser.add_argument(
-        "--confidence-threshold",
-        type=float,
-        default=0.5,
-        help="instances scoring below it are dropped (default: 0.5)",
-    )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    parser.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype"
-    )
-    parser.add_argument("--device", help="cpu, cuda, ... (default: MODEL.DEVICE)")
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth (takes the rest of the line)",
-    )
+    add_model_arguments(parser)
     return parser
 
 
@@ -129,7 +154,12 @@ def default_task(cfg: CfgNode) -> Optional[str]:
     return None
 
 
-def _load_config(args: argparse.Namespace) -> CfgNode:
+def load_demo_config(args: argparse.Namespace) -> CfgNode:
+    """The config named by ``args.config_file`` and ``args.opts`` (see add_model_arguments).
+
+    Raises:
+        DemoError: the file is missing, a key is misspelt or --opts is malformed.
+    """
     try:
         return load_config(args.config_file, args.opts)
     except FileNotFoundError as error:
@@ -163,15 +193,7 @@ class _OutputNamer:
                 extension = ".png"
             picture = os.path.join(folder, stem + extension)
         os.makedirs(folder, exist_ok=True)
-        base = os.path.join(folder, stem)
-        return {
-            "picture": picture,
-            "panoptic_png": base + ".panoptic.png",
-            "panoptic_json": base + ".panoptic.json",
-            "instances_json": base + ".instances.json",
-            "semantic_png": base + ".semantic.png",
-            "stem": stem,
-        }
+        return {"picture": picture, "folder": folder, "stem": stem}
 
 
 def _is_file_output(output: str, num_inputs: int, extensions) -> bool:
@@ -196,32 +218,13 @@ def _write_image_results(
     dataset_metadata: Metadata,
 ) -> List[str]:
     """Write the picture (``shown``: see display_metadata) and every result; return the paths."""
-    written = []
     picture = draw_prediction(image_rgb, prediction, task, shown)
     if not cv2.imwrite(paths["picture"], picture[:, :, ::-1]):
         raise OSError(f"could not write {paths['picture']}; check that the folder is writable")
-    written.append(paths["picture"])
-    if prediction.panoptic is not None:
-        write_panoptic(
-            prediction.panoptic,
-            paths["panoptic_png"],
-            paths["panoptic_json"],
-            image_id=paths["stem"],
-            metadata=dataset_metadata,
-        )
-        written += [paths["panoptic_png"], paths["panoptic_json"]]
-    if prediction.instances is not None:
-        write_instances(
-            prediction.instances,
-            paths["instances_json"],
-            image_id=paths["stem"],
-            metadata=dataset_metadata,
-        )
-        written.append(paths["instances_json"])
-    if prediction.semantic is not None:
-        write_semantic(prediction.semantic, paths["semantic_png"])
-        written.append(paths["semantic_png"])
-    return written
+    results = write_prediction(
+        prediction, paths["folder"], paths["stem"], metadata=dataset_metadata
+    )
+    return [paths["picture"]] + results
 
 
 def _batches(items: Sequence[str], batch_size: int) -> Iterator[Sequence[str]]:
@@ -346,14 +349,19 @@ def _frame_garbage_collection() -> Iterator[Callable[[], None]]:
 
 
 def _draw_frames(
-    predictor: Predictor, frames_bgr: Sequence[np.ndarray], drawer
+    predictor: Predictor,
+    frames_bgr: Sequence[np.ndarray],
+    drawer,
+    score_threshold: Optional[float] = None,
 ) -> List[np.ndarray]:
-    """BGR frames -> BGR pictures."""
+    """BGR frames -> BGR pictures; ``score_threshold`` filters instances further."""
     images = [
         read_image(frame, predictor.input_format, array_channel_order="BGR") for frame in frames_bgr
     ]
     pictures = []
     for image, prediction in zip(images, predictor.predict_arrays(images)):
+        if score_threshold is not None:
+            prediction = prediction.with_instance_threshold(score_threshold)
         rgb = image if predictor.input_format == "RGB" else image[:, :, ::-1]
         picture = drawer.draw(rgb, prediction)[:, :, ::-1]
         if picture.shape[:2] != rgb.shape[:2]:
@@ -370,6 +378,9 @@ def run_video(
     *,
     batch_size: int = 1,
     progress: bool = True,
+    max_frames: Optional[int] = None,
+    on_progress: Optional[Callable[[int, Optional[int]], None]] = None,
+    score_threshold: Optional[float] = None,
 ) -> DemoReport:
     """Predict on every frame of a video and write a video of pictures.
 
@@ -377,7 +388,10 @@ def run_video(
     with the video's length. The output has the source's frame rate and frame size.
 
     Args:
-        output: a video file (.mp4, .avi, ...) or a folder (then ``FOLDER/NAME.mp4``).
+        output: a video file (.mp4, .avi, .webm, ...) or a folder (then ``FOLDER/NAME.mp4``).
+        max_frames: stop after this many frames (a note in the report says so).
+        on_progress: called after each batch with (frames done, frames to do or None).
+        score_threshold: drop instances scoring below it (on top of the predictor's).
 
     Raises:
         DemoError: the video cannot be opened or the output cannot be written.
@@ -391,6 +405,9 @@ def run_video(
         width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        to_do = total  # frames to process, when known
+        if max_frames is not None:
+            to_do = max_frames if total is None else min(total, max_frames)
         if os.path.splitext(output)[1].lower() not in _VIDEO_CODECS or os.path.isdir(output):
             stem = os.path.splitext(os.path.basename(video_path))[0]
             output = os.path.join(output, stem + ".mp4")
@@ -400,22 +417,32 @@ def run_video(
         )
         num_frames = 0
         try:
-            with tqdm(total=total, unit="frame", disable=not progress) as bar:
+            with tqdm(total=to_do, unit="frame", disable=not progress) as bar:
                 with _frame_garbage_collection() as collect:
-                    for batch in _batched(_frames(capture), batch_size):
-                        for picture in _draw_frames(predictor, batch, drawer):
+                    frames = itertools.islice(_frames(capture), max_frames)
+                    for batch in _batched(frames, batch_size):
+                        for picture in _draw_frames(predictor, batch, drawer, score_threshold):
                             writer.write(picture)
                         num_frames += len(batch)
                         bar.update(len(batch))
                         collect()
+                        if on_progress is not None:
+                            on_progress(num_frames, to_do)
         finally:
             writer.release()
+        cut_short = max_frames is not None and num_frames == max_frames and capture.grab()
     finally:
         capture.release()
     report = DemoReport(written=[output])
     if num_frames == 0:
         report.failures.append(
             (video_path, "no frame could be decoded; the video is empty or corrupt")
+        )
+    if cut_short:
+        of_total = f" of its {total}" if total else ""
+        report.notes.append(
+            f"{video_path}: only the first {max_frames}{of_total} frames were processed "
+            "(the frame cap)."
         )
     return report
 
@@ -468,6 +495,28 @@ def run_webcam(predictor: Predictor, output: Optional[str], task: str) -> DemoRe
     return report
 
 
+def build_predictor(
+    args: argparse.Namespace, cfg: CfgNode, *, tasks: Sequence[str], score_threshold: float
+) -> Predictor:
+    """The demos' predictor for the options of :func:`add_model_arguments`.
+
+    Raises:
+        DemoError: the weights file is missing or refused.
+    """
+    try:
+        return Predictor(
+            cfg,
+            device=args.device,
+            precision=args.precision,
+            tasks=tasks,
+            score_threshold=score_threshold,
+        )
+    except WeightsNotFoundError as error:
+        raise DemoError(f"{error} (set with --opts MODEL.WEIGHTS PATH)") from error
+    except WeightsFileError as error:
+        raise DemoError(str(error)) from error
+
+
 def run_demo(args: argparse.Namespace, *, progress: bool = True) -> DemoReport:
     """Run the demo for parsed command-line arguments (see :func:`build_argument_parser`).
 
@@ -476,7 +525,7 @@ def run_demo(args: argparse.Namespace, *, progress: bool = True) -> DemoReport:
     """
     if args.batch_size < 1:
         raise DemoError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    cfg = _load_config(args)
+    cfg = load_demo_config(args)
     task = args.task or default_task(cfg)
     if task is None:
         raise DemoError(
@@ -485,18 +534,7 @@ def run_demo(args: argparse.Namespace, *, progress: bool = True) -> DemoReport:
     if args.video_input:
         _open_video(args.video_input).release()  # fail before building the model
     tasks = [name for name in TASKS if name == task or cfg.MODEL.MASK_FORMER.TEST[_TASK_KEYS[name]]]
-    try:
-        predictor = Predictor(
-            cfg,
-            device=args.device,
-            precision=args.precision,
-            tasks=tasks,
-            score_threshold=args.confidence_threshold,
-        )
-    except WeightsNotFoundError as error:
-        raise DemoError(f"{error} (set with --opts MODEL.WEIGHTS PATH)") from error
-    except WeightsFileError as error:
-        raise DemoError(str(error)) from error
+    predictor = build_predictor(args, cfg, tasks=tasks, score_threshold=args.confidence_threshold)
     if args.webcam:
         return run_webcam(predictor, args.output, task)
     output = args.output or DEFAULT_OUTPUT

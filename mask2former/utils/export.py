@@ -7,6 +7,9 @@
   ``score``;
 - semantic: a PNG of class indices (uint8; uint16 when there are more than 256 classes).
 
+:func:`write_prediction` writes all of them for one image, under the names the demos use
+(``STEM.panoptic.png``, ``STEM.panoptic.json``, ``STEM.instances.json``, ``STEM.semantic.png``).
+
 Category ids in the JSON files are the data set's ids (as in its annotation files) when the
 metadata maps them (``thing_dataset_id_to_contiguous_id`` / ``stuff_...``), else the model's
 contiguous indices; each entry also carries the category name.
@@ -22,11 +25,13 @@ import pycocotools.mask as mask_util
 from detectron2.data.catalog import Metadata
 from panopticapi.utils import id2rgb
 
-from .results import InstanceResult, PanopticResult, SemanticResult
+from .results import InstanceResult, PanopticResult, Prediction, SemanticResult
 
 __all__ = [
+    "RESULT_FILE_SUFFIXES",
     "contiguous_to_dataset_ids",
     "encode_rle",
+    "write_prediction",
     "write_panoptic",
     "write_instances",
     "write_semantic",
@@ -52,6 +57,15 @@ def encode_rle(masks: np.ndarray) -> List[Dict[str, Any]]:
     for rle in encoded:
         rle["counts"] = rle["counts"].decode("ascii")
     return encoded
+
+
+# The file each result is written to, as a suffix of the image's stem.
+RESULT_FILE_SUFFIXES = {
+    "panoptic_png": ".panoptic.png",
+    "panoptic_json": ".panoptic.json",
+    "instances_json": ".instances.json",
+    "semantic_png": ".semantic.png",
+}
 
 
 def _write_json(path: str, content: Union[dict, list]) -> None:
@@ -163,3 +177,41 @@ def write_semantic(result: SemanticResult, png_path: str) -> None:
     """Write the label map as a single-channel PNG of contiguous class indices."""
     dtype = np.uint8 if len(result.class_names) <= 256 else np.uint16
     _write_png(png_path, result.label_map.astype(dtype))
+
+
+def write_prediction(
+    prediction: Prediction, folder: str, stem: str, *, metadata: Optional[Metadata] = None
+) -> List[str]:
+    """Write every result a prediction holds, as ``FOLDER/STEM`` + :data:`RESULT_FILE_SUFFIXES`.
+
+    Args:
+        prediction: the image's prediction; the results it lacks are not written.
+        folder: an existing folder.
+        stem: the image's name without extension; also the ``image_id`` in the JSON files.
+        metadata: the data set's metadata, to translate category ids.
+
+    Returns:
+        The paths written: panoptic PNG and JSON, instances JSON, semantic PNG (those present).
+    """
+    paths = {
+        key: os.path.join(folder, stem + suffix) for key, suffix in RESULT_FILE_SUFFIXES.items()
+    }
+    written = []
+    if prediction.panoptic is not None:
+        write_panoptic(
+            prediction.panoptic,
+            paths["panoptic_png"],
+            paths["panoptic_json"],
+            image_id=stem,
+            metadata=metadata,
+        )
+        written += [paths["panoptic_png"], paths["panoptic_json"]]
+    if prediction.instances is not None:
+        write_instances(
+            prediction.instances, paths["instances_json"], image_id=stem, metadata=metadata
+        )
+        written.append(paths["instances_json"])
+    if prediction.semantic is not None:
+        write_semantic(prediction.semantic, paths["semantic_png"])
+        written.append(paths["semantic_png"])
+    return written
