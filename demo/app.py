@@ -13,7 +13,7 @@ import warnings
 # detectron2 uses torch.jit.script, deprecated in this torch: nothing a user can act on.
 warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
 
-from mask2former.utils.demo import DemoError  # noqa: E402
+from mask2former.apps.cli import DemoError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What tools/quickstart.py trains and where it writes the weights.

@@ -1,6 +1,6 @@
 """Mask2Former demo on images, a video or a webcam; ``python demo/demo.py --help``.
 
-The logic lives in :mod:`mask2former.utils.demo`; this script reports and sets the exit status
+The logic lives in :mod:`mask2former.apps.cli`; this script reports and sets the exit status
 (0: everything written; 1: a problem, each one named with what to do).
 """
 
@@ -11,7 +11,7 @@ import warnings
 # detectron2 uses torch.jit.script, deprecated in this torch: nothing a user can act on.
 warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
 
-from mask2former.utils.demo import DemoError, build_argument_parser, run_demo  # noqa: E402
+from mask2former.apps.cli import DemoError, build_argument_parser, run_demo  # noqa: E402
 
 
 def main(argv=None) -> int:

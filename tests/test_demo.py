@@ -16,7 +16,7 @@ import torch
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-import mask2former.utils.demo as demo_utils
+import mask2former.apps.cli as demo_utils
 from mask2former.predictor import Predictor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,9 +19,8 @@ sync_api = pytest.importorskip(
     reason="the browser test needs playwright: pip install -r requirements.txt",
 )
 
-from mask2former.apps import browser  # noqa: E402
+from mask2former.apps import browser, cli  # noqa: E402
 from mask2former.predictor import Predictor  # noqa: E402
-from mask2former.utils import demo as cli  # noqa: E402
 from mask2former.utils.visualization import TASKS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

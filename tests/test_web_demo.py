@@ -13,9 +13,9 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -r requirements.txt")
 
+from mask2former.apps.cli import DemoError  # noqa: E402
 from mask2former.apps.web import WebDemo, build_argument_parser, create_web_demo  # noqa: E402
 from mask2former.predictor import Predictor  # noqa: E402
-from mask2former.utils.demo import DemoError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "configs", "demo_tiny_shapes.yaml")

@@ -33,6 +33,7 @@ from detectron2.engine import hooks
 from detectron2.utils.env import seed_all_rng
 
 import mask2former  # noqa: F401  registers the model and the data sets
+from mask2former.apps.cli import run_images
 from mask2former.config import UnknownConfigKeyError, load_config
 from mask2former.data import ensure_synthetic_dataset
 from mask2former.data.datasets.catalog_utils import get_datasets_root
@@ -41,7 +42,6 @@ from mask2former.engine import AtomicDetectionCheckpointer, MaskFormerTrainer
 from mask2former.predictor import Predictor
 from mask2former.utils.atomic_io import atomic_open
 from mask2former.utils.cpu_memory import keep_freed_memory
-from mask2former.utils.demo import run_images
 from mask2former.utils.progress import TqdmProgressHook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

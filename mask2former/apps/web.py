@@ -10,7 +10,7 @@ threshold, and see
   :func:`~mask2former.utils.export.write_prediction` as the command-line demo writes them.
 
 Video tab: a clip is segmented frame by frame by the command-line demo's video loop
-(:func:`~mask2former.utils.demo.run_video`: frames are streamed, memory stays bounded), up to
+(:func:`~mask2former.apps.cli.run_video`: frames are streamed, memory stays bounded), up to
 a frame cap, with a progress bar.
 
 Requests wait in Gradio's queue and run one at a time on the model. A bad upload gets a
@@ -40,7 +40,11 @@ except ImportError as error:
     ) from error
 
 from ..predictor import Predictor
-from ..utils.demo import (
+from ..utils.export import write_prediction
+from ..utils.image_io import ImageReadError, expand_image_inputs
+from ..utils.results import Prediction
+from ..utils.visualization import TASKS, display_metadata, draw_prediction
+from .cli import (
     DemoError,
     add_model_arguments,
     build_predictor,
@@ -48,10 +52,6 @@ from ..utils.demo import (
     load_demo_config,
     run_video,
 )
-from ..utils.export import write_prediction
-from ..utils.image_io import ImageReadError, expand_image_inputs
-from ..utils.results import Prediction
-from ..utils.visualization import TASKS, display_metadata, draw_prediction
 
 __all__ = [
     "ImageResult",

@@ -12,6 +12,9 @@ pictures with the source's frame rate and size.
 
 Bad inputs do not stop a run: each one is reported (file and reason) at the end, after every
 good input has been written, and the exit status is then 1.
+
+The web demo (:mod:`mask2former.apps.web`) shares its model options, its predictor set-up and
+its video loop; both write results with :func:`mask2former.utils.export.write_prediction`.
 """
 
 import argparse
@@ -31,11 +34,11 @@ from tqdm import tqdm
 
 from ..config import UnknownConfigKeyError, load_config
 from ..predictor import Predictor, WeightsNotFoundError
-from .export import write_prediction
-from .image_io import ImageReadError, expand_image_inputs, read_image
-from .results import Prediction
-from .visualization import TASKS, VideoPredictionDrawer, display_metadata, draw_prediction
-from .weights_io import WeightsFileError
+from ..utils.export import write_prediction
+from ..utils.image_io import ImageReadError, expand_image_inputs, read_image
+from ..utils.results import Prediction
+from ..utils.visualization import TASKS, VideoPredictionDrawer, display_metadata, draw_prediction
+from ..utils.weights_io import WeightsFileError
 
 __all__ = [
     "DemoError",
