@@ -191,7 +191,7 @@ def test_package_imports_without_gradio():
     code = (
         "import sys\n"
         "sys.modules['gradio'] = None\n"  # import gradio now raises ImportError
-        "import mask2former, mask2former.apps\n"
+        "import mask2former, mask2former.apps.browser, mask2former.apps.cli\n"
         "try:\n"
         "    import mask2former.apps.web\n"
         "except ImportError as error:\n"

@@ -72,6 +72,8 @@ MAX_LISTED_SEGMENTS = 50
 # Folders of results kept on disk; older ones are deleted (Gradio has copied what it serves).
 _KEPT_REQUESTS = 32
 _SHOWN_HEIGHT = 420  # pixels of the page given to a picture
+# Small pictures are enlarged to the space they are given, as the segments beside them are.
+PAGE_CSS = "#overlay img { width: 100%; height: 100%; object-fit: contain; }"
 _VIDEO_EXTENSIONS = frozenset(
     [".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"]
 )
@@ -393,19 +395,20 @@ def build_app(
                     image_status = gr.Markdown(
                         "Upload an image or pick an example.", elem_id="image-status"
                     )
-                    picture = gr.Image(
-                        label="Result",
-                        format="png",
-                        interactive=False,
-                        height=_SHOWN_HEIGHT,
-                        elem_id="overlay",
-                    )
-                    segments = gr.AnnotatedImage(
-                        label="Segments (hover a name to see it, click it for details)",
-                        format="png",
-                        height=_SHOWN_HEIGHT,
-                        elem_id="segments",
-                    )
+                    with gr.Row():
+                        picture = gr.Image(
+                            label="Result",
+                            format="png",
+                            interactive=False,
+                            height=_SHOWN_HEIGHT,
+                            elem_id="overlay",
+                        )
+                        segments = gr.AnnotatedImage(
+                            label="Segments (hover a name to see it, click it for details)",
+                            format="png",
+                            height=_SHOWN_HEIGHT,
+                            elem_id="segments",
+                        )
                     selected = gr.Markdown(elem_id="selected-segment")
                     downloads = gr.File(
                         label="Results (the files demo/demo.py writes)",
@@ -579,5 +582,6 @@ def serve(args: argparse.Namespace, *, quickstart_model: Optional[Tuple[str, str
         server_port=args.port,
         ssr_mode=False,
         show_error=True,
+        css=PAGE_CSS,
         allowed_paths=sorted({os.path.dirname(os.path.abspath(p)) for p in demo.examples}),
     )
