@@ -558,10 +558,13 @@ def create_web_demo(
         cfg.MODEL.WEIGHTS = quickstart_weights
     predictor = build_predictor(args, cfg, tasks=TASKS, score_threshold=0.0)
     config_name = os.path.splitext(os.path.basename(args.config_file))[0]
+    weights = predictor.cfg.MODEL.WEIGHTS
+    if os.path.isfile(weights) and not os.path.relpath(weights).startswith(os.pardir):
+        weights = os.path.relpath(weights)  # shorter, and no local folders shown on the page
     examples = expand_image_inputs(args.examples) if args.examples else _default_examples(predictor)
     return WebDemo(
         predictor,
-        model_name=f"{config_name} ({predictor.cfg.MODEL.WEIGHTS})",
+        model_name=f"{config_name} ({weights})",
         max_image_size=args.max_image_size,
         max_video_frames=args.max_video_frames,
         examples=[path for path in examples if os.path.isfile(path)],
