@@ -1,8 +1,8 @@
 """demo/app.py in a real browser: Debian's Chromium, driven by Playwright, on a tiny checkpoint.
 
-Upload an image, choose each task, check the overlay's size and the segment legend, download
-the results and compare them with the command-line demo's files for the same image, upload a
-corrupt file and then a good one, and segment a clip in the video tab.
+Upload an image, choose each task and the threshold, check the overlay's size and the segment
+legend, download the results and compare them with the command-line demo's files for the same
+image, upload a corrupt file and then a good one, and segment a clip in the video tab.
 """
 
 import json
@@ -145,6 +145,16 @@ def test_web_demo_in_chromium(weights, tmp_path):
                     legend.first.click()
                     browser.wait_for_status(page, "selected-segment", "pixels")
                     assert legend.first.inner_text() in page.inner_text("#selected-segment")
+                    if task == "instance":  # no instance scores 1; then back to 0.1
+                        threshold = page.locator("#image-threshold input[type=number]")
+                        threshold.fill("1")
+                        threshold.blur()
+                        browser.wait_for_status(page, "image-status", "; 0 segments.")
+                        assert legend.count() == 0
+                        threshold.fill("0.1")
+                        threshold.blur()
+                        assert browser.wait_for_status(page, "image-status", status) == status
+                        previous = _overlay_source(page)
 
                 downloaded = _download_all(page, tmp_path / "web")
                 command_line = tmp_path / "cli"
