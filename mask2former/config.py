@@ -14,11 +14,14 @@ and log a config that disagrees (Mapillary Vistas: 65).
 """
 
 import difflib
+import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 from detectron2.utils.file_io import PathManager
+
+from .data.datasets.catalog_utils import register_metadata_file
 
 __all__ = ["UnknownConfigKeyError", "add_maskformer2_config", "load_config"]
 
@@ -77,6 +80,12 @@ def _add_data_config(cfg: CfgNode) -> None:
     # image id or image file name per line ("#" starts a comment), as written by
     # `datasets/check_dataset.py --write-exclude FILE`; "" leaves nothing out.
     cfg.DATASETS.EXCLUDE_FILE = ""
+    # Not in the official release: a JSON class table ({"name": ..., "categories": [{"id",
+    # "name", "isthing"}, ...]}, e.g. written by tools/convert-hf-to-d2.py) that load_config
+    # registers as the metadata called "name", so that a model without a registered data set
+    # has class names and thing classes. A relative path is relative to the config file's
+    # folder; "" for none.
+    cfg.DATASETS.METADATA_FILE = ""
     # Not in the official release: a sample that cannot be read or mapped is logged, replaced by
     # another one in training and left out of the metrics in evaluation; when more than this
     # fraction of a data set's images are bad, training or evaluation stops with a summary.
@@ -329,7 +338,7 @@ def load_config(path: str, opts: Optional[Sequence[str]] = None) -> CfgNode:
         FileNotFoundError: `path` does not exist.
         UnknownConfigKeyError: the file or `opts` name undeclared keys; the message lists them
             with the closest declared keys.
-        ValueError: `opts` has an odd length.
+        ValueError: `opts` has an odd length, or DATASETS.METADATA_FILE is not a class table.
     """
     if not PathManager.isfile(path):
         raise FileNotFoundError(f"Config file '{path}' does not exist.")
@@ -354,4 +363,13 @@ def load_config(path: str, opts: Optional[Sequence[str]] = None) -> CfgNode:
                 _unknown_key_message(unknown, cfg, "Config overrides (opts)")
             )
         cfg.merge_from_list(opts)
+    if cfg.DATASETS.METADATA_FILE:
+        _register_metadata_file(cfg, path)
     return cfg
+
+
+def _register_metadata_file(cfg: CfgNode, config_path: str) -> None:
+    """Register DATASETS.METADATA_FILE (made absolute, relative to the config file)."""
+    metadata_file = os.path.join(os.path.dirname(config_path), cfg.DATASETS.METADATA_FILE)
+    cfg.DATASETS.METADATA_FILE = os.path.abspath(metadata_file)
+    register_metadata_file(cfg.DATASETS.METADATA_FILE)

@@ -16,7 +16,7 @@ Shapes: H, W: the size of an input image (results come back at this size); K: cl
 import logging
 import os
 from contextlib import nullcontext
-from typing import Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from . import data as _data  # noqa: F401  only registration (data set metadata)
 from . import modeling as _modeling  # noqa: F401  only registration (model parts)
 from .config import load_config
 from .engine.checkpoint import AtomicDetectionCheckpointer
+from .interop.huggingface import load_hf_folder
 from .utils.cpu_memory import keep_freed_memory
 from .utils.image_io import ImageSource, read_image
 from .utils.results import Prediction, prediction_from_model_output
@@ -106,6 +107,7 @@ class Predictor:
         score_threshold: float = 0.0,
         return_probabilities: bool = False,
         array_channel_order: str = "RGB",
+        state_dict: Optional[Mapping[str, torch.Tensor]] = None,
     ):
         """
         Args:
@@ -122,6 +124,8 @@ class Predictor:
             return_probabilities: keep the (K, H, W) semantic scores in the results.
             array_channel_order: channel order of numpy array inputs, "RGB" (PIL, imageio,
                 matplotlib) or "BGR" (OpenCV).
+            state_dict: weights already in memory (our parameter names), loaded strictly
+                instead of a checkpoint file; ``weights`` then only records their origin.
 
         Raises:
             FileNotFoundError: the config file is missing.
@@ -136,7 +140,8 @@ class Predictor:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}.")
         cfg = self._build_config(cfg_or_path, opts, tasks)
         weights = cfg.MODEL.WEIGHTS if weights is None else weights
-        _check_weights(weights)
+        if state_dict is None:
+            _check_weights(weights)
         self.device = _resolve_device(device, cfg.MODEL.DEVICE)
         if self.device.type == "cpu":
             # 12-23% less inference time on a CPU; MASK2FORMER_KEEP_FREED_MEMORY=0 turns it off
@@ -148,7 +153,9 @@ class Predictor:
 
         self.model = build_model(cfg)
         self.model.eval()
-        if weights:
+        if state_dict is not None:
+            self.model.load_state_dict(state_dict)  # strict: names missing/unexpected keys
+        elif weights:
             AtomicDetectionCheckpointer(self.model).load(weights)
         else:
             logger.warning("No weights given: the model is randomly initialised.")
@@ -165,6 +172,38 @@ class Predictor:
         self.score_threshold = score_threshold
         self.return_probabilities = return_probabilities
         self.array_channel_order = array_channel_order
+
+    @classmethod
+    def from_hf(
+        cls,
+        path: Union[str, os.PathLike],
+        *,
+        task: Optional[str] = None,
+        stuff_classes: Optional[Sequence[Union[int, str]]] = None,
+        **kwargs,
+    ) -> "Predictor":
+        """A predictor for a Hugging Face transformers Mask2Former folder (Swin backbone).
+
+        The folder is what ``save_pretrained`` writes or a downloaded Hub repository
+        (config.json + safetensors); nothing is downloaded. Its config becomes ours and its
+        id2label the metadata (class names; stuff classes from ``label_ids_to_fuse``).
+
+        Args:
+            path: the folder.
+            task: "panoptic" (all outputs), "instance" or "semantic"; None: the one the
+                folder name announces, else "panoptic".
+            stuff_classes: ids or names of the classes panoptic inference merges (None: those
+                the folder stores, else none).
+            **kwargs: the other arguments of :class:`Predictor` (device, precision, opts,
+                tasks, ...).
+
+        Raises:
+            FileNotFoundError: the folder, its config.json or its safetensors are missing.
+            ImportError: safetensors is not installed.
+            ValueError: a setting or parameter that has no equivalent here (named).
+        """
+        converted = load_hf_folder(path, task=task, stuff_classes=stuff_classes)
+        return cls(converted.cfg, os.fspath(path), state_dict=converted.state_dict, **kwargs)
 
     @staticmethod
     def _build_config(cfg_or_path, opts, tasks) -> CfgNode:

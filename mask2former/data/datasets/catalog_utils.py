@@ -11,7 +11,7 @@ import json
 import os
 from typing import Callable, Dict, List, Sequence
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "require_paths",
     "load_package_categories",
     "panoptic_category_metadata",
+    "register_metadata_categories",
+    "register_metadata_file",
     "set_file_category_metadata",
 ]
 
@@ -150,3 +152,66 @@ def set_file_category_metadata(
     MetadataCatalog[name] = meta
     meta.set(**fields)
     return meta
+
+
+def register_metadata_categories(name: str, categories: List[Dict]) -> Metadata:
+    """Register ``name``'s metadata from a class table, replacing any earlier metadata.
+
+    For a model without a registered data set (e.g. one converted from Hugging Face): the
+    fields of :func:`panoptic_category_metadata`, with each category's "id" used as its
+    data set id.
+
+    Args:
+        name: metadata name; must not be a registered data set.
+        categories: dicts with "id", "name", "isthing" and optionally "color", in contiguous
+            order.
+
+    Raises:
+        ValueError: ``name`` is a registered data set, whose metadata must not be replaced.
+    """
+    if name in DatasetCatalog.list():
+        raise ValueError(
+            f"Cannot register class metadata under '{name}': it is a registered data set. "
+            "Choose another name."
+        )
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    metadata = MetadataCatalog.get(name)
+    metadata.set(**panoptic_category_metadata(categories))
+    return metadata
+
+
+def register_metadata_file(path: str) -> str:
+    """Register the class table of a JSON file; return the metadata name.
+
+    The file holds ``{"name": str, "categories": [{"id", "name", "isthing"}, ...]}``, as
+    ``tools/convert-hf-to-d2.py`` writes it (DATASETS.METADATA_FILE).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not such a table, or names a registered data set.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Metadata file '{path}' (DATASETS.METADATA_FILE) does not exist.")
+    with open(path) as f:
+        try:
+            table = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Metadata file '{path}' is not valid JSON ({error}).") from error
+    categories = table.get("categories") if isinstance(table, dict) else None
+    if not isinstance(table, dict) or not isinstance(table.get("name"), str) or not categories:
+        raise ValueError(
+            f"Metadata file '{path}' must hold an object with a 'name' and a non-empty list "
+            "of 'categories' (each with id, name, isthing)."
+        )
+    missing = [
+        index
+        for index, category in enumerate(categories)
+        if not {"id", "name", "isthing"} <= set(category)
+    ]
+    if missing:
+        raise ValueError(
+            f"Metadata file '{path}': categories {missing[:10]} lack one of id, name, isthing."
+        )
+    register_metadata_categories(table["name"], categories)
+    return table["name"]
