@@ -371,5 +371,6 @@ def load_config(path: str, opts: Optional[Sequence[str]] = None) -> CfgNode:
 def _register_metadata_file(cfg: CfgNode, config_path: str) -> None:
     """Register DATASETS.METADATA_FILE (made absolute, relative to the config file)."""
     metadata_file = os.path.join(os.path.dirname(config_path), cfg.DATASETS.METADATA_FILE)
-    cfg.DATASETS.METADATA_FILE = os.path.abspath(metadata_file)
+    # absolute, so that a dump of the config (e.g. OUTPUT_DIR/config.yaml) still finds it
+    cfg.DATASETS["METADATA_FILE"] = os.path.abspath(metadata_file)
     register_metadata_file(cfg.DATASETS.METADATA_FILE)

@@ -2,9 +2,11 @@
 
 import ast
 import inspect
+import json
 
 import pytest
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.projects.deeplab import add_deeplab_config
 
 from mask2former import config as config_module
@@ -80,6 +82,7 @@ OFFICIAL_DEFAULTS = {
 # Keys this project adds: constants the official code hard-coded (the defaults are those
 # hard-coded values), and the settings of features the official release lacks.
 NEW_KEY_DEFAULTS = {
+    "DATASETS.METADATA_FILE": "",
     "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD": 1024,
     "MODEL.SEM_SEG_HEAD.NORM_NUM_GROUPS": 32,
     "MODEL.MASK_FORMER.MASK_ATTENTION_THRESHOLD": 0.5,
@@ -370,3 +373,50 @@ def test_typo_in_overrides(official_style_files):
 def test_missing_file_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+def _write_metadata_config(folder, table):
+    (folder / "classes.json").write_text(json.dumps(table))
+    path = folder / "model.yaml"
+    path.write_text('DATASETS:\n  METADATA_FILE: "classes.json"\n')
+    return str(path)
+
+
+def test_metadata_file_is_registered_relative_to_the_config(tmp_path):
+    categories = [
+        {"id": 0, "name": "boat", "isthing": True},
+        {"id": 1, "name": "sea", "isthing": False},
+    ]
+    path = _write_metadata_config(
+        tmp_path, {"name": "test_config_classes", "categories": categories}
+    )
+    cfg = load_config(path)
+    assert cfg.DATASETS.METADATA_FILE == str(tmp_path / "classes.json")
+    metadata = MetadataCatalog.get("test_config_classes")
+    assert metadata.stuff_classes == ["boat", "sea"]
+    assert metadata.thing_classes == ["boat"]
+    assert metadata.thing_dataset_id_to_contiguous_id == {0: 0}
+    # loading again (another config, another process) replaces it without complaint
+    categories[1]["name"] = "ocean"
+    _write_metadata_config(tmp_path, {"name": "test_config_classes", "categories": categories})
+    load_config(path)
+    assert MetadataCatalog.get("test_config_classes").stuff_classes == ["boat", "ocean"]
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"name": "x"}, "classes.json' must hold"),
+        ({"name": "x", "categories": [{"id": 0, "name": "a"}]}, r"categories \[0\] lack"),
+        (
+            {"name": "coco_2017_val", "categories": [{"id": 0, "name": "a", "isthing": True}]},
+            "'coco_2017_val': it is a registered data set",
+        ),
+    ],
+)
+def test_bad_metadata_file_is_named(tmp_path, table, message):
+    path = _write_metadata_config(tmp_path, table)
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_config(path, ["DATASETS.METADATA_FILE", "missing.json"])

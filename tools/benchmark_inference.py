@@ -19,6 +19,19 @@ synthetic predictions with realistic structure (blob-shaped masks, 25 confident 
 ours is checked to give the same results as the straightforward one. End to end = the three
 network stages + that post-processing.
 
+Two more variants compare with Hugging Face transformers on one Hub-format model (a
+randomly initialised Swin-T COCO-panoptic ``Mask2FormerForUniversalSegmentation`` written with
+``save_pretrained``, 133 classes, 100 queries), panoptic output only, each in its own process:
+
+- ``transformers``: its image processor (resize to 800 px, sides rounded up to multiples of
+  32), the model, ``post_process_panoptic_segmentation`` at the original size;
+- ``ours-from-hf``: ``Predictor.from_hf`` on the same folder (resize to 800 px, padded to
+  multiples of 32), as a user of the Hub would run it.
+
+Each times a whole image of ``--output-size`` (uint8 in, panoptic result out; random weights,
+so its post-processing has nothing to do), plus both post-processings on the realistic
+predictions.
+
 Example:
     python tools/benchmark_inference.py --repeats 2 --json-out output/benchmark_inference.json
 """
@@ -320,6 +333,141 @@ def run_variant(name: str, args) -> Dict:
     }
 
 
+# ----- transformers vs ours on a Hub-format model (variants "transformers", "ours-from-hf") --
+
+HF_VARIANTS = ("transformers", "ours-from-hf")
+
+
+def write_hub_swin_tiny_coco_panoptic(folder: str) -> None:
+    """A random Swin-T COCO-panoptic model in the Hub's format (config.json + safetensors)."""
+    import transformers
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    swin = transformers.SwinConfig(
+        embed_dim=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        drop_path_rate=0.3,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = transformers.Mask2FormerConfig(
+        backbone_config=swin,
+        id2label={index: c["name"] for index, c in enumerate(COCO_CATEGORIES)},
+        label2id={c["name"]: index for index, c in enumerate(COCO_CATEGORIES)},
+    )
+    config.label_ids_to_fuse = [i for i, c in enumerate(COCO_CATEGORIES) if not c["isthing"]]
+    torch.manual_seed(0)
+    transformers.Mask2FormerForUniversalSegmentation(config).save_pretrained(folder)
+    transformers.Mask2FormerImageProcessor(
+        size={"shortest_edge": 800, "longest_edge": 1333}
+    ).save_pretrained(folder)
+
+
+class _HFOutputs:
+    """What transformers' post-processing reads from a model output."""
+
+    def __init__(self, class_logits, mask_logits):
+        self.class_queries_logits = class_logits[None]
+        self.masks_queries_logits = mask_logits[None]
+
+
+def _median_seconds(function: Callable, repeats: int) -> Dict[str, float]:
+    """Median wall and CPU seconds of ``repeats`` calls, after one warm-up call."""
+    wall, cpu = [], []
+    for run in range(repeats + 1):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        function()
+        if run > 0:
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
+
+
+def run_hf_variant(name: str, args) -> Dict:
+    """Time one Hub-model variant in this process (see the module docstring)."""
+    import transformers
+
+    from mask2former import Predictor
+
+    generator = torch.Generator().manual_seed(0)
+    height, width = args.output_size
+    image = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    image = image.numpy()
+    with open(os.path.join(args.hf_folder, "config.json")) as f:
+        hub_config = json.load(f)
+    stuff = set(hub_config["label_ids_to_fuse"])
+    thresholds = {"threshold": 0.8, "overlap_mask_area_threshold": 0.8}
+    if name == "transformers":
+        model = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(args.hf_folder)
+        model.eval()
+        processor = transformers.Mask2FormerImageProcessor.from_pretrained(args.hf_folder)
+
+        def pipeline():
+            with torch.no_grad():
+                inputs = processor(images=[image], return_tensors="pt")
+                outputs = model(pixel_values=inputs["pixel_values"])
+            return processor.post_process_panoptic_segmentation(
+                outputs, label_ids_to_fuse=stuff, target_sizes=[(height, width)], **thresholds
+            )
+
+        def postprocess(class_logits, mask_logits):
+            return processor.post_process_panoptic_segmentation(
+                _HFOutputs(class_logits, mask_logits),
+                label_ids_to_fuse=stuff,
+                target_sizes=[(height, width)],
+                **thresholds,
+            )
+
+        padded = tuple(processor(images=[image], return_tensors="pt")["pixel_values"].shape[-2:])
+    else:
+        predictor = Predictor.from_hf(args.hf_folder, device="cpu", tasks=["panoptic"])
+        resized = predictor.resize.get_transform(image).apply_image(image)
+        resized_size = tuple(resized.shape[:2])
+        padded = tuple(
+            predictor.model.preprocess_image(
+                [{"image": torch.zeros(3, *resized_size)}]
+            ).tensor.shape[-2:]
+        )
+
+        def pipeline():
+            return predictor(image)
+
+        def postprocess(class_logits, mask_logits):
+            with torch.no_grad():
+                return predictor.model.inference_single_image(
+                    class_logits, mask_logits, padded, resized_size, (height, width)
+                )
+
+    class_logits, mask_logits = synthetic_predictions(
+        hub_config["num_queries"], len(hub_config["id2label"]), (padded[0] // 4, padded[1] // 4)
+    )
+    whole = _median_seconds(pipeline, args.repeats)
+    realistic = _median_seconds(lambda: postprocess(class_logits, mask_logits), args.repeats)
+    return {
+        "variant": name,
+        "network_input_size": list(padded),
+        "image_random_weights": whole,
+        "postprocessing_realistic": realistic,
+        "end_to_end_s": whole["wall_s"] + realistic["wall_s"],
+    }
+
+
+def print_hf_table(reports: Dict[str, Dict]) -> None:
+    names = [name for name in HF_VARIANTS if name in reports]
+    print("\nHub-format Swin-T COCO panoptic, seconds" + "".join(f"{n:>16}" for n in names))
+    rows = [
+        ("image, random weights", lambda r: r["image_random_weights"]["wall_s"]),
+        ("post-processing, realistic", lambda r: r["postprocessing_realistic"]["wall_s"]),
+        ("end to end", lambda r: r["end_to_end_s"]),
+    ]
+    for label, value in rows:
+        print(f"{label:<40}" + "".join(f"{value(reports[n]):>16.3f}" for n in names))
+    if len(names) == 2:
+        ratio = reports["transformers"]["end_to_end_s"] / reports["ours-from-hf"]["end_to_end_s"]
+        print(f"ours-from-hf is {ratio:.2f}x faster than transformers")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
@@ -338,11 +486,12 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        choices=sorted(VARIANTS),
-        default=list(VARIANTS),
+        choices=sorted(VARIANTS) + list(HF_VARIANTS),
+        default=list(VARIANTS) + list(HF_VARIANTS),
         help="what to time, each in its own process (default: all)",
     )
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hf-folder", help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.threads:
@@ -350,13 +499,16 @@ def main(argv=None) -> None:
 
     if args.in_process:  # a child: one variant, JSON to --json-out
         (name,) = args.variants
-        report = run_variant(name, args)
+        report = run_hf_variant(name, args) if name in HF_VARIANTS else run_variant(name, args)
         with open(args.json_out, "w") as f:
             json.dump(report, f)
         return
 
     reports = {}
     with tempfile.TemporaryDirectory() as tmp:
+        hf_folder = os.path.join(tmp, "mask2former-swin-tiny-coco-panoptic")
+        if set(HF_VARIANTS) & set(args.variants):
+            write_hub_swin_tiny_coco_panoptic(hf_folder)
         for name in args.variants:
             print(f"timing {name} ...", file=sys.stderr, flush=True)
             path = os.path.join(tmp, f"{name}.json")
@@ -367,6 +519,8 @@ def main(argv=None) -> None:
             command += ["--output-size", *map(str, args.output_size)]
             if args.threads:
                 command += ["--threads", str(args.threads)]
+            if name in HF_VARIANTS:
+                command += ["--hf-folder", hf_folder]
             subprocess.run(command + list(args.opts), check=True)
             with open(path) as f:
                 reports[name] = json.load(f)
@@ -384,12 +538,20 @@ def main(argv=None) -> None:
         report["speed_up_vs_official_style"] = (
             reports["official-style"]["end_to_end_s"] / reports["ours"]["end_to_end_s"]
         )
+    if set(HF_VARIANTS) <= set(reports):
+        report["ours_from_hf_speed_up_vs_transformers"] = (
+            reports["transformers"]["end_to_end_s"] / reports["ours-from-hf"]["end_to_end_s"]
+        )
     print(json.dumps(report, indent=2))
     if args.json_out:
         os.makedirs(os.path.dirname(args.json_out) or ".", exist_ok=True)
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)
-    print_table(reports)
+    detectron2_reports = {name: r for name, r in reports.items() if name not in HF_VARIANTS}
+    if detectron2_reports:
+        print_table(detectron2_reports)
+    if set(HF_VARIANTS) & set(reports):
+        print_hf_table(reports)
 
 
 def print_table(reports: Dict[str, Dict]) -> None:
