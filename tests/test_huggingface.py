@@ -27,7 +27,12 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from mask2former import Predictor  # noqa: E402
 from mask2former.config import load_config  # noqa: E402
-from mask2former.interop.hf_config import UnsupportedConfigError  # noqa: E402
+from mask2former.interop.hf_config import (  # noqa: E402
+    UnsupportedConfigError,
+    config_from_hf,
+    hf_config_from_d2,
+    stuff_ids_from_hf,
+)
 from mask2former.interop.hf_state_dict import UnmappedKeysError  # noqa: E402
 from mask2former.interop.huggingface import (  # noqa: E402
     convert_d2_checkpoint_to_hf,
@@ -77,9 +82,13 @@ MODELS = {
         "num_labels": 6,
         "num_queries": 7,
         "decoder_layers": 5,
-        "window_size": 3,
+        # Swin-L's layout (window 12, 18 blocks in stage 3, 384 px pre-training), narrow
+        "window_size": 12,
         "pre_norm": False,
-        "depths": [1, 2, 1, 1],
+        "depths": [2, 2, 18, 2],
+        "embed_dim": 24,
+        "num_heads": [1, 2, 3, 6],
+        "image_size": 384,
         "label_ids_to_fuse": None,
         "seed": 2,
     },
@@ -96,13 +105,17 @@ def _save_hf_model(
     pre_norm,
     depths,
     seed,
+    embed_dim=16,
+    num_heads=(1, 2, 2, 4),
+    image_size=224,
     **stored_settings,
 ):
     torch.manual_seed(seed)
     swin = transformers.SwinConfig(
-        embed_dim=16,
+        embed_dim=embed_dim,
         depths=depths,
-        num_heads=[1, 2, 2, 4],
+        num_heads=list(num_heads),
+        image_size=image_size,
         window_size=window_size,
         drop_path_rate=0.0,
         out_features=["stage1", "stage2", "stage3", "stage4"],
@@ -407,8 +420,60 @@ def test_round_trip_gives_the_same_tensors(hf_folders, name, tmp_path):
         "label_ids_to_fuse",
     ):
         assert back_config.get(key) == original_config.get(key), key
-    for key in ("embed_dim", "depths", "num_heads", "window_size", "out_features"):
+    for key in ("embed_dim", "depths", "num_heads", "window_size", "image_size", "out_features"):
         assert back_config["backbone_config"][key] == original_config["backbone_config"][key]
+
+
+SWIN_CONFIGS = [
+    f"configs/coco/panoptic-segmentation/swin/maskformer2_swin_{size}.yaml"
+    for size in (
+        "tiny_bs16_50ep",
+        "small_bs16_50ep",
+        "base_384_bs16_50ep",
+        "large_IN21k_384_bs16_100ep",
+    )
+]
+
+
+@pytest.mark.parametrize("path", SWIN_CONFIGS)
+def test_every_swin_size_converts_both_ways(path):
+    """Our official Swin-T/S/B/L configs -> transformers' config classes -> ours: unchanged."""
+    cfg = load_config(os.path.join(ROOT, path))
+    names = [f"class{index}" for index in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)]
+    settings = hf_config_from_d2(cfg, names, stuff_ids={100, 132})
+    hf_config = transformers.Mask2FormerConfig(**settings).to_dict()
+    back = config_from_hf(hf_config, None, metadata_name="x", task="panoptic", source=path)
+    for node in ("MODEL.SWIN", "MODEL.SEM_SEG_HEAD", "MODEL.MASK_FORMER"):
+        ours, theirs = _get(cfg, node), _get(back, node)
+        differing = {
+            key: (ours[key], theirs[key])
+            for key in ours
+            if ours[key] != theirs[key] and key not in _NOT_CONVERTED.get(node, ())
+        }
+        assert differing == {}, node
+    assert stuff_ids_from_hf(hf_config, None) == {100, 132}
+
+
+# Keys with no counterpart in transformers' config (training-only or unused by these models).
+_NOT_CONVERTED = {
+    "MODEL.SWIN": ("USE_CHECKPOINT",),
+    "MODEL.SEM_SEG_HEAD": (
+        "LOSS_WEIGHT",
+        "PROJECT_FEATURES",
+        "PROJECT_CHANNELS",
+        "ASPP_CHANNELS",
+        "ASPP_DILATIONS",
+        "ASPP_DROPOUT",
+        "USE_DEPTHWISE_SEPARABLE_CONV",
+    ),
+    "MODEL.MASK_FORMER": ("ENC_LAYERS",),
+}
+
+
+def _get(cfg, dotted):
+    for name in dotted.split("."):
+        cfg = cfg[name]
+    return cfg
 
 
 def _write_our_swin_model(tmp_path):
@@ -591,4 +656,4 @@ def test_package_imports_without_transformers_and_safetensors(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", blocker], capture_output=True, text=True, check=True
     )
-    assert "pip install safetensors==" in result.stdout
+    assert "needs safetensors: pip install safetensors" in result.stdout

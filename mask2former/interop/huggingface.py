@@ -67,8 +67,8 @@ __all__ = [
 ]
 
 INSTALL_HINT = (
-    "install the pinned versions from requirements.txt, e.g. "
-    "pip install safetensors==0.7.0 transformers==5.12.1"
+    "pip install safetensors transformers (requirements.txt pins the versions this project "
+    "is tested with)"
 )
 _SAFETENSORS = "model.safetensors"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
