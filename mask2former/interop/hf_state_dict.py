@@ -226,12 +226,13 @@ RULES: Tuple[Rule, ...] = (
     _rename("criterion.empty_weight", "criterion.empty_weight"),
 )
 
+# The final norm of transformers' SwinModel, which its SwinBackbone never applies.
+_HF_FINAL_NORM = _HF_SWIN + "swin.layernorm.{p}"
 # Hugging Face names that hold nothing we need (see the module docstring).
 _HF_IGNORED = (
-    _compile(_HF_SWIN + "swin.layernorm.{p}"),
+    _compile(_HF_FINAL_NORM),
     _compile(_SWIN_BLOCK_HF + "attention.self.relative_position_index"),
 )
-_HF_FINAL_NORM = _HF_SWIN + "swin.layernorm.{p}"
 # Our derived buffer, recomputed from the window size.
 _RELATIVE_POSITION_INDEX = _SWIN_BLOCK + "attn.relative_position_index"
 
@@ -301,12 +302,10 @@ def hf_to_d2_state_dict(
     if incomplete:
         raise _unmapped_error(incomplete, "fused", "The query, key and value parts must all exist.")
     index = _relative_position_index(window_size)
-    block_pattern = re.compile(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.norm1\.weight")
-    for name in list(converted):
-        block = block_pattern.fullmatch(name)
-        if block:
-            key = _fill(_RELATIVE_POSITION_INDEX, {"i": block.group(1), "j": block.group(2)})
-            converted[key] = index.clone()
+    block = _compile(_SWIN_BLOCK + "norm1.weight")
+    for found in [block.fullmatch(name) for name in converted]:
+        if found:
+            converted[_fill(_RELATIVE_POSITION_INDEX, found.groupdict())] = index.clone()
     return converted
 
 
@@ -357,12 +356,10 @@ def d2_to_hf_state_dict(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Te
 
 def _final_stage_channels(hf_state: Mapping[str, torch.Tensor]) -> Optional[int]:
     """Channels of the last Swin stage (the width of the unused ``swin.layernorm``)."""
-    pattern = re.compile(
-        re.escape(_HF_SWIN) + r"encoder\.layers\.(\d+)\.blocks\.\d+\.layernorm_after\.weight"
-    )
+    norm = _compile(_SWIN_BLOCK_HF + "layernorm_after.weight")
     stages = [
-        (int(found.group(1)), tensor.shape[0])
+        (int(found.group("i")), tensor.shape[0])
         for name, tensor in hf_state.items()
-        if (found := pattern.fullmatch(name))
+        if (found := norm.fullmatch(name))
     ]
     return max(stages)[1] if stages else None
