@@ -650,10 +650,16 @@ def test_package_imports_without_transformers_and_safetensors(tmp_path):
         f"    mask2former.Predictor.from_hf({str(tmp_path)!r})\n"
         "except ImportError as error:\n"
         "    print(error)\n"
+        "from mask2former.interop.huggingface import convert_d2_to_hf\n"
+        "try:\n"
+        f"    convert_d2_to_hf(None, None, {str(tmp_path / 'out')!r})\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
     )
     (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "model.safetensors").write_bytes(b"not read")
     result = subprocess.run(
         [sys.executable, "-c", blocker], capture_output=True, text=True, check=True
     )
-    assert "needs safetensors: pip install safetensors" in result.stdout
+    assert "needs the safetensors package: pip install safetensors" in result.stdout
+    assert "needs transformers: pip install transformers" in result.stdout

@@ -3,7 +3,8 @@
 A Hugging Face folder is what ``Mask2FormerForUniversalSegmentation.save_pretrained`` writes
 (or a Hub repository downloaded as is): ``config.json``, the weights as safetensors
 (``model.safetensors``, or shards listed in ``model.safetensors.index.json``) and usually
-``preprocessor_config.json``. Only safetensors are read: ``pytorch_model.bin`` files are
+``preprocessor_config.json``. Only safetensors are read (through
+:func:`mask2former.utils.weights_io.load_weights_file`): ``pytorch_model.bin`` files are
 pickles, which can run code when loaded.
 
 - :func:`load_hf_folder`: our config and state dict for a folder, classes registered as
@@ -38,14 +39,15 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Union
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from ..config import load_config
 from ..data.datasets.catalog_utils import register_metadata_categories
+from ..engine.checkpoint import AtomicDetectionCheckpointer
 from ..utils.visualization import class_names_from_metadata
+from ..utils.weights_io import load_weights_file, save_weights_file
 from .hf_config import (
     config_from_hf,
     guess_task,
@@ -66,25 +68,12 @@ __all__ = [
     "convert_d2_checkpoint_to_hf",
 ]
 
-INSTALL_HINT = (
-    "pip install safetensors transformers (requirements.txt pins the versions this project "
-    "is tested with)"
-)
+INSTALL_HINT = "pip install transformers (requirements.txt pins the version tested here)"
 _SAFETENSORS = "model.safetensors"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
 CHECKPOINT_NAME = "model_final.pth"
 CONFIG_NAME = "config.yaml"
 METADATA_NAME = "metadata.json"
-
-
-def _safetensors_torch():
-    try:
-        import safetensors.torch
-    except ImportError as error:
-        raise ImportError(
-            f"Reading or writing Hugging Face folders needs safetensors: {INSTALL_HINT}"
-        ) from error
-    return safetensors.torch
 
 
 def _transformers():
@@ -144,6 +133,7 @@ def read_hf_folder(path: Union[str, os.PathLike]) -> HFFolder:
         FileNotFoundError: the folder, its config.json or its safetensors weights are missing
             (the message says how to download a Hub model, or how to convert .bin weights).
         ImportError: safetensors is not installed.
+        mask2former.utils.weights_io.WeightsFileError: a weights file is empty or damaged.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -181,13 +171,12 @@ def _read_weights(path: str) -> Dict[str, torch.Tensor]:
         raise FileNotFoundError(
             f"'{path}' has no weights: neither {_SAFETENSORS} nor {_SAFETENSORS_INDEX}."
         )
-    load_file = _safetensors_torch().load_file
     state: Dict[str, torch.Tensor] = {}
     for name in files:
         file_path = os.path.join(path, name)
         if not os.path.isfile(file_path):
             raise FileNotFoundError(f"{file_path}, listed in {_SAFETENSORS_INDEX}, is missing.")
-        state.update(load_file(file_path, device="cpu"))
+        state.update(load_weights_file(file_path)["model"])
     return state
 
 
@@ -307,7 +296,9 @@ def convert_hf_to_d2(
     _check_loads(cfg, converted.state_dict, os.fspath(src))
 
     os.makedirs(dst, exist_ok=True)
-    torch.save({"model": converted.state_dict}, paths["checkpoint"])
+    save_weights_file(
+        paths["checkpoint"], converted.state_dict, author=f"Hugging Face folder {src}"
+    )
     with open(paths["metadata"], "w") as file:
         json.dump(
             {
@@ -363,7 +354,6 @@ def convert_d2_to_hf(
         mask2former.interop.hf_state_dict.UnmappedKeysError: parameters it has no place for.
     """
     transformers = _transformers()
-    save_file = _safetensors_torch().save_file
     dst = os.fspath(dst)
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else None
@@ -379,7 +369,7 @@ def convert_d2_to_hf(
 
     os.makedirs(dst, exist_ok=True)
     transformers.Mask2FormerConfig(**settings).save_pretrained(dst)
-    save_file(hf_state, os.path.join(dst, _SAFETENSORS), metadata={"format": "pt"})
+    save_weights_file(os.path.join(dst, _SAFETENSORS), hf_state, author="mask2former")
     transformers.Mask2FormerImageProcessor(**hf_preprocessor_from_d2(cfg)).save_pretrained(dst)
 
     _, info = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(
@@ -419,7 +409,7 @@ def convert_d2_checkpoint_to_hf(
     return convert_d2_to_hf(cfg, model, dst)
 
 
-class _CompleteCheckpointer(DetectionCheckpointer):
+class _CompleteCheckpointer(AtomicDetectionCheckpointer):
     """Loads like the Predictor, but a checkpoint that leaves a parameter unset is an error:
     a converted model would silently carry random weights."""
 
