@@ -255,14 +255,30 @@ def test_dispatch_with_extension():
     )
 
 
-def test_cpu_bfloat16_uses_reference_and_is_close():
-    inputs = make_inputs(dtype=torch.bfloat16)
-    expected = ms_deform_attn_reference(
-        *(t.double() if t.is_floating_point() else t for t in inputs)
+# Strides 8, 16 and 32 of a 1024 x 2048 (Cityscapes) image. On a 256-wide map a grid
+# coordinate rounded to bfloat16 is up to half a pixel off; 2x2 maps hide that.
+REALISTIC_SHAPES = ((128, 256), (64, 128), (32, 64))
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])]
+)
+def test_half_precision_matches_float64_on_realistic_maps(device, dtype, autocast):
+    """Half-precision values: the only error left is the rounding of the output."""
+    value, shapes, starts, locations, weights = make_inputs(
+        1, 2, 8, 1000, REALISTIC_SHAPES, 4, dtype=dtype, device=device, low=0.0, high=1.0
     )
-    actual = ms_deform_attn(*inputs)
-    assert actual.dtype == torch.bfloat16
-    torch.testing.assert_close(actual.double(), expected, rtol=5e-2, atol=5e-2)
+    weights = weights / weights.sum((-2, -1), keepdim=True)  # outputs of the values' scale
+    expected = ms_deform_attn_reference(
+        value.double(), shapes, starts, locations.double(), weights.double()
+    )
+    with torch.autocast(device, dtype=dtype, enabled=autocast):
+        actual = ms_deform_attn(value, shapes, starts, locations, weights)
+    assert actual.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(actual.double(), expected, rtol=eps, atol=eps)
 
 
 def test_first_call_logs_choice_once(monkeypatch, caplog):

@@ -168,18 +168,27 @@ def test_every_parameter_gets_a_gradient(name):
     assert no_grad == []
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_msdeform_runs_in_reduced_precision_under_autocast(dtype):
-    decoder = _tiny_msdeform()
-    features = _features(TINY_CHANNELS)
+@pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 0.1), (torch.float16, 0.02)])
+def test_msdeform_under_autocast_matches_float32_on_a_realistic_size(dtype, tolerance):
+    """A 512 x 2048 input: the finest encoder level is 64 x 256, where a grid coordinate
+    rounded to bfloat16 is up to half a pixel off (0.26 error here, against 0.04 when the
+    sampling is done in float32: the rounding of the layers themselves)."""
+    decoder = _tiny_msdeform().eval()
+    features = _features(TINY_CHANNELS, batch=1, height=512, width=2048)
     with torch.no_grad():
-        reference, _ = decoder(features)
+        expected = decoder(features)
         with torch.autocast("cpu", dtype=dtype):
-            mask_features, multi_scale = decoder(features)
-    assert mask_features.dtype == dtype
-    assert all(torch.isfinite(f.float()).all() for f in [mask_features, *multi_scale])
-    error = (mask_features.float() - reference).abs().max()
-    assert error < 0.1 * reference.abs().max()
+            actual = decoder(features)
+    for name, a, e in zip(
+        ["mask features", "level 0", "level 1", "level 2"],
+        [actual[0], *actual[1]],
+        [expected[0], *expected[1]],
+    ):
+        assert a.dtype == dtype, name
+        # outputs of GroupNorm / LayerNorm'd features: unit scale
+        torch.testing.assert_close(
+            a.float(), e, rtol=0, atol=tolerance, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_msdeform_padding_mask_all_false_equals_no_mask():

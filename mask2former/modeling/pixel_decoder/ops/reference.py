@@ -37,35 +37,37 @@ def ms_deform_attn_reference(
     del level_start_index
     batch, _, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    # Sample and sum in float32 for half-precision values (as the kernels accumulate):
+    # half-precision grid coordinates put points up to half a pixel off on a 256-wide map.
+    compute_dtype = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
     sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
     value_per_level = value.split(sizes, dim=1)
     # grid_sample works on [-1, 1] coordinates.
-    grids = 2 * sampling_locations - 1
+    grids = 2 * sampling_locations.to(compute_dtype) - 1
     sampled = []
     for level, (height, width) in enumerate(spatial_shapes.tolist()):
-        # (N, H_l * W_l, M, D) -> (N * M, D, H_l, W_l)
+        # (N, H_l * W_l, M, D) -> (N * M, D, H_l, W_l), a contiguous copy: grid_sample's CPU
+        # kernel reads the strided view wrongly for half types on large maps.
         level_value = (
             value_per_level[level]
             .flatten(2)
             .transpose(1, 2)
             .reshape(batch * num_heads, head_dim, int(height), int(width))
+            .to(compute_dtype)
+            .contiguous()
         )
         # (N, Q, M, P, 2) -> (N * M, Q, P, 2)
         level_grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
         # (N * M, D, Q, P)
         sampled.append(
             F.grid_sample(
-                level_value,
-                level_grid.to(level_value.dtype),
-                mode="bilinear",
-                padding_mode="zeros",
-                align_corners=False,
+                level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False
             )
         )
     # (N, Q, M, L, P) -> (N * M, 1, Q, L * P)
-    weights = attention_weights.transpose(1, 2).reshape(
-        batch * num_heads, 1, num_queries, num_levels * num_points
-    )
+    weights = attention_weights.to(compute_dtype).transpose(1, 2)
+    weights = weights.reshape(batch * num_heads, 1, num_queries, num_levels * num_points)
     # (N * M, D, Q, L * P) weighted sum over points -> (N * M, D, Q)
-    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights.to(value.dtype)).sum(-1)
-    return output.view(batch, num_heads * head_dim, num_queries).transpose(1, 2).contiguous()
+    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
+    output = output.view(batch, num_heads * head_dim, num_queries).transpose(1, 2)
+    return output.to(value.dtype).contiguous()
