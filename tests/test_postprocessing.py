@@ -245,3 +245,45 @@ def test_results_on_needed_queries_equal_results_on_all():
     assert torch.equal(full.pred_masks, part.pred_masks)
     assert torch.equal(full.scores, part.scores)
     assert torch.equal(full.pred_classes, part.pred_classes)
+
+
+def _every_output(class_logits, mask_logits):
+    mask_probs = resize_mask_logits(mask_logits, (96, 120), (90, 110), (60, 70)).sigmoid()
+    semantic = semantic_inference(class_logits, mask_probs)
+    segment_ids, segments = panoptic_inference(
+        class_logits,
+        mask_probs,
+        thing_classes=THINGS,
+        object_mask_threshold=0.5,
+        overlap_threshold=0.8,
+        mask_threshold=0.5,
+    )
+    instances = instance_inference(
+        class_logits, mask_probs, topk=10, mask_threshold=0.5, thing_classes=THINGS
+    )
+    return {
+        "mask_probs": mask_probs,
+        "semantic": semantic,
+        "segment_ids": segment_ids,
+        "segments": segments,
+        "instance masks": instances.pred_masks,
+        "instance scores": instances.scores,
+        "instance boxes": instances.pred_boxes.tensor,
+        "instance classes": instances.pred_classes,
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_post_processing_is_float32_under_autocast(dtype):
+    """Called under autocast (as by a caller's own mixed-precision loop), the functions still
+    compute in float32: the same results as without autocast."""
+    class_logits, mask_logits = _random_prediction(num_queries=20, seed=2)
+    expected = _every_output(class_logits, mask_logits)
+    with torch.autocast("cpu", dtype=dtype):
+        actual = _every_output(class_logits, mask_logits)
+    assert actual["mask_probs"].dtype == actual["semantic"].dtype == torch.float32
+    for name, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(actual[name], value), name
+        else:
+            assert actual[name] == value, name

@@ -8,16 +8,23 @@ weights, applied as banded matrix products, with no padded-size intermediate); t
 once, takes the sigmoid once and shares the probabilities between the outputs, and can restrict
 both to the queries the enabled outputs read (see ``panoptic_queries``, ``instance_queries``).
 
+Every function computes in float32 with autocast off, whatever the caller's autocast state and
+input dtypes: mask probabilities are compared with thresholds, and bfloat16 products would
+move pixels across them.
+
 Shape legend:
     Q: queries, K: classes (without "no object"), H, W: output size, h, w: predicted mask size.
 """
 
-from typing import Collection, Dict, List, Optional, Tuple
+import functools
+from typing import Callable, Collection, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, Boxes, Instances
 from torch import Tensor
+
+_Function = TypeVar("_Function", bound=Callable)
 
 __all__ = [
     "resize_mask_logits",
@@ -27,6 +34,25 @@ __all__ = [
     "instance_queries",
     "instance_inference",
 ]
+
+
+def _float32(function: _Function) -> _Function:
+    """Run ``function`` with autocast off on the device of its first (tensor) argument and its
+    tensor arguments in float32."""
+
+    def as_float32(value):
+        return value.float() if isinstance(value, Tensor) and value.is_floating_point() else value
+
+    @functools.wraps(function)
+    def wrapper(first: Tensor, *args, **kwargs):
+        with torch.autocast(first.device.type, enabled=False):
+            return function(
+                as_float32(first),
+                *(as_float32(arg) for arg in args),
+                **{name: as_float32(value) for name, value in kwargs.items()},
+            )
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _resampling_matrix(
@@ -49,6 +75,7 @@ def _resampling_matrix(
     return resized[0, 0]
 
 
+@_float32
 def resize_mask_logits(
     mask_logits: Tensor,
     padded_size: Tuple[int, int],
@@ -61,7 +88,7 @@ def resize_mask_logits(
     keeping the top-left ``image_size`` region and bilinearly resizing it to ``output_size``.
 
     Args:
-        mask_logits: (Q, h, w) mask logits of one image (float32).
+        mask_logits: (Q, h, w) mask logits of one image.
         padded_size: (height, width) of the padded network input.
         image_size: (height, width) of the image inside the padded input.
         output_size: (height, width) to return.
@@ -106,6 +133,7 @@ def _apply_banded(matrix: Tensor, masks: Tensor, dim: int, block_size: int = 32)
     return torch.cat(pieces, dim)
 
 
+@_float32
 def semantic_inference(class_logits: Tensor, mask_probs: Tensor) -> Tensor:
     """Per-class probability maps: softmax classes (without no-object) x sigmoid masks.
 
@@ -120,6 +148,7 @@ def semantic_inference(class_logits: Tensor, mask_probs: Tensor) -> Tensor:
     return torch.einsum("qk,qhw->khw", class_probs, mask_probs)
 
 
+@_float32
 def panoptic_queries(class_logits: Tensor, object_mask_threshold: float) -> Tensor:
     """Queries panoptic inference considers: class != no-object and score > threshold.
 
@@ -134,6 +163,7 @@ def panoptic_queries(class_logits: Tensor, object_mask_threshold: float) -> Tens
     return labels.ne(class_logits.shape[-1] - 1) & (scores > object_mask_threshold)
 
 
+@_float32
 def panoptic_inference(
     class_logits: Tensor,
     mask_probs: Tensor,
@@ -202,6 +232,7 @@ def panoptic_inference(
     return panoptic_seg, segments_info
 
 
+@_float32
 def instance_queries(
     class_logits: Tensor, topk: int, thing_classes: Optional[Collection[int]] = None
 ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -229,6 +260,7 @@ def instance_queries(
     return scores, labels, queries
 
 
+@_float32
 def instance_inference(
     class_logits: Tensor,
     mask_probs: Tensor,

@@ -180,26 +180,22 @@ class MaskFormer(nn.Module):
     def inference(
         self, outputs: Dict, batched_inputs: List[Dict], images: ImageList
     ) -> List[Dict[str, object]]:
-        """Per-image outputs at each input's "height" x "width", computed in float32."""
+        """Per-image outputs at each input's "height" x "width".
+
+        The post-processing functions compute in float32 with autocast off (see
+        :mod:`mask2former.modeling.postprocessing`), whatever the precision of the forward.
+        """
         padded_size = tuple(images.tensor.shape[-2:])
-        class_logits = outputs["pred_logits"].float()
-        mask_logits = outputs["pred_masks"].float()
+        class_logits = outputs["pred_logits"]
+        mask_logits = outputs["pred_masks"]
         results = []
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            for index, (inputs, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
-                output_size = (
-                    inputs.get("height", image_size[0]),
-                    inputs.get("width", image_size[1]),
+        for index, (inputs, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            output_size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
+            results.append(
+                self.inference_single_image(
+                    class_logits[index], mask_logits[index], padded_size, image_size, output_size
                 )
-                results.append(
-                    self.inference_single_image(
-                        class_logits[index],
-                        mask_logits[index],
-                        padded_size,
-                        image_size,
-                        output_size,
-                    )
-                )
+            )
         return results
 
     def inference_single_image(
