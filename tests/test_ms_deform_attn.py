@@ -4,6 +4,7 @@ import logging
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -290,6 +291,36 @@ def test_first_call_logs_choice_once(monkeypatch, caplog):
     messages = [r.getMessage() for r in caplog.records if "cpu/float64" in r.getMessage()]
     assert len(messages) == 1
     assert functional.implementation_for("cpu", torch.float64).replace("_", " ") in messages[0]
+
+
+@pytest.mark.parametrize("extension", ["missing", "built without CUDA"])
+def test_cuda_fallback_to_the_reference_warns_once_with_the_rebuild_command(
+    monkeypatch, caplog, extension
+):
+    monkeypatch.setattr(functional, "_logged_choices", set())
+    without_cuda = SimpleNamespace(cuda_built=lambda: False)
+    monkeypatch.setattr(functional, "_C", None if extension == "missing" else without_cuda)
+    implementation = functional.implementation_for("cuda", torch.float16)
+    assert implementation == functional.REFERENCE
+    with caplog.at_level(logging.INFO, logger=functional.__name__):
+        # what ms_deform_attn does at each call with a CUDA tensor
+        functional._log_choice_once("cuda", torch.float16, implementation)
+        functional._log_choice_once("cuda", torch.float16, implementation)
+    [record] = [r for r in caplog.records if "cuda/float16" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "slower" in record.getMessage()
+    assert "pip install --no-build-isolation" in record.getMessage()
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_tensor_without_extension_warns(monkeypatch, caplog):
+    monkeypatch.setattr(functional, "_logged_choices", set())
+    monkeypatch.setattr(functional, "_C", None)
+    inputs = make_inputs(dtype=torch.float32, device="cuda")
+    with caplog.at_level(logging.WARNING, logger=functional.__name__):
+        torch.testing.assert_close(ms_deform_attn(*inputs), ms_deform_attn_reference(*inputs))
+    assert any("pip install" in r.getMessage() for r in caplog.records)
 
 
 def test_import_without_extension_uses_reference():

@@ -88,16 +88,39 @@ def implementation_for(device_type: str, dtype: torch.dtype) -> str:
     return REFERENCE
 
 
+# How to build the CUDA kernels, for the warning below.
+_CUDA_REBUILD_COMMAND = "FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e ."
+
+
 def _log_choice_once(device_type: str, dtype: torch.dtype, implementation: str) -> None:
+    """Log the implementation picked for a device type and dtype, the first time only.
+
+    A CUDA tensor on the PyTorch reference is a WARNING: the extension is missing or was
+    built without CUDA, and the reference is many times slower and uses much more memory.
+    """
     key = (device_type, dtype, implementation)
-    if key not in _logged_choices:
-        _logged_choices.add(key)
-        logger.info(
-            "multi-scale deformable attention on %s/%s uses the %s",
-            device_type,
-            str(dtype).replace("torch.", ""),
-            implementation.replace("_", " "),
+    if key in _logged_choices:
+        return
+    _logged_choices.add(key)
+    dtype_name = str(dtype).replace("torch.", "")
+    if device_type == "cuda" and implementation == REFERENCE:
+        reason = "not built" if _C is None else "built without CUDA"
+        logger.warning(
+            "multi-scale deformable attention on cuda/%s uses the PyTorch reference because the "
+            "compiled extension is %s: it is much slower and needs much more memory. Rebuild "
+            "it with nvcc (CUDA %s) on the PATH: `%s`.",
+            dtype_name,
+            reason,
+            torch.version.cuda,
+            _CUDA_REBUILD_COMMAND,
         )
+        return
+    logger.info(
+        "multi-scale deformable attention on %s/%s uses the %s",
+        device_type,
+        dtype_name,
+        implementation.replace("_", " "),
+    )
 
 
 def _tracing() -> bool:
