@@ -13,11 +13,9 @@ Examples::
     python train_net.py --config-file CONFIG --num-gpus 8
 """
 
-import logging
 import os
 import sys
 
-import torch
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -30,23 +28,19 @@ from mask2former.data.bad_samples import TooManyBadSamplesError
 from mask2former.engine import AtomicDetectionCheckpointer, MaskFormerTrainer
 from mask2former.engine.train_loops import NonFiniteLossError
 from mask2former.utils.cpu_memory import keep_freed_memory
+from mask2former.utils.device import runnable_device
 from mask2former.utils.weights_io import WeightsFileError
-
-logger = logging.getLogger("mask2former")
 
 
 def setup(args) -> CfgNode:
     """Load the config (file + overrides), pick the device and set up logging and OUTPUT_DIR."""
     cfg = load_config(args.config_file, args.opts)
+    # first, so that the log file gets the warnings of what follows
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
     # the official configs assume GPUs; on a CPU-only machine run there (gloo for N > 1)
-    moved_to_cpu = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
-    if moved_to_cpu:
-        cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = str(runnable_device(cfg.MODEL.DEVICE))
     cfg.freeze()
     default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
-    if moved_to_cpu:
-        logger.info("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
     if cfg.MODEL.DEVICE == "cpu":
         keep_freed_memory()  # faster CPU inference (mask2former/utils/cpu_memory.py)
     return cfg

@@ -32,6 +32,7 @@ from .config import load_config
 from .engine.checkpoint import AtomicDetectionCheckpointer
 from .interop.huggingface import load_hf_folder
 from .utils.cpu_memory import keep_freed_memory
+from .utils.device import runnable_device
 from .utils.image_io import ImageSource, read_image
 from .utils.results import Prediction, prediction_from_model_output
 from .utils.visualization import TASKS, class_names_from_metadata
@@ -60,17 +61,11 @@ def _check_weights(weights: str) -> None:
 
 
 def _resolve_device(requested: Optional[str], configured: str) -> torch.device:
-    if requested is not None:
-        device = torch.device(requested)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device={requested!r} was asked for, but CUDA is not available.")
-        return device
-    device = torch.device(configured)
+    if requested is None:
+        return runnable_device(configured)
+    device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        logger.warning(
-            "MODEL.DEVICE is %r but CUDA is not available: running on the CPU.", configured
-        )
-        return torch.device("cpu")
+        raise RuntimeError(f"device={requested!r} was asked for, but CUDA is not available.")
     return device
 
 

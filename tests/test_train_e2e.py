@@ -149,15 +149,18 @@ def test_two_process_training_over_gloo(tmp_path):
     config = os.path.join(SHAPES, "maskformer2_R18_semantic.yaml")
     script = [sys.executable, os.path.join(REPO, "train_net.py")]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    # MODEL.DEVICE cuda, as in the official configs, with no GPU visible: CPU, with a warning
     train = [
         *script, "--num-gpus", "2", "--config-file", config,
-        *TINY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
+        *TINY, "MODEL.DEVICE", "cuda", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
         "SOLVER.SAVE_SAFETENSORS", "True",
     ]  # fmt: skip
     run = subprocess.run(train, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     log = (tmp_path / "log.txt").read_text()
     assert "World size: 2" in log
+    [warning] = [line for line in log.splitlines() if "CUDA is not available" in line]
+    assert "WARNING" in warning and "slower" in warning
     assert "mIoU" in log
     assert (tmp_path / "model_final.pth").is_file()
 
