@@ -13,6 +13,7 @@ sets whose metadata has no ``ignore_label``; where it has one, the dataset mappe
 and log a config that disagrees (Mapillary Vistas: 65).
 """
 
+import copy
 import difflib
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -31,24 +32,33 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
 
     Also declares the DeepLab-style ResNet keys (``MODEL.RESNETS.STEM_TYPE``,
     ``MODEL.RESNETS.RES5_MULTI_GRID``, ``SOLVER.POLY_LR_*``, ...) through detectron2's
-    `add_deeplab_config`, because the official YAML files carry them. Idempotent: a config that
-    already has the keys (e.g. from an earlier call, possibly followed by merges) is left
-    unchanged, so callers may also call `add_deeplab_config` themselves before merging files,
-    as the official train_net did, in either order.
+    `add_deeplab_config`, because the official YAML files carry them. Only missing keys are
+    added: a key that `cfg` already has keeps its value. So the function is idempotent, may be
+    called before or after `add_deeplab_config` (as the official train_net did), and completes
+    a config prepared for MaskFormer (v1), which has ``MODEL.MASK_FORMER`` without the
+    Mask2Former keys.
 
     Args:
         cfg: a detectron2 config, usually from `detectron2.config.get_cfg()`; must not be frozen.
     """
-    if "STEM_TYPE" not in cfg.MODEL.RESNETS:
-        add_deeplab_config(cfg)
-    if "MASK_FORMER" in cfg.MODEL:
-        return
-    _add_input_config(cfg)
-    _add_data_config(cfg)
-    _add_solver_config(cfg)
-    _add_mask_former_config(cfg)
-    _add_pixel_decoder_config(cfg)
-    _add_swin_config(cfg)
+    declared = get_cfg()
+    add_deeplab_config(declared)
+    _add_input_config(declared)
+    _add_data_config(declared)
+    _add_solver_config(declared)
+    _add_mask_former_config(declared)
+    _add_pixel_decoder_config(declared)
+    _add_swin_config(declared)
+    _add_missing_keys(cfg, declared)
+
+
+def _add_missing_keys(cfg: CfgNode, declared: CfgNode) -> None:
+    """Copy into `cfg` every key of `declared` that `cfg` lacks, recursively."""
+    for name, value in declared.items():
+        if name not in cfg:
+            cfg[name] = copy.deepcopy(value)
+        elif isinstance(value, CfgNode) and isinstance(cfg[name], CfgNode):
+            _add_missing_keys(cfg[name], value)
 
 
 def _add_input_config(cfg: CfgNode) -> None:

@@ -1,15 +1,12 @@
-"""Tests of mask2former.config: official defaults, documentation, YAML merging, typo errors."""
+"""Tests of mask2former.config: official defaults, declared keys, YAML merging, typo errors."""
 
-import ast
-import inspect
 import json
 
 import pytest
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.projects.deeplab import add_deeplab_config
 
-from mask2former import config as config_module
 from mask2former.config import UnknownConfigKeyError, add_maskformer2_config, load_config
 
 # Defaults of the official Mask2Former release (add_maskformer2_config in its config.py).
@@ -116,67 +113,77 @@ def test_default_equals_official_value(cfg, key):
     assert type(_get(cfg, key)) is type(expected)
 
 
-def _declared_keys_with_comments():
-    """(dotted key, comment line above it or None) for each `cfg.X = ...` in config.py."""
-    source = inspect.getsource(config_module)
-    lines = source.splitlines()
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.Assign):
-            continue
-        target = node.targets[0]
-        if not isinstance(target, ast.Attribute):
-            continue
-        dotted = ast.unparse(target)
-        if not dotted.startswith("cfg."):
-            continue
-        above = lines[node.lineno - 2].strip()
-        found.append((dotted[len("cfg.") :], above if above.startswith("#") else None))
-    return found
+def _leaf_keys(node, prefix=""):
+    keys = set()
+    for name, value in node.items():
+        if isinstance(value, CfgNode):
+            keys |= _leaf_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(prefix + name)
+    return keys
 
 
-def test_every_declared_key_has_a_comment():
-    declared = _declared_keys_with_comments()
-    assert len(declared) >= len(OFFICIAL_DEFAULTS) + len(NEW_KEY_DEFAULTS) - 4
-    undocumented = [key for key, comment in declared if comment is None]
-    assert undocumented == []
+def test_declares_exactly_the_keys_checked_here():
+    with_deeplab = get_cfg()
+    add_deeplab_config(with_deeplab)
+    full = get_cfg()
+    add_maskformer2_config(full)
+    ours = _leaf_keys(full) - _leaf_keys(with_deeplab)
+    deeplab_keys = {key for key in OFFICIAL_DEFAULTS if key in _leaf_keys(with_deeplab)}
+    assert ours == set(OFFICIAL_DEFAULTS) - deeplab_keys | set(NEW_KEY_DEFAULTS)
+    assert _leaf_keys(with_deeplab) <= _leaf_keys(full)
 
 
-def test_every_declared_key_is_checked_here():
-    declared = {key for key, _ in _declared_keys_with_comments()}
-    sections = {"MODEL.MASK_FORMER", "MODEL.MASK_FORMER.TEST", "MODEL.SWIN"}
-    assert declared - sections == set(OFFICIAL_DEFAULTS) - {
-        "MODEL.RESNETS.STEM_TYPE",
-        "MODEL.RESNETS.RES5_MULTI_GRID",
-        "SOLVER.POLY_LR_POWER",
-        "SOLVER.POLY_LR_CONSTANT_ENDING",
-    } | set(NEW_KEY_DEFAULTS)
+def _maskformer_v1_config():
+    """A config as MaskFormer (v1)'s add_mask_former_config leaves it: MODEL.MASK_FORMER and
+    the other v1 keys, none of the Mask2Former-only ones; values changed from the defaults."""
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_panoptic"
+    cfg.INPUT.COLOR_AUG_SSD = True
+    cfg.INPUT.SIZE_DIVISIBILITY = 512
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.5
+    mask_former = cfg.MODEL.MASK_FORMER = CfgNode()
+    mask_former.DEEP_SUPERVISION = False
+    mask_former.NO_OBJECT_WEIGHT = 0.2
+    mask_former.DICE_WEIGHT = 3.0
+    mask_former.MASK_WEIGHT = 4.0
+    mask_former.NHEADS = 4
+    mask_former.DROPOUT = 0.0
+    mask_former.DIM_FEEDFORWARD = 512
+    mask_former.ENC_LAYERS = 2
+    mask_former.DEC_LAYERS = 3
+    mask_former.PRE_NORM = True
+    mask_former.HIDDEN_DIM = 128
+    mask_former.NUM_OBJECT_QUERIES = 50
+    mask_former.TRANSFORMER_IN_FEATURE = "res4"
+    mask_former.ENFORCE_INPUT_PROJ = True
+    mask_former.TEST = CfgNode()
+    mask_former.TEST.SEMANTIC_ON = False
+    mask_former.TEST.PANOPTIC_ON = True
+    mask_former.TEST.OBJECT_MASK_THRESHOLD = 0.7
+    mask_former.TEST.OVERLAP_THRESHOLD = 0.6
+    mask_former.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = True
+    mask_former.SIZE_DIVISIBILITY = 64
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 128
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 1
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    return cfg
 
 
-def test_new_keys_are_marked_as_not_official():
-    comments = {}
-    source_lines = inspect.getsource(config_module).splitlines()
-    for key, _ in _declared_keys_with_comments():
-        line = next(i for i, text in enumerate(source_lines) if f"cfg.{key} =" in text)
-        block = []
-        for text in reversed(source_lines[:line]):
-            if not text.strip().startswith("#"):
-                break
-            block.append(text)
-        comments[key] = " ".join(block)
-    for key in NEW_KEY_DEFAULTS:
-        assert "Not in the official release" in comments[key], key
-    for key in OFFICIAL_DEFAULTS:
-        if key in comments:
-            assert "Not in the official release" not in comments[key], key
-
-
-def test_odd_meanings_are_documented_where_declared():
-    source = inspect.getsource(config_module)
-    dec_layers = source[: source.index("cfg.MODEL.MASK_FORMER.DEC_LAYERS =")].rsplit("\n\n", 1)[-1]
-    assert "DEC_LAYERS - 1" in dec_layers
-    pad = source[: source.index("cfg.INPUT.SIZE_DIVISIBILITY =")].rsplit("\n\n", 1)[-1]
-    assert "fixed pad size" in pad
+def test_completes_a_config_prepared_for_maskformer_v1(cfg):
+    v1 = _maskformer_v1_config()
+    v1_values = {key: _get(v1, key) for key in _leaf_keys(v1)}
+    add_maskformer2_config(v1)
+    assert _leaf_keys(v1) == _leaf_keys(cfg)
+    for key in _leaf_keys(cfg):
+        expected = v1_values[key] if key in v1_values else _get(cfg, key)
+        assert _get(v1, key) == expected, key
+    # a Mask2Former file that sets v2-only keys now merges into it
+    v1.merge_from_other_cfg(CfgNode({"MODEL": {"MASK_FORMER": {"CLASS_WEIGHT": 2.0}}}))
+    assert v1.MODEL.MASK_FORMER.CLASS_WEIGHT == 2.0
 
 
 def test_add_config_is_idempotent_and_order_free(cfg):
