@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     args = build_argument_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        report = run_demo(args)
+        report = run_demo(args, tune_cpu_allocator=True)  # a script may change the process
     except DemoError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

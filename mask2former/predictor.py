@@ -103,6 +103,7 @@ class Predictor:
         return_probabilities: bool = False,
         array_channel_order: str = "RGB",
         state_dict: Optional[Mapping[str, torch.Tensor]] = None,
+        tune_cpu_allocator: bool = False,
     ):
         """
         Args:
@@ -121,6 +122,11 @@ class Predictor:
                 matplotlib) or "BGR" (OpenCV).
             state_dict: weights already in memory (our parameter names), loaded strictly
                 instead of a checkpoint file; ``weights`` then only records their origin.
+            tune_cpu_allocator: on a CPU, make glibc keep freed memory for reuse
+                (:func:`mask2former.utils.cpu_memory.keep_freed_memory`): faster inference
+                (see BENCHMARKS.md), but it changes the allocator of the whole process, which
+                then keeps its peak memory. Off by default, so that a predictor built inside
+                another application leaves its memory behaviour alone; the demo turns it on.
 
         Raises:
             FileNotFoundError: the config file is missing.
@@ -138,8 +144,7 @@ class Predictor:
         if state_dict is None:
             _check_weights(weights)
         self.device = _resolve_device(device, cfg.MODEL.DEVICE)
-        if self.device.type == "cpu":
-            # 12-23% less inference time on a CPU; MASK2FORMER_KEEP_FREED_MEMORY=0 turns it off
+        if tune_cpu_allocator and self.device.type == "cpu":
             keep_freed_memory()
         cfg.MODEL.DEVICE = str(self.device)
         cfg.MODEL.WEIGHTS = weights

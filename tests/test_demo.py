@@ -17,6 +17,7 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 
 import mask2former.apps.cli as demo_utils
+from mask2former import predictor as predictor_module
 from mask2former.predictor import Predictor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -336,3 +337,11 @@ def test_command_line_exit_status(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 1
     assert "MODEL.WEIGTHS (did you mean MODEL.WEIGHTS" in result.stderr
+
+
+def test_the_demo_script_tunes_the_cpu_allocator(weights, images, tmp_path, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(predictor_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    argv = ["--config-file", CONFIG, "--input", images["good"][0], "--output", str(tmp_path)]
+    status, _, _ = _run(argv + ["--opts", "MODEL.WEIGHTS", weights], capsys)
+    assert status == 0 and calls == [1]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mask2former import predictor as predictor_module
 from mask2former.config import UnknownConfigKeyError
 from mask2former.predictor import Predictor, WeightsNotFoundError
 from mask2former.utils.image_io import ImageReadError
@@ -205,3 +206,13 @@ def test_config_typos_are_named(tmp_path):
         Predictor(str(tmp_path / "nowhere.yaml"), "")
     with pytest.raises(ValueError, match="precision"):
         Predictor(CONFIG, "", precision="int8")
+
+
+def test_cpu_allocator_is_left_alone_unless_asked(weights, monkeypatch):
+    """A library object does not change the process: only tune_cpu_allocator=True does."""
+    calls = []
+    monkeypatch.setattr(predictor_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    Predictor(CONFIG, weights, device="cpu")
+    assert calls == []
+    Predictor(CONFIG, weights, device="cpu", tune_cpu_allocator=True)
+    assert calls == [1]

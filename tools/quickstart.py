@@ -201,7 +201,9 @@ def _demo(cfg: CfgNode, weights: str, demo_dir: str, count: int, force: bool) ->
     if not force and all(os.path.isfile(path) for path in pictures):
         print(f"Reusing the pictures in {demo_dir} (--force redoes them).")
         return pictures
-    predictor = Predictor(cfg, weights, tasks=("panoptic", "instance", "semantic"))
+    predictor = Predictor(
+        cfg, weights, tasks=("panoptic", "instance", "semantic"), tune_cpu_allocator=True
+    )
     report = run_images(
         predictor,
         [os.path.join(image_root, name) for name in images],

@@ -499,7 +499,12 @@ def run_webcam(predictor: Predictor, output: Optional[str], task: str) -> DemoRe
 
 
 def build_predictor(
-    args: argparse.Namespace, cfg: CfgNode, *, tasks: Sequence[str], score_threshold: float
+    args: argparse.Namespace,
+    cfg: CfgNode,
+    *,
+    tasks: Sequence[str],
+    score_threshold: float,
+    tune_cpu_allocator: bool = False,
 ) -> Predictor:
     """The demos' predictor for the options of :func:`add_model_arguments`.
 
@@ -513,6 +518,7 @@ def build_predictor(
             precision=args.precision,
             tasks=tasks,
             score_threshold=score_threshold,
+            tune_cpu_allocator=tune_cpu_allocator,
         )
     except WeightsNotFoundError as error:
         raise DemoError(f"{error} (set with --opts MODEL.WEIGHTS PATH)") from error
@@ -520,8 +526,15 @@ def build_predictor(
         raise DemoError(str(error)) from error
 
 
-def run_demo(args: argparse.Namespace, *, progress: bool = True) -> DemoReport:
+def run_demo(
+    args: argparse.Namespace, *, progress: bool = True, tune_cpu_allocator: bool = False
+) -> DemoReport:
     """Run the demo for parsed command-line arguments (see :func:`build_argument_parser`).
+
+    Args:
+        args: the parsed command line.
+        progress: show progress bars.
+        tune_cpu_allocator: passed to the :class:`Predictor` (``demo/demo.py`` turns it on).
 
     Raises:
         DemoError: a problem that stops the whole run (config, weights, video, output).
@@ -537,7 +550,13 @@ def run_demo(args: argparse.Namespace, *, progress: bool = True) -> DemoReport:
     if args.video_input:
         _open_video(args.video_input).release()  # fail before building the model
     tasks = [name for name in TASKS if name == task or cfg.MODEL.MASK_FORMER.TEST[_TASK_KEYS[name]]]
-    predictor = build_predictor(args, cfg, tasks=tasks, score_threshold=args.confidence_threshold)
+    predictor = build_predictor(
+        args,
+        cfg,
+        tasks=tasks,
+        score_threshold=args.confidence_threshold,
+        tune_cpu_allocator=tune_cpu_allocator,
+    )
     if args.webcam:
         return run_webcam(predictor, args.output, task)
     output = args.output or DEFAULT_OUTPUT

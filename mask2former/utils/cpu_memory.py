@@ -1,18 +1,18 @@
 """Keep freed memory in the process instead of handing it back to the OS (glibc only).
 
-On a CPU, a Mask2Former forward allocates many large short-lived tensors (the encoder's
-feed-forward activations are 80 MB for an 800 px COCO image). glibc serves every block
-above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and unmaps it on free, so
-the next forward pays a page fault for every 4 KiB page again. On the 2-core development
-machine that is 12-23% of the R50 COCO inference time (see BENCHMARKS.md, "CPU
-inference"). Telling glibc never to mmap and never to trim the heap makes freed blocks
-reusable, at the price of the process keeping its peak memory.
+On a CPU, a Mask2Former forward allocates many large short-lived tensors (the deformable
+encoder's feed-forward activations, for instance). glibc serves every block above its mmap
+threshold with a fresh ``mmap`` and unmaps it on free, so the next forward pays a page fault
+for every 4 KiB page again. Telling glibc never to mmap and never to trim the heap makes freed
+blocks reusable, at the price of the process keeping its peak memory. What it saves is
+measured in BENCHMARKS.md ("CPU inference").
 
-On a CPU, :class:`mask2former.Predictor` (so ``demo/demo.py``), ``train_net.py``, the
-quickstart and the benchmarks call :func:`keep_freed_memory`; a program that runs the model
-without the predictor may call it itself. Setting ``MASK2FORMER_KEEP_FREED_MEMORY=0``
-turns it off; it is also skipped when glibc is not the allocator or when the user already
-tunes malloc (``MALLOC_*`` variables, or a preloaded jemalloc / tcmalloc).
+It changes the whole process, so only entry points switch it on: ``demo/demo.py`` (through
+``Predictor(..., tune_cpu_allocator=True)``), ``train_net.py``, the quickstart and the
+benchmarks, on a CPU. A program that embeds the model may call :func:`keep_freed_memory`
+itself. Setting ``MASK2FORMER_KEEP_FREED_MEMORY=0`` turns it off; it is also skipped when
+glibc is not the allocator or when the user already tunes malloc (``MALLOC_*`` variables, or
+a preloaded jemalloc / tcmalloc).
 """
 
 import ctypes
