@@ -419,17 +419,30 @@ def test_amp_float16_falls_back_to_float32_on_cpu():
 
 
 class _LossModel(nn.Module):
-    """Records the dtype its matmul runs in and returns a loss dict."""
+    """Records the dtype its matmul runs in, whether gradients were cleared before its forward
+    and whether its backward ran under autocast; returns a loss dict."""
 
     def __init__(self):
         super().__init__()
         self.linear = nn.Linear(4, 1)
         self.seen_dtypes = []
+        self.grads_cleared = []
+        self.backward_under_autocast = []
 
     def forward(self, batch):
+        self.grads_cleared.append(self.linear.weight.grad is None)
         out = self.linear(batch)
         self.seen_dtypes.append(out.dtype)
+        out.register_hook(
+            lambda grad: self.backward_under_autocast.append(torch.is_autocast_enabled("cpu"))
+        )
         return {"loss": out.float().pow(2).mean()}
+
+
+class _RecordingSGD(torch.optim.SGD):
+    def step(self, closure=None):
+        self.under_autocast = torch.is_autocast_enabled("cpu")
+        return super().step(closure)
 
 
 def test_amp_bfloat16_trains_under_cpu_autocast():
@@ -437,7 +450,7 @@ def test_amp_bfloat16_trains_under_cpu_autocast():
 
     cfg = _cfg("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16")
     model = _LossModel()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = _RecordingSGD(model.parameters(), lr=0.1)
     batch = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     loop = build_train_loop(cfg, model, [batch, batch], optimizer)
     assert isinstance(loop, CPUAutocastTrainer)
@@ -446,9 +459,36 @@ def test_amp_bfloat16_trains_under_cpu_autocast():
     with loop.storage:
         loop.run_step()
     assert model.seen_dtypes == [torch.bfloat16]
+    assert model.backward_under_autocast == [False] and optimizer.under_autocast is False
+    assert not torch.is_autocast_enabled("cpu")
     assert model.linear.weight.dtype == torch.float32
     assert torch.isfinite(model.linear.weight.grad).all()
     assert not torch.equal(model.linear.weight, before)
+
+
+def test_cpu_autocast_trainer_keeps_simple_trainer_options():
+    """zero_grad_before_forward and async metrics, as SimpleTrainer.run_step does them."""
+    from mask2former.engine.trainer import CPUAutocastTrainer
+
+    model = _LossModel()
+    batch = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    loop = CPUAutocastTrainer(
+        model,
+        [batch] * 3,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        zero_grad_before_forward=True,
+        async_write_metrics=True,
+    )
+    loop.storage = EventStorage(0)
+    with loop.storage:
+        for iteration in range(2):
+            loop.iter = loop.storage.iter = iteration
+            loop.run_step()
+        loop.after_train()  # waits for the metrics written asynchronously
+        history = loop.storage.history("total_loss")
+    assert model.grads_cleared == [True, True]
+    assert model.seen_dtypes == [torch.bfloat16] * 2
+    assert len(history.values()) == 2
 
 
 @pytest.mark.cuda

@@ -1,19 +1,19 @@
 """``MaskFormerTrainer``: Detectron2's ``DefaultTrainer`` wired with the Mask2Former pieces."""
 
+import contextlib
+import functools
 import logging
 import os
-import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 from mask2former.data import bad_samples, build_dataset_mapper
 
@@ -34,35 +34,67 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+@contextlib.contextmanager
+def _ddp_for_cpu_processes(cfg: CfgNode) -> Iterator[None]:
+    """Let ``DefaultTrainer.__init__`` wrap a CPU model for multi-process (gloo) training.
+
+    It calls ``create_ddp_model(model, broadcast_buffers=False)``, which passes
+    ``device_ids=[local rank]``: right for CUDA, refused by ``DistributedDataParallel`` for a
+    CPU model. For a CPU model in a multi-process run, ``device_ids=None`` is passed instead
+    while the trainer is built; otherwise nothing changes.
+    """
+    if comm.get_world_size() == 1 or torch.device(cfg.MODEL.DEVICE).type == "cuda":
+        yield
+        return
+    create_ddp_model = d2_defaults.create_ddp_model
+    d2_defaults.create_ddp_model = functools.partial(create_ddp_model, device_ids=None)
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = create_ddp_model
+
+
 class CPUAutocastTrainer(NonFiniteLossCheck, SimpleTrainer):
-    """``SimpleTrainer`` whose forward pass runs under CPU autocast (bfloat16, no loss scaling).
+    """``SimpleTrainer`` whose model forward runs under CPU autocast (bfloat16, no loss scaling).
 
     Detectron2's ``AMPTrainer`` is CUDA-only; bfloat16 has float32's range, so on a CPU the
-    forward can run in it without a gradient scaler. Backward and the optimizer step run
-    outside autocast, on the float32 parameters.
+    forward can run in it without a gradient scaler. Only the forward differs from
+    ``SimpleTrainer.run_step``, which is reused as it is (``zero_grad_before_forward``, async
+    metrics, ...): for the length of a step, hooks on the model enter autocast when its forward
+    starts and leave it when the forward returns or raises, so the backward pass and the
+    optimizer step run outside autocast, on the float32 parameters.
     """
 
     def __init__(
-        self, model, data_loader, optimizer, precision: torch.dtype = torch.bfloat16, **kwargs
+        self, model, data_loader, optimizer, *, precision: torch.dtype = torch.bfloat16, **kwargs
     ):
+        """
+        Args:
+            model, data_loader, optimizer, kwargs: as for ``SimpleTrainer`` (and
+                ``NonFiniteLossCheck``'s ``checkpoint_dir``).
+            precision: the autocast dtype.
+        """
         super().__init__(model, data_loader, optimizer, **kwargs)
         self.precision = precision
 
     def run_step(self) -> None:
-        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        with torch.autocast("cpu", dtype=self.precision):
-            loss_dict = self.model(data)
-            losses = loss_dict if isinstance(loss_dict, torch.Tensor) else sum(loss_dict.values())
-        if isinstance(loss_dict, torch.Tensor):
-            loss_dict = {"total_loss": loss_dict}
-        self.optimizer.zero_grad()
-        losses.backward()
-        self.after_backward()
-        self._write_metrics(loss_dict, data_time)
-        self.optimizer.step()
+        autocast = torch.autocast("cpu", dtype=self.precision)
+
+        def enter_autocast(module, args) -> None:
+            autocast.__enter__()
+
+        def leave_autocast(module, args, output) -> None:
+            autocast.__exit__(None, None, None)
+
+        handles = (
+            self.model.register_forward_pre_hook(enter_autocast),
+            self.model.register_forward_hook(leave_autocast, always_call=True),
+        )
+        try:
+            super().run_step()
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def build_train_loop(
@@ -87,7 +119,7 @@ def build_train_loop(
     precision = AMP_PRECISIONS[precision_name]
     if _model_device(model).type != "cuda":
         if precision == torch.bfloat16:
-            return CPUAutocastTrainer(model, data_loader, optimizer, precision, **checks)
+            return CPUAutocastTrainer(model, data_loader, optimizer, precision=precision, **checks)
         logger.warning(
             "SOLVER.AMP.ENABLED with PRECISION float16 but the model is on the CPU: training in "
             "float32 (set SOLVER.AMP.PRECISION bfloat16 for mixed precision on a CPU)."
@@ -114,27 +146,17 @@ class MaskFormerTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        # DistributedDataParallel takes device_ids only for CUDA modules; gloo on CPU needs None
-        device_ids = [comm.get_local_rank()] if _model_device(model).type == "cuda" else None
-        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
-        self._trainer = build_train_loop(cfg, model, data_loader, optimizer)
-
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        with _ddp_for_cpu_processes(cfg):
+            super().__init__(cfg)
+        # What DefaultTrainer.__init__ hard-codes and Mask2Former changes: the inner loop
+        # (SOLVER.AMP.PRECISION, CPU autocast) and the checkpointer (atomic files).
+        self._trainer = build_train_loop(self.cfg, self.model, self.data_loader, self.optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        for hook in self._hooks:
+            if isinstance(hook, hooks.PeriodicCheckpointer):
+                hook.checkpointer = self.checkpointer
 
     def build_hooks(self):
         """Detectron2's default hooks, plus the bad-sample count and, when
