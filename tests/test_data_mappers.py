@@ -18,13 +18,14 @@ from mask2former.data.dataset_mappers import (
 )
 
 H, W = 48, 64
-MAPPER_NAMES = [
-    "mask_former_semantic",
-    "mask_former_panoptic",
-    "mask_former_instance",
-    "coco_instance_lsj",
-    "coco_panoptic_lsj",
-]
+# INPUT.DATASET_MAPPER_NAME of the official configs -> registered class
+MAPPER_NAMES = {
+    "mask_former_semantic": "MaskFormerSemanticDatasetMapper",
+    "mask_former_panoptic": "MaskFormerPanopticDatasetMapper",
+    "mask_former_instance": "MaskFormerInstanceDatasetMapper",
+    "coco_instance_lsj": "COCOInstanceLSJDatasetMapper",
+    "coco_panoptic_lsj": "COCOPanopticLSJDatasetMapper",
+}
 
 
 def _cfg(name="mask_former_instance"):
@@ -129,18 +130,31 @@ def _uncompressed_counts(mask):
 
 
 def test_registry_has_all_mappers_and_names_unknown_ones():
-    for name in MAPPER_NAMES:
-        assert name in MASK_FORMER_MAPPER_REGISTRY
+    for class_name in MAPPER_NAMES.values():
+        assert class_name in MASK_FORMER_MAPPER_REGISTRY
     cfg = _cfg("no_such_mapper")
     with pytest.raises(KeyError) as err:
         build_dataset_mapper(cfg, True)
     assert "no_such_mapper" in str(err.value) and "mask_former_semantic" in str(err.value)
 
 
-@pytest.mark.parametrize("name", MAPPER_NAMES)
-def test_build_from_config(name):
-    mapper = build_dataset_mapper(_cfg(name), True)
-    assert type(mapper) is MASK_FORMER_MAPPER_REGISTRY.get(name)
+@pytest.mark.parametrize("name", sorted(MAPPER_NAMES))
+def test_build_from_config_by_official_or_class_name(name):
+    expected = MASK_FORMER_MAPPER_REGISTRY.get(MAPPER_NAMES[name])
+    assert type(build_dataset_mapper(_cfg(name), True)) is expected
+    assert type(build_dataset_mapper(_cfg(MAPPER_NAMES[name]), True)) is expected
+
+
+def test_a_user_mapper_registered_the_detectron2_way_is_built_by_its_class_name(monkeypatch):
+    class MyDatasetMapper(MaskFormerSemanticDatasetMapper):
+        pass
+
+    monkeypatch.setattr(MASK_FORMER_MAPPER_REGISTRY, "_obj_map", dict(MASK_FORMER_MAPPER_REGISTRY))
+    MASK_FORMER_MAPPER_REGISTRY.register(MyDatasetMapper)
+    assert type(build_dataset_mapper(_cfg("MyDatasetMapper"), True)) is MyDatasetMapper
+    # it does not take over the name of the class it derives from
+    semantic = build_dataset_mapper(_cfg("mask_former_semantic"), True)
+    assert type(semantic) is MaskFormerSemanticDatasetMapper
 
 
 def test_instance_mapper_polygon_rle_bitmask(files):

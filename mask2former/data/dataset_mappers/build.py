@@ -5,29 +5,25 @@ from detectron2.utils.registry import Registry
 
 __all__ = ["MASK_FORMER_MAPPER_REGISTRY", "build_dataset_mapper"]
 
-
-class _NamedRegistry(Registry):
-    """A Registry whose entries are registered under a given name, not ``__name__``."""
-
-    def register_as(self, name: str):
-        """Decorator: register the decorated class under ``name``."""
-
-        def deco(obj):
-            self._do_register(name, obj)
-            return obj
-
-        return deco
-
-
-MASK_FORMER_MAPPER_REGISTRY = _NamedRegistry("MASK_FORMER_MAPPER")
+MASK_FORMER_MAPPER_REGISTRY = Registry("MASK_FORMER_MAPPER")
 MASK_FORMER_MAPPER_REGISTRY.__doc__ = """
 Registry for dataset mappers, chosen by ``INPUT.DATASET_MAPPER_NAME``.
+
+Classes are registered under their class name (``@MASK_FORMER_MAPPER_REGISTRY.register()``).
+``INPUT.DATASET_MAPPER_NAME`` names one by that name or by the short name it declares in a
+``dataset_mapper_name`` class attribute (the official configs' "mask_former_semantic",
+"coco_panoptic_lsj", ...).
 
 A registered object is called as ``mapper = obj(cfg, is_train)`` and the mapper as
 ``mapper(dataset_dict) -> dict``: it reads one image's files and returns the model input
 ("image" (3, H, W) uint8 tensor, "instances" with gt_classes and gt_masks, "sem_seg" where
 applicable, "padding_mask").
 """
+
+
+def _names(registered_name: str, mapper_class) -> tuple:
+    """The names a registered mapper answers to: its registry name and its own short name."""
+    return registered_name, vars(mapper_class).get("dataset_mapper_name", registered_name)
 
 
 def build_dataset_mapper(cfg: CfgNode, is_train: bool = True):
@@ -37,10 +33,11 @@ def build_dataset_mapper(cfg: CfgNode, is_train: bool = True):
         KeyError: when no mapper has that name; the message lists the registered ones.
     """
     name = cfg.INPUT.DATASET_MAPPER_NAME
-    if name not in MASK_FORMER_MAPPER_REGISTRY:
-        known = ", ".join(sorted(name for name, _obj in MASK_FORMER_MAPPER_REGISTRY))
-        raise KeyError(
-            f"INPUT.DATASET_MAPPER_NAME is {name!r}, which is not a registered dataset mapper. "
-            f"Registered mappers: {known}."
-        )
-    return MASK_FORMER_MAPPER_REGISTRY.get(name)(cfg, is_train)
+    for registered_name, mapper_class in MASK_FORMER_MAPPER_REGISTRY:
+        if name in _names(registered_name, mapper_class):
+            return mapper_class(cfg, is_train)
+    known = ", ".join(sorted(_names(*entry)[-1] for entry in MASK_FORMER_MAPPER_REGISTRY))
+    raise KeyError(
+        f"INPUT.DATASET_MAPPER_NAME is {name!r}, which is not a registered dataset mapper. "
+        f"Registered mappers: {known}."
+    )

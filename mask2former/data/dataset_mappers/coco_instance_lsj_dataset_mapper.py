@@ -11,11 +11,14 @@ from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
 __all__ = ["COCOInstanceLSJDatasetMapper"]
 
 
-@MASK_FORMER_MAPPER_REGISTRY.register_as("coco_instance_lsj")
+@MASK_FORMER_MAPPER_REGISTRY.register()
 class COCOInstanceLSJDatasetMapper(MaskFormerInstanceDatasetMapper):
     """:class:`MaskFormerInstanceDatasetMapper` with large-scale jittering instead of the
     resize/crop augmentations: every training image comes out IMAGE_SIZE x IMAGE_SIZE, padded
     pixels flagged in "padding_mask"."""
+
+    # INPUT.DATASET_MAPPER_NAME of the official configs
+    dataset_mapper_name = "coco_instance_lsj"
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:

@@ -11,11 +11,14 @@ from .mask_former_panoptic_dataset_mapper import MaskFormerPanopticDatasetMapper
 __all__ = ["COCOPanopticLSJDatasetMapper"]
 
 
-@MASK_FORMER_MAPPER_REGISTRY.register_as("coco_panoptic_lsj")
+@MASK_FORMER_MAPPER_REGISTRY.register()
 class COCOPanopticLSJDatasetMapper(MaskFormerPanopticDatasetMapper):
     """:class:`MaskFormerPanopticDatasetMapper` with large-scale jittering instead of the
     resize/crop augmentations: every training image comes out IMAGE_SIZE x IMAGE_SIZE, padded
     pixels flagged in "padding_mask" (void in the panoptic map, ignore label in "sem_seg")."""
+
+    # INPUT.DATASET_MAPPER_NAME of the official configs
+    dataset_mapper_name = "coco_panoptic_lsj"
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:

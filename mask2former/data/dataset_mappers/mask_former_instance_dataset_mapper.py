@@ -15,11 +15,14 @@ from .target_utils import annotation_to_mask, masks_to_instances, transform_mask
 __all__ = ["MaskFormerInstanceDatasetMapper"]
 
 
-@MASK_FORMER_MAPPER_REGISTRY.register_as("mask_former_instance")
+@MASK_FORMER_MAPPER_REGISTRY.register()
 class MaskFormerInstanceDatasetMapper(MaskFormerMapperBase):
     """Reads "annotations" whose "segmentation" is polygons, RLE or a bitmask (crowd
     annotations are skipped). Outputs "image", "instances" (masks emptied by the crop are
     dropped; an image without annotations gives empty Instances) and "padding_mask"."""
+
+    # INPUT.DATASET_MAPPER_NAME of the official configs
+    dataset_mapper_name = "mask_former_instance"
 
     @classmethod
     def _build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List:

@@ -17,13 +17,16 @@ from .target_utils import panoptic_to_instances, semantic_from_panoptic
 __all__ = ["MaskFormerPanopticDatasetMapper"]
 
 
-@MASK_FORMER_MAPPER_REGISTRY.register_as("mask_former_panoptic")
+@MASK_FORMER_MAPPER_REGISTRY.register()
 class MaskFormerPanopticDatasetMapper(MaskFormerMapperBase):
     """Reads "pan_seg_file_name" (panopticapi RGB ids) and "segments_info" (contiguous
     category ids). Outputs "image", "instances" (one mask per non-crowd segment still visible
     after augmentation), "sem_seg" (from "sem_seg_file_name", else derived from the panoptic
     map, void and crowd = ignore label) and "padding_mask". Raises ValueError when the PNG's
     pixels that remain after augmentation carry ids that "segments_info" does not list."""
+
+    # INPUT.DATASET_MAPPER_NAME of the official configs
+    dataset_mapper_name = "mask_former_panoptic"
 
     @classmethod
     def _build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List:

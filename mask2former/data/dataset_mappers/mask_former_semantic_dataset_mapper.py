@@ -16,11 +16,14 @@ from .target_utils import semantic_to_instances
 __all__ = ["MaskFormerSemanticDatasetMapper"]
 
 
-@MASK_FORMER_MAPPER_REGISTRY.register_as("mask_former_semantic")
+@MASK_FORMER_MAPPER_REGISTRY.register()
 class MaskFormerSemanticDatasetMapper(MaskFormerMapperBase):
     """Reads "sem_seg_file_name" and turns every class present (but the ignore label) into
     one mask. Outputs "image", "sem_seg" (H, W) int64 (padding = ignore label), "instances",
     "padding_mask". In training the semantic map is required."""
+
+    # INPUT.DATASET_MAPPER_NAME of the official configs
+    dataset_mapper_name = "mask_former_semantic"
 
     @classmethod
     def _build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List:
