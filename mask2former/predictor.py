@@ -31,19 +31,20 @@ from . import modeling as _modeling  # noqa: F401  only registration (model part
 from .config import load_config
 from .engine.checkpoint import AtomicDetectionCheckpointer
 from .interop.huggingface import load_hf_folder
+from .utils.batching import batched
 from .utils.cpu_memory import keep_freed_memory
 from .utils.device import runnable_device
 from .utils.image_io import ImageSource, read_image
-from .utils.results import Prediction, prediction_from_model_output
-from .utils.visualization import TASKS, class_names_from_metadata
+from .utils.results import TASK_CONFIG_KEYS, TASKS, Prediction, prediction_from_model_output
+from .utils.visualization import class_names_from_metadata
 
 __all__ = ["Predictor", "WeightsNotFoundError", "PRECISIONS"]
 
 logger = logging.getLogger(__name__)
 
+# Predictor(precision=...) -> the autocast dtype (None: float32, no autocast).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _REMOTE_PREFIXES = ("http://", "https://", "detectron2://", "catalog://", "manifold://")
-_TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -218,7 +219,7 @@ class Predictor:
             unknown = sorted(set(tasks) - set(TASKS))
             if unknown or not tasks:
                 raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}.")
-            for task, key in _TASK_KEYS.items():
+            for task, key in TASK_CONFIG_KEYS.items():
                 cfg.MODEL.MASK_FORMER.TEST[key] = task in tasks
         return cfg
 
@@ -300,13 +301,5 @@ class Predictor:
         Raises:
             mask2former.utils.ImageReadError: an image cannot be read.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        batch: List[np.ndarray] = []
-        for image in images:
-            batch.append(self.read(image))
-            if len(batch) == batch_size:
-                yield from self.predict_arrays(batch)
-                batch = []
-        if batch:
+        for batch in batched((self.read(image) for image in images), batch_size):
             yield from self.predict_arrays(batch)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mask2former.modeling.postprocessing import (
     instance_inference,
     instance_queries,
+    mask_boxes,
     panoptic_inference,
     panoptic_queries,
     resize_mask_logits,
@@ -287,3 +288,30 @@ def test_post_processing_is_float32_under_autocast(dtype):
             assert torch.equal(actual[name], value), name
         else:
             assert actual[name] == value, name
+
+
+def test_mask_boxes_edges_and_empty_masks():
+    masks = torch.zeros(4, 6, 9, dtype=torch.bool)
+    masks[0, 1:4, 2:7] = True
+    masks[2, 5, 8] = True  # the bottom-right pixel
+    masks[3] = True
+    expected = torch.tensor([[2, 1, 7, 4], [0, 0, 0, 0], [8, 5, 9, 6], [0, 0, 9, 6]])
+    assert torch.equal(mask_boxes(masks), expected.float())
+    assert mask_boxes(masks[:0]).shape == (0, 4)
+    _, mask_logits = _random_prediction(seed=4)
+    torch.testing.assert_close(mask_boxes(mask_logits > 0), _reference_boxes(mask_logits > 0))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_instance_inference_does_not_synchronise_per_mask_on_cuda():
+    class_logits, mask_logits = _random_prediction(num_queries=30, seed=6)
+    mask_probs = mask_logits.cuda().sigmoid()
+    torch.cuda.synchronize()
+    boxes_on_cpu = mask_boxes(mask_probs.cpu() > 0.5)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        boxes = mask_boxes(mask_probs > 0.5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(boxes.cpu(), boxes_on_cpu)

@@ -33,11 +33,12 @@ from detectron2.data.catalog import Metadata
 from tqdm import tqdm
 
 from ..config import UnknownConfigKeyError, load_config
-from ..predictor import Predictor, WeightsNotFoundError
+from ..predictor import PRECISIONS, Predictor, WeightsNotFoundError
+from ..utils.batching import batched
 from ..utils.export import write_prediction
 from ..utils.image_io import ImageReadError, expand_image_inputs, read_image
-from ..utils.results import Prediction
-from ..utils.visualization import TASKS, VideoPredictionDrawer, display_metadata, draw_prediction
+from ..utils.results import TASK_CONFIG_KEYS, TASKS, Prediction
+from ..utils.visualization import VideoPredictionDrawer, display_metadata, draw_prediction
 from ..utils.weights_io import WeightsFileError
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
 # Picture formats written with the input's extension; others are written as PNG.
 _PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # Video codecs by output extension (those OpenCV's bundled FFmpeg writes); web browsers play
@@ -106,7 +106,7 @@ def add_model_arguments(
         help="instances scoring below it are dropped (default: 0.5)",
     )
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype"
+        "--precision", choices=tuple(PRECISIONS), default="fp32", help="autocast dtype"
     )
     parser.add_argument("--device", help="cpu, cuda, ... (default: MODEL.DEVICE)")
     parser.add_argument(
@@ -152,7 +152,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
 def default_task(cfg: CfgNode) -> Optional[str]:
     """The first of panoptic, instance, semantic that the config switches on (or None)."""
     for task in TASKS:
-        if cfg.MODEL.MASK_FORMER.TEST[_TASK_KEYS[task]]:
+        if cfg.MODEL.MASK_FORMER.TEST[TASK_CONFIG_KEYS[task]]:
             return task
     return None
 
@@ -230,11 +230,6 @@ def _write_image_results(
     return [paths["picture"]] + results
 
 
-def _batches(items: Sequence[str], batch_size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), batch_size):
-        yield items[start : start + batch_size]
-
-
 def run_images(
     predictor: Predictor,
     patterns: Sequence[str],
@@ -262,7 +257,7 @@ def run_images(
     namer = _OutputNamer(output, _is_file_output(output, len(files), _PICTURE_EXTENSIONS))
     shown = display_metadata(predictor.metadata, len(predictor.class_names))
     bar = tqdm(total=len(files), unit="image", disable=not progress)
-    for batch in _batches(files, batch_size):
+    for batch in batched(files, batch_size):
         names, images = [], []
         for name in batch:
             try:
@@ -320,17 +315,6 @@ def _frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
         if not ok:
             return
         yield frame
-
-
-def _batched(frames: Iterator[np.ndarray], size: int) -> Iterator[List[np.ndarray]]:
-    batch: List[np.ndarray] = []
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 @contextlib.contextmanager
@@ -423,7 +407,7 @@ def run_video(
             with tqdm(total=to_do, unit="frame", disable=not progress) as bar:
                 with _frame_garbage_collection() as collect:
                     frames = itertools.islice(_frames(capture), max_frames)
-                    for batch in _batched(frames, batch_size):
+                    for batch in batched(frames, batch_size):
                         for picture in _draw_frames(predictor, batch, drawer, score_threshold):
                             writer.write(picture)
                         num_frames += len(batch)
@@ -549,7 +533,8 @@ def run_demo(
         )
     if args.video_input:
         _open_video(args.video_input).release()  # fail before building the model
-    tasks = [name for name in TASKS if name == task or cfg.MODEL.MASK_FORMER.TEST[_TASK_KEYS[name]]]
+    switches = cfg.MODEL.MASK_FORMER.TEST
+    tasks = [name for name in TASKS if name == task or switches[TASK_CONFIG_KEYS[name]]]
     predictor = build_predictor(
         args,
         cfg,

@@ -21,7 +21,7 @@ from typing import Callable, Collection, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
 _Function = TypeVar("_Function", bound=Callable)
@@ -33,6 +33,7 @@ __all__ = [
     "panoptic_inference",
     "instance_queries",
     "instance_inference",
+    "mask_boxes",
 ]
 
 
@@ -293,10 +294,36 @@ def instance_inference(
     inside_sum = torch.where(binary, probs, 0.0).flatten(1).sum(1)
     area = binary.flatten(1).sum(1, dtype=torch.int32).to(probs.dtype)
     mask_scores = inside_sum / (area + 1e-6)
-    boxes = BitMasks(binary).get_bounding_boxes().tensor.to(mask_probs.device)
+    boxes = mask_boxes(binary)
     result = Instances(tuple(mask_probs.shape[-2:]))
     result.pred_masks = binary[inverse]
     result.pred_boxes = Boxes(boxes[inverse])
     result.scores = scores * mask_scores[inverse]
     result.pred_classes = labels
     return result
+
+
+def mask_boxes(masks: Tensor) -> Tensor:
+    """Tight boxes around binary masks, for all masks at once (no host synchronisation).
+
+    Args:
+        masks: (N, H, W) bool.
+
+    Returns:
+        (N, 4) float32 (x0, y0, x1, y1) in pixels, on the masks' device; x1 and y1 are
+        exclusive (one past the last pixel); an empty mask gives zeros.
+    """
+    height, width = masks.shape[-2:]
+    rows = masks.any(-1).to(torch.uint8)  # (N, H)
+    cols = masks.any(-2).to(torch.uint8)  # (N, W)
+    # argmax returns the first maximal index: the first row / column the mask touches
+    boxes = torch.stack(
+        (
+            cols.argmax(-1),
+            rows.argmax(-1),
+            width - cols.flip(-1).argmax(-1),
+            height - rows.flip(-1).argmax(-1),
+        ),
+        dim=-1,
+    ).to(torch.float32)
+    return boxes * rows.amax(-1, keepdim=True)

@@ -5,20 +5,30 @@ instances; K: number of classes of the model.
 All arrays are numpy arrays on the CPU.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 __all__ = [
+    "TASKS",
+    "TASK_CONFIG_KEYS",
     "PanopticResult",
     "InstanceResult",
     "SemanticResult",
     "Prediction",
     "prediction_from_model_output",
-    "boxes_from_masks",
 ]
+
+# The tasks a Prediction holds, in the order the demo prefers them, and the config switch of
+# each (MODEL.MASK_FORMER.TEST.<key>).
+TASK_CONFIG_KEYS: Dict[str, str] = {
+    "panoptic": "PANOPTIC_ON",
+    "instance": "INSTANCE_ON",
+    "semantic": "SEMANTIC_ON",
+}
+TASKS: Tuple[str, ...] = tuple(TASK_CONFIG_KEYS)
 
 
 @dataclass
@@ -107,39 +117,8 @@ class Prediction:
 
     def available_tasks(self) -> List[str]:
         """Names of the tasks present, in the order panoptic, instance, semantic."""
-        present = [
-            ("panoptic", self.panoptic),
-            ("instance", self.instances),
-            ("semantic", self.semantic),
-        ]
-        return [name for name, result in present if result is not None]
-
-    def with_instance_threshold(self, score_threshold: float) -> "Prediction":
-        """A copy whose instances are filtered by score (other tasks unchanged)."""
-        if self.instances is None:
-            return self
-        return replace(self, instances=self.instances.filter(score_threshold))
-
-
-def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
-    """Tight (x0, y0, x1, y1) boxes around binary masks.
-
-    Args:
-        masks: (N, H, W) bool.
-
-    Returns:
-        (N, 4) float32; x1/y1 are exclusive (one past the last pixel), an empty mask gives
-        zeros.
-    """
-    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
-    rows_any = masks.any(axis=2)
-    cols_any = masks.any(axis=1)
-    for index in range(masks.shape[0]):
-        rows = np.flatnonzero(rows_any[index])
-        cols = np.flatnonzero(cols_any[index])
-        if rows.size:
-            boxes[index] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-    return boxes
+        results = {"panoptic": self.panoptic, "instance": self.instances, "semantic": self.semantic}
+        return [task for task in TASKS if results[task] is not None]
 
 
 def _name(class_names: Sequence[str], index: int) -> str:
@@ -148,38 +127,34 @@ def _name(class_names: Sequence[str], index: int) -> str:
 
 def _panoptic_result(panoptic_output, class_names: Sequence[str]) -> PanopticResult:
     segment_ids, segments_info = panoptic_output
-    segment_ids = segment_ids.to("cpu", torch.int32).numpy()
-    areas = np.bincount(segment_ids.ravel(), minlength=1)
-    segments = []
-    for info in segments_info:
-        segment_id = int(info["id"])
-        category_id = int(info["category_id"])
-        score = info.get("score")
-        segments.append(
-            {
-                "id": segment_id,
-                "category_id": category_id,
-                "category_name": _name(class_names, category_id),
-                "isthing": bool(info.get("isthing", False)),
-                "score": None if score is None else float(score),
-                "area": int(areas[segment_id]) if segment_id < areas.size else 0,
-            }
-        )
-    return PanopticResult(segment_ids=segment_ids, segments=segments)
+    segments = [
+        {
+            "id": int(info["id"]),
+            "category_id": int(info["category_id"]),
+            "category_name": _name(class_names, int(info["category_id"])),
+            "isthing": bool(info["isthing"]),
+            "score": None if info.get("score") is None else float(info["score"]),
+            "area": int(info["area"]),
+        }
+        for info in segments_info
+    ]
+    return PanopticResult(segment_ids=segment_ids.to("cpu", torch.int32).numpy(), segments=segments)
 
 
 def _instance_result(instances, class_names: Sequence[str], score_threshold: float):
+    if instances.pred_masks.dtype != torch.bool:
+        raise TypeError(
+            f"instances.pred_masks must be binary (bool) masks, got {instances.pred_masks.dtype}: "
+            "the model binarises them at MODEL.MASK_FORMER.TEST.MASK_THRESHOLD."
+        )
     instances = instances.to("cpu")
-    scores = instances.scores.float().numpy().astype(np.float32)
+    scores = instances.scores.float().numpy()
     order = np.argsort(-scores, kind="stable")
     order = order[scores[order] >= score_threshold]
-    pred_masks = instances.pred_masks
-    masks = (pred_masks > 0.5 if pred_masks.dtype != torch.bool else pred_masks).numpy()
-    masks = masks[order]
     classes = instances.pred_classes.to(torch.int64).numpy()[order]
     return InstanceResult(
-        masks=masks,
-        boxes=boxes_from_masks(masks),
+        masks=instances.pred_masks.numpy()[order],
+        boxes=instances.pred_boxes.tensor.float().numpy()[order],
         scores=scores[order],
         classes=classes,
         class_names=[_name(class_names, int(c)) for c in classes],
@@ -207,8 +182,9 @@ def prediction_from_model_output(
 
     Args:
         output: the model's dict for one image, with any of "panoptic_seg"
-            ((H, W) int32 ids, segments_info), "instances" (Instances with pred_masks
-            (N, H, W), scores, pred_classes) and "sem_seg" ((K, H, W) scores).
+            ((H, W) int32 ids, segments_info with "id", "category_id", "isthing", "area"),
+            "instances" (Instances with pred_masks (N, H, W) bool, pred_boxes, scores,
+            pred_classes) and "sem_seg" ((K, H, W) scores).
         image_size: (H, W) of the image.
         class_names: K names, indexed by the model's contiguous class index.
         score_threshold: instances scoring below it are dropped.

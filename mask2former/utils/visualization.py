@@ -17,7 +17,7 @@ from detectron2.utils.colormap import colormap
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from .results import InstanceResult, PanopticResult, Prediction
+from .results import TASKS, InstanceResult, PanopticResult, Prediction
 
 __all__ = [
     "TASKS",
@@ -26,9 +26,6 @@ __all__ = [
     "draw_prediction",
     "VideoPredictionDrawer",
 ]
-
-# The tasks a Mask2Former model can output, in the order the demo prefers them.
-TASKS = ("panoptic", "instance", "semantic")
 
 
 def _list_of_length(metadata: Metadata, key: str, num_classes: int) -> Optional[list]:
