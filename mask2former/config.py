@@ -188,6 +188,11 @@ def _add_mask_former_config(cfg: CfgNode) -> None:
     # Not in the official release (hard-coded 0.5 there): probability at which mask predictions
     # are binarised in panoptic and instance inference.
     cfg.MODEL.MASK_FORMER.TEST.MASK_THRESHOLD = 0.5
+    # Not in the official release (which always does it): in eval mode, make the transformer
+    # decoder's earlier predictions at full size and return them as "aux_outputs", with each
+    # attention mask resized from them as in training. False makes each attention mask at its
+    # feature level's resolution instead: equal up to float rounding, and faster.
+    cfg.MODEL.MASK_FORMER.TEST.AUX_OUTPUTS_IN_EVAL = False
 
     # Images of a batch are padded to a multiple of this; a negative value uses the backbone's
     # size_divisibility (which is 0 for detectron2's ResNet).

@@ -36,9 +36,11 @@ def _cfg(dec_layers=4, hidden=HIDDEN, queries=QUERIES, ffn=64, classes=CLASSES, 
     return cfg
 
 
-def _decoder(in_channels=HIDDEN, **overrides):
+def _decoder(in_channels=HIDDEN, aux_outputs_in_eval=False, **overrides):
     torch.manual_seed(0)
-    return build_transformer_decoder(_cfg(**overrides), in_channels, mask_classification=True)
+    cfg = _cfg(**overrides)
+    cfg.MODEL.MASK_FORMER.TEST.AUX_OUTPUTS_IN_EVAL = aux_outputs_in_eval
+    return build_transformer_decoder(cfg, in_channels, mask_classification=True)
 
 
 def _inputs(batch=2, channels=HIDDEN, sizes=LEVEL_SIZES, mask_size=(16, 24)):
@@ -139,8 +141,7 @@ def test_output_shapes_and_aux_outputs(dec_layers):
 
 
 def test_first_prediction_comes_from_learnable_queries_only():
-    decoder = _decoder(dec_layers=3).eval()
-    decoder.aux_outputs_in_eval = True
+    decoder = _decoder(dec_layers=3, aux_outputs_in_eval=True).eval()
     features, mask_features = _inputs()
     other_features = [torch.randn_like(f) for f in features]
     with torch.no_grad():
@@ -153,8 +154,7 @@ def test_first_prediction_comes_from_learnable_queries_only():
 
 
 def test_layers_visit_levels_round_robin():
-    decoder = _decoder(dec_layers=4).eval()  # 3 layers: levels 0, 1, 2
-    decoder.aux_outputs_in_eval = True
+    decoder = _decoder(dec_layers=4, aux_outputs_in_eval=True).eval()  # 3 layers: levels 0, 1, 2
     features, mask_features = _inputs()
     changed = list(features)
     changed[1] = torch.randn_like(features[1])
@@ -173,8 +173,7 @@ def test_layers_visit_levels_round_robin():
 def test_masked_positions_get_no_attention():
     # One query (no self-attention mixing), one layer, level 0 at the mask resolution so that
     # the attention mask is the first prediction's sign: hidden where its logits are < 0.
-    decoder = _decoder(dec_layers=2, queries=1).eval()
-    decoder.aux_outputs_in_eval = True
+    decoder = _decoder(dec_layers=2, queries=1, aux_outputs_in_eval=True).eval()
     features, mask_features = _inputs(batch=1, sizes=[(16, 24), (8, 12), (4, 6)])
     with torch.no_grad():
         out = decoder(features, mask_features)
@@ -224,26 +223,27 @@ def test_attention_mask_layout():
 
 
 @pytest.mark.parametrize("dec_layers", [2, 4, 8])
-def test_eval_without_aux_outputs_gives_the_same_prediction(dec_layers):
-    # Without aux outputs, eval makes each attention mask from mask features resized to the
-    # level; with them, it resizes the full-size mask logits (the official way). Linear maps
-    # commute, so the predictions agree; non-integer size ratios included. Nothing in a
-    # random decoder's masks sits on the threshold within float rounding.
-    decoder = _decoder(dec_layers=dec_layers).eval()
+def test_fast_eval_attention_masks_give_the_official_prediction(dec_layers):
+    # MODEL.MASK_FORMER.TEST.AUX_OUTPUTS_IN_EVAL False (the default) makes each attention mask
+    # from mask features resized to the level; True resizes the full-size mask logits (the
+    # official way). Linear maps commute, so the predictions agree; non-integer size ratios
+    # included. Nothing in a random decoder's masks sits on the threshold within rounding.
+    fast = _decoder(dec_layers=dec_layers).eval()
+    official = _decoder(dec_layers=dec_layers, aux_outputs_in_eval=True).eval()
+    official.load_state_dict(fast.state_dict())
     sizes = [(3, 5), (5, 7), (9, 13)]
     features, mask_features = _inputs(sizes=sizes, mask_size=(17, 26))
     with torch.no_grad():
-        fast = decoder(features, mask_features)
-        decoder.aux_outputs_in_eval = True
-        full = decoder(features, mask_features)
-    assert fast["aux_outputs"] == [] and len(full["aux_outputs"]) == dec_layers - 1
-    torch.testing.assert_close(fast["pred_logits"], full["pred_logits"])
-    torch.testing.assert_close(fast["pred_masks"], full["pred_masks"])
+        fast_out = fast(features, mask_features)
+        official_out = official(features, mask_features)
+    assert fast_out["aux_outputs"] == [] and len(official_out["aux_outputs"]) == dec_layers - 1
+    torch.testing.assert_close(fast_out["pred_logits"], official_out["pred_logits"])
+    torch.testing.assert_close(fast_out["pred_masks"], official_out["pred_masks"])
     # the attention masks matter here: hiding nothing changes the prediction
-    decoder.mask_threshold = 0.0
+    fast.mask_threshold = 0.0
     with torch.no_grad():
-        unmasked = decoder(features, mask_features)
-    assert not torch.allclose(unmasked["pred_logits"], full["pred_logits"])
+        unmasked = fast(features, mask_features)
+    assert not torch.allclose(unmasked["pred_logits"], official_out["pred_logits"])
 
 
 def test_every_parameter_gets_a_gradient():

@@ -305,8 +305,8 @@ def run_variant(name: str, args) -> Dict:
         ms_deform_attn_functional.implementation_for = lambda *_: (
             ms_deform_attn_functional.REFERENCE
         )
-    model = build_benchmark_model(args.config_file, args.opts)
-    model.sem_seg_head.predictor.aux_outputs_in_eval = variant["full_size_aux"]
+    aux_outputs = ["MODEL.MASK_FORMER.TEST.AUX_OUTPUTS_IN_EVAL", str(variant["full_size_aux"])]
+    model = build_benchmark_model(args.config_file, [*aux_outputs, *args.opts])
     generator = torch.Generator().manual_seed(0)
     height, width = args.image_size
     image = torch.randint(0, 256, (3, height, width), generator=generator).float()

@@ -35,14 +35,17 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     first layer and after every layer, ``num_layers + 1`` in all; the last is the output and
     the others are ``aux_outputs``, which the criterion uses for deep supervision.
 
-    In eval mode nothing needs the earlier predictions at full resolution, so by default they
-    are not made: ``aux_outputs`` is empty, and each attention mask is computed directly at its
-    level's resolution from mask features resized once per level. Resizing is linear and so
-    is the mask prediction (a dot product per pixel), so this equals resizing the full-size
-    mask logits, as training does, up to float rounding; it saves ``num_layers`` full-size
-    mask predictions (a quarter of the decoder's time in an R50 COCO forward on a 2-core
-    CPU, see BENCHMARKS.md). Set ``aux_outputs_in_eval = True`` to get the earlier
-    predictions in eval mode too.
+    Two ways to make the attention masks in eval mode, one switch apart
+    (``aux_outputs_in_eval``, config ``MODEL.MASK_FORMER.TEST.AUX_OUTPUTS_IN_EVAL``):
+
+    - False (default, fast): nothing needs the earlier predictions at full resolution, so
+      they are not made: ``aux_outputs`` is empty, and each attention mask is computed
+      directly at its level's resolution from mask features resized once per level.
+      Resizing is linear and so is the mask prediction (a dot product per pixel), so this
+      equals the official computation up to float rounding, and saves ``num_layers``
+      full-size mask predictions (measured in BENCHMARKS.md, "CPU inference").
+    - True (the official computation, as in training): every earlier prediction is made at
+      full size, returned in ``aux_outputs``, and resized to the level for the mask.
 
     Parameter names are those of the official checkpoints.
     """
@@ -64,6 +67,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         enforce_input_project: bool,
         num_feature_levels: int = 3,
         mask_threshold: float = 0.5,
+        aux_outputs_in_eval: bool = False,
     ):
         """
         Args:
@@ -83,6 +87,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 ``in_channels == hidden_dim``.
             num_feature_levels: number of multi-scale features attended to in turn.
             mask_threshold: mask probability below which a position is hidden from a query.
+            aux_outputs_in_eval: in eval mode too, make the earlier predictions at full size
+                (returned in ``aux_outputs``) and the attention masks from them, as the
+                official release does; False makes the masks at each level's resolution.
         """
         super().__init__()
         if not mask_classification:
@@ -126,8 +133,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
-        # Eval mode only: also make the earlier predictions (see the class docstring).
-        self.aux_outputs_in_eval = False
+        self.aux_outputs_in_eval = aux_outputs_in_eval
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, mask_classification: bool):
@@ -152,6 +158,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "enforce_input_project": mask_former.ENFORCE_INPUT_PROJ,
             "num_feature_levels": mask_former.NUM_FEATURE_LEVELS,
             "mask_threshold": mask_former.MASK_ATTENTION_THRESHOLD,
+            "aux_outputs_in_eval": mask_former.TEST.AUX_OUTPUTS_IN_EVAL,
         }
 
     def forward(
