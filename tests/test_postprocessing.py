@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mask2former.modeling.postprocessing import (
+    BAND_BLOCK_SIZE,
     instance_inference,
     instance_queries,
     mask_boxes,
@@ -118,10 +119,16 @@ def _random_prediction(num_queries=12, num_classes=6, size=(24, 30), seed=0):
 )
 def test_resize_equals_two_step_resize(padded_size, image_size, output_size):
     _, mask_logits = _random_prediction(size=(padded_size[0] // 4, padded_size[1] // 4))
-    resized = resize_mask_logits(mask_logits, padded_size, image_size, output_size)
-    expected = _reference_resize(mask_logits, padded_size, image_size, output_size)
-    assert resized.shape == (len(mask_logits), *output_size)
-    torch.testing.assert_close(resized, expected, atol=1e-5, rtol=1e-5)
+    official = resize_mask_logits(mask_logits, padded_size, image_size, output_size, fused=False)
+    torch.testing.assert_close(
+        official, _reference_resize(mask_logits, padded_size, image_size, output_size)
+    )
+    for block_size in (BAND_BLOCK_SIZE, 10_000):  # blocks, and one dense product
+        fused = resize_mask_logits(
+            mask_logits, padded_size, image_size, output_size, block_size=block_size
+        )
+        assert fused.shape == (len(mask_logits), *output_size)
+        torch.testing.assert_close(fused, official, atol=1e-5, rtol=1e-5)
 
 
 def test_resize_is_differentiable():

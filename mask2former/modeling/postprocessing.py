@@ -27,6 +27,7 @@ from torch import Tensor
 _Function = TypeVar("_Function", bound=Callable)
 
 __all__ = [
+    "BAND_BLOCK_SIZE",
     "resize_mask_logits",
     "semantic_inference",
     "panoptic_queries",
@@ -76,27 +77,49 @@ def _resampling_matrix(
     return resized[0, 0]
 
 
+# Output positions per block of a banded matrix product (see _apply_banded). Each block reads
+# only the input span its weights cover: small blocks make many small products (call
+# overhead), large blocks read wide spans whose weights are mostly zero. At COCO, ADE20K and
+# Cityscapes sizes on a CPU, 32 was the fastest of 8-128 or within 11% of it; 8 and one
+# dense product were much slower (BENCHMARKS.md, "Mask resizing").
+BAND_BLOCK_SIZE = 32
+
+
 @_float32
 def resize_mask_logits(
     mask_logits: Tensor,
     padded_size: Tuple[int, int],
     image_size: Tuple[int, int],
     output_size: Tuple[int, int],
+    *,
+    fused: bool = True,
+    block_size: int = BAND_BLOCK_SIZE,
 ) -> Tensor:
-    """Resize predicted masks to the output size as the official release does, in one pass.
+    """Resize predicted masks to the output size as the official release does.
 
-    Equal (up to float rounding) to bilinearly upsampling ``mask_logits`` to ``padded_size``,
-    keeping the top-left ``image_size`` region and bilinearly resizing it to ``output_size``.
+    The official computation (``fused=False``): bilinearly upsample ``mask_logits`` to
+    ``padded_size``, keep the top-left ``image_size`` region and bilinearly resize it to
+    ``output_size``. The fused one (default) applies the same weights as one separable linear
+    map, two banded matrix products, without the padded-size intermediate; equal up to float
+    rounding and faster (BENCHMARKS.md, "Mask resizing").
 
     Args:
         mask_logits: (Q, h, w) mask logits of one image.
         padded_size: (height, width) of the padded network input.
         image_size: (height, width) of the image inside the padded input.
         output_size: (height, width) to return.
+        fused: the one-pass banded products (True) or the official two interpolations.
+        block_size: output positions per block of the banded products.
 
     Returns:
         (Q, H, W) resized mask logits.
     """
+    if not fused:
+        upsampled = F.interpolate(
+            mask_logits[None], size=padded_size, mode="bilinear", align_corners=False
+        )
+        cropped = upsampled[:, :, : image_size[0], : image_size[1]]
+        return F.interpolate(cropped, size=output_size, mode="bilinear", align_corners=False)[0]
     in_h, in_w = mask_logits.shape[-2:]
     rows = _resampling_matrix(
         in_h, padded_size[0], image_size[0], output_size[0], mask_logits.device
@@ -104,13 +127,23 @@ def resize_mask_logits(
     cols = _resampling_matrix(
         in_w, padded_size[1], image_size[1], output_size[1], mask_logits.device
     )
-    out_h, out_w = output_size
-    if in_h * in_w * out_w + out_h * in_h * out_w <= out_h * in_h * in_w + out_h * in_w * out_w:
-        return _apply_banded(rows, _apply_banded(cols, mask_logits, dim=-1), dim=-2)
-    return _apply_banded(cols, _apply_banded(rows, mask_logits, dim=-2), dim=-1)
+    if _columns_first(in_h, in_w, *output_size):
+        return _apply_banded(rows, _apply_banded(cols, mask_logits, -1, block_size), -2, block_size)
+    return _apply_banded(cols, _apply_banded(rows, mask_logits, -2, block_size), -1, block_size)
 
 
-def _apply_banded(matrix: Tensor, masks: Tensor, dim: int, block_size: int = 32) -> Tensor:
+def _columns_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
+    """Whether to resize the width first, then the height (else the other way round).
+
+    Either order is two matrix products per mask. A heuristic: compare their multiply-adds
+    as dense products, ``in_h * in_w * out_w + out_h * in_h * out_w`` for width first against
+    ``out_h * in_h * in_w + out_h * in_w * out_w`` for height first; both results are the
+    same map up to float rounding.
+    """
+    return in_h * in_w * out_w + out_h * in_h * out_w <= out_h * in_h * in_w + out_h * in_w * out_w
+
+
+def _apply_banded(matrix: Tensor, masks: Tensor, dim: int, block_size: int) -> Tensor:
     """Apply a banded (out, in) matrix along ``dim`` (-1 or -2) of ``masks``.
 
     Each block of ``block_size`` output positions reads only the input span its weights cover,
