@@ -10,9 +10,6 @@ from mask2former.modeling.transformer_decoder import (
     TRANSFORMER_DECODER_REGISTRY,
     build_transformer_decoder,
 )
-from mask2former.modeling.transformer_decoder.masked_attention import (
-    MultiScaleMaskedTransformerDecoder,
-)
 
 HIDDEN = 32
 MASK_DIM = 16
@@ -40,7 +37,7 @@ def _decoder(in_channels=HIDDEN, aux_outputs_in_eval=False, **overrides):
     torch.manual_seed(0)
     cfg = _cfg(**overrides)
     cfg.MODEL.MASK_FORMER.TEST.AUX_OUTPUTS_IN_EVAL = aux_outputs_in_eval
-    return build_transformer_decoder(cfg, in_channels, mask_classification=True)
+    return build_transformer_decoder(cfg, in_channels)
 
 
 def _inputs(batch=2, channels=HIDDEN, sizes=LEVEL_SIZES, mask_size=(16, 24)):
@@ -287,8 +284,6 @@ def test_pre_norm_decoder_runs():
 def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="DEC_LAYERS"):
         _decoder(dec_layers=0)
-    with pytest.raises(ValueError, match="mask classification"):
-        MultiScaleMaskedTransformerDecoder(_cfg(), HIDDEN, mask_classification=False)
     decoder = _decoder(dec_layers=2)
     features, mask_features = _inputs()
     with pytest.raises(ValueError, match="3 multi-scale features"):

@@ -225,7 +225,9 @@ def time_postprocessing(model, padded, image_size, output, repeats: int, officia
     """
     num_classes = model.sem_seg_head.predictor.class_embed.out_features - 1
     mask_size = (padded[0] // 4, padded[1] // 4)
-    class_logits, mask_logits = synthetic_predictions(model.num_queries, num_classes, mask_size)
+    class_logits, mask_logits = synthetic_predictions(
+        model.sem_seg_head.predictor.num_queries, num_classes, mask_size
+    )
     if official:
         postprocess = functools.partial(straightforward_postprocess, model)
     else:

@@ -34,7 +34,6 @@ class SemanticSegmentorWithTTA(nn.Module):
         super().__init__()
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
-        self.cfg = cfg.clone()
         self.model = model
         self.tta_mapper = tta_mapper if tta_mapper is not None else DatasetMapperTTA(cfg)
         self.batch_size = batch_size

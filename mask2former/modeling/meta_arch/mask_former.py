@@ -47,7 +47,6 @@ class MaskFormer(nn.Module):
         backbone: Backbone,
         sem_seg_head: nn.Module,
         criterion: SetCriterion,
-        num_queries: int,
         object_mask_threshold: float,
         overlap_threshold: float,
         mask_threshold: float,
@@ -66,7 +65,6 @@ class MaskFormer(nn.Module):
             backbone: detectron2 backbone.
             sem_seg_head: head returning "pred_logits", "pred_masks" and "aux_outputs".
             criterion: losses; its ``weight_dict`` weights them and selects those returned.
-            num_queries: number of queries Q.
             object_mask_threshold: panoptic inference keeps queries with class score above it.
             overlap_threshold: panoptic inference keeps segments that keep at least this
                 fraction of their mask.
@@ -84,7 +82,6 @@ class MaskFormer(nn.Module):
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
-        self.num_queries = num_queries
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.mask_threshold = mask_threshold
@@ -110,7 +107,6 @@ class MaskFormer(nn.Module):
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
             "criterion": SetCriterion(cfg),
-            "num_queries": cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
             "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": test.OVERLAP_THRESHOLD,
             "mask_threshold": test.MASK_THRESHOLD,

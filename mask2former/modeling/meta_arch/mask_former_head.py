@@ -29,37 +29,26 @@ class MaskFormerHead(nn.Module):
     """
 
     @configurable
-    def __init__(
-        self,
-        input_shape: Dict[str, ShapeSpec],
-        *,
-        pixel_decoder: nn.Module,
-        transformer_predictor: nn.Module,
-        transformer_in_feature: str = "multi_scale_pixel_decoder",
-    ):
+    def __init__(self, *, pixel_decoder: nn.Module, transformer_predictor: nn.Module):
         """
         Args:
-            input_shape: backbone features the head reads (name -> ShapeSpec).
             pixel_decoder: a module from ``PIXEL_DECODER_REGISTRY``.
             transformer_predictor: a module from ``TRANSFORMER_DECODER_REGISTRY``.
-            transformer_in_feature: what the transformer decoder reads; only
-                "multi_scale_pixel_decoder" (the pixel decoder's multi-scale features).
         """
         super().__init__()
-        if transformer_in_feature not in _SUPPORTED_TRANSFORMER_IN_FEATURES:
-            raise ValueError(
-                f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE={transformer_in_feature!r} is not "
-                f"supported by MaskFormerHead; use one of {_SUPPORTED_TRANSFORMER_IN_FEATURES} "
-                "(the value of every official Mask2Former config)."
-            )
-        self.in_features = sorted(input_shape, key=lambda name: input_shape[name].stride)
-        self.transformer_in_feature = transformer_in_feature
         self.pixel_decoder = pixel_decoder
         self.predictor = transformer_predictor
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
+        transformer_in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
+        if transformer_in_feature not in _SUPPORTED_TRANSFORMER_IN_FEATURES:
+            raise ValueError(
+                f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE={transformer_in_feature!r} is not "
+                f"supported by MaskFormerHead; use one of {_SUPPORTED_TRANSFORMER_IN_FEATURES} "
+                "(the value of every official Mask2Former config)."
+            )
         missing = [name for name in head.IN_FEATURES if name not in input_shape]
         if missing:
             raise ValueError(
@@ -68,13 +57,9 @@ class MaskFormerHead(nn.Module):
             )
         input_shape = {k: v for k, v in input_shape.items() if k in head.IN_FEATURES}
         return {
-            "input_shape": input_shape,
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
             # The multi-scale features have CONVS_DIM channels.
-            "transformer_predictor": build_transformer_decoder(
-                cfg, head.CONVS_DIM, mask_classification=True
-            ),
-            "transformer_in_feature": cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE,
+            "transformer_predictor": build_transformer_decoder(cfg, head.CONVS_DIM),
         }
 
     def forward(self, features: Dict[str, torch.Tensor]) -> Dict[str, object]:

@@ -6,7 +6,7 @@ Shape legend:
 Sequences inside the decoder are sequence-first: queries (Q, N, C), memory (H_l * W_l, N, C).
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -54,7 +54,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     def __init__(
         self,
         in_channels: int,
-        mask_classification: bool = True,
         *,
         num_classes: int,
         hidden_dim: int,
@@ -72,7 +71,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """
         Args:
             in_channels: channels of the multi-scale features.
-            mask_classification: must be True (classes are predicted per query).
             num_classes: K; the class head has K + 1 outputs, the last meaning "no object".
             hidden_dim: C, width of queries and attention.
             num_queries: Q.
@@ -92,12 +90,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 official release does; False makes the masks at each level's resolution.
         """
         super().__init__()
-        if not mask_classification:
-            raise ValueError(
-                "MultiScaleMaskedTransformerDecoder only supports mask classification "
-                "(mask_classification=True)."
-            )
-        self.mask_classification = mask_classification
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.num_heads = nheads
         self.num_layers = dec_layers
@@ -136,7 +128,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.aux_outputs_in_eval = aux_outputs_in_eval
 
     @classmethod
-    def from_config(cls, cfg, in_channels: int, mask_classification: bool):
+    def from_config(cls, cfg, in_channels: int):
         mask_former = cfg.MODEL.MASK_FORMER
         if mask_former.DEC_LAYERS < 1:
             raise ValueError(
@@ -145,7 +137,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             )
         return {
             "in_channels": in_channels,
-            "mask_classification": mask_classification,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "hidden_dim": mask_former.HIDDEN_DIM,
             "num_queries": mask_former.NUM_OBJECT_QUERIES,
@@ -165,13 +156,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self,
         multi_scale_features: List[torch.Tensor],
         mask_features: torch.Tensor,
-        mask: Optional[torch.Tensor] = None,
     ) -> Dict[str, object]:
         """
         Args:
             multi_scale_features: ``num_feature_levels`` maps (N, in_channels, H_l, W_l).
             mask_features: (N, mask_dim, H, W).
-            mask: unused (kept for the official call signature).
 
         Returns:
             dict with "pred_logits" (N, Q, K + 1), "pred_masks" (N, Q, H, W) logits, and
@@ -179,7 +168,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             (the learnable-query one first); empty in eval mode unless
             ``aux_outputs_in_eval``.
         """
-        del mask
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
                 f"Expected {self.num_feature_levels} multi-scale features, got "

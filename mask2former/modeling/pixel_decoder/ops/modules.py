@@ -71,8 +71,7 @@ class MSDeformAttn(nn.Module):
         """
         Args:
             query: (N, Q, C) queries (with positional embedding added).
-            reference_points: (N, Q, L, 2) normalised (x, y) reference points in [0, 1], or
-                (N, Q, L, 4) reference boxes (cx, cy, w, h).
+            reference_points: (N, Q, L, 2) normalised (x, y) reference points in [0, 1].
             value: (N, S, C) flattened features of all levels.
             spatial_shapes: (L, 2) int64 (H_l, W_l).
             level_start_index: (L,) int64 start of each level in S.
@@ -101,21 +100,15 @@ class MSDeformAttn(nn.Module):
         # would put the sampling points up to half a pixel off on large maps.
         offsets = offsets.float()
         reference_points = reference_points.float()
-        if reference_points.shape[-1] == 2:
-            # offsets are in pixels of each level: normalise by (W_l, H_l)
-            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[
-                None, None, None, :, None, :
-            ].to(offsets.dtype)
-        elif reference_points.shape[-1] == 4:
-            locations = (
-                reference_points[:, :, None, :, None, :2]
-                + offsets / self.num_points * reference_points[:, :, None, :, None, 2:] * 0.5
-            )
-        else:
+        if reference_points.shape[-1] != 2:
             raise ValueError(
-                "reference_points must end in 2 (x, y) or 4 (cx, cy, w, h) values, got "
-                f"shape {tuple(reference_points.shape)}"
+                "reference_points must be (N, Q, L, 2) normalised (x, y) points, got shape "
+                f"{tuple(reference_points.shape)}"
             )
+        # offsets are in pixels of each level: normalise by (W_l, H_l)
+        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[
+            None, None, None, :, None, :
+        ].to(offsets.dtype)
         output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(output)
