@@ -25,8 +25,8 @@ EMBEDDING_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 def _adamw(cfg: CfgNode) -> Tuple[Type[torch.optim.Optimizer], dict]:
     """AdamW, with the fused kernel where it is safe.
 
-    The fused kernel updates every parameter in one pass (on the 2-core CPU a step of the
-    shapes model takes 12 ms instead of 41 ms, about 9% of a training iteration). It is not
+    The fused kernel updates every parameter in one pass, several times faster than the
+    per-parameter loop on a CPU (BENCHMARKS.md, "Optimizer step"). It is not
     used with float16 AMP: the GradScaler would then hand the fused step gradients that are
     still scaled, and the full-model clipping, which runs first, would clip them scaled.
     """

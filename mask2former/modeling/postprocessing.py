@@ -79,9 +79,8 @@ def _resampling_matrix(
 
 # Output positions per block of a banded matrix product (see _apply_banded). Each block reads
 # only the input span its weights cover: small blocks make many small products (call
-# overhead), large blocks read wide spans whose weights are mostly zero. At COCO, ADE20K and
-# Cityscapes sizes on a CPU, 32 was the fastest of 8-128 or within 11% of it; 8 and one
-# dense product were much slower (BENCHMARKS.md, "Mask resizing").
+# overhead), large blocks read wide spans whose weights are mostly zero. 32 is among the
+# fastest at COCO, ADE20K and Cityscapes sizes on a CPU (BENCHMARKS.md, "Mask resizing").
 BAND_BLOCK_SIZE = 32
 
 
