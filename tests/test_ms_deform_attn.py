@@ -421,24 +421,6 @@ def test_module_rejects_value_not_matching_shapes():
         )
 
 
-def test_module_padding_mask_hides_padded_values():
-    torch.manual_seed(0)
-    layer = MSDeformAttn(embed_dim=8, num_levels=1, num_heads=2, num_points=4)
-    shapes = torch.tensor([[4, 4]])
-    starts = torch.tensor([0])
-    query = torch.randn(1, 5, 8)
-    value = torch.randn(1, 16, 8)
-    reference_points = torch.rand(1, 5, 1, 2)
-    padding_mask = torch.zeros(1, 16, dtype=torch.bool)
-    padding_mask[:, 8:] = True
-    changed = value.clone()
-    changed[:, 8:] = 100.0
-    out = layer(query, reference_points, value, shapes, starts, padding_mask)
-    out_changed = layer(query, reference_points, changed, shapes, starts, padding_mask)
-    torch.testing.assert_close(out, out_changed)
-    assert not torch.allclose(out, layer(query, reference_points, changed, shapes, starts))
-
-
 def test_module_rejects_bad_reference_points():
     layer = MSDeformAttn(embed_dim=8, num_levels=1, num_heads=2, num_points=1)
     with pytest.raises(ValueError, match="reference_points"):

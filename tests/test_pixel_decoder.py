@@ -191,49 +191,14 @@ def test_msdeform_under_autocast_matches_float32_on_a_realistic_size(dtype, tole
         )
 
 
-def test_msdeform_padding_mask_all_false_equals_no_mask():
-    decoder = _tiny_msdeform().eval()
-    features = _features(TINY_CHANNELS)
-    with torch.no_grad():
-        expected, _ = decoder(features)
-        actual, _ = decoder(features, padding_mask=torch.zeros(2, 64, 96, dtype=torch.bool))
-    torch.testing.assert_close(actual, expected)
-
-
-def test_encoder_ignores_padded_positions():
-    torch.manual_seed(0)
-    encoder = MSDeformAttnEncoder(
-        d_model=16, num_heads=2, num_encoder_layers=2, dim_feedforward=32, dropout=0.0
-    )
-    sizes = [(2, 3), (4, 6), (8, 12)]
-    srcs = [torch.randn(1, 16, h, w) for h, w in sizes]
-    masks = []
-    for h, w in sizes:  # the right third of every level is padding
-        mask = torch.zeros(1, h, w, dtype=torch.bool)
-        mask[..., w - w // 3 :] = True
-        masks.append(mask)
-    pe = PositionEmbeddingSine(8, normalize=True)
-    pos = [pe(src, mask) for src, mask in zip(srcs, masks)]
-    perturbed = [src.masked_fill(mask[:, None], 100.0) for src, mask in zip(srcs, masks)]
-    with torch.no_grad():
-        out, shapes = encoder(srcs, pos, masks)
-        out_perturbed, _ = encoder(perturbed, pos, masks)
-        out_unmasked, _ = encoder(perturbed, pos, None)
-    valid = ~torch.cat([mask.flatten(1) for mask in masks], 1)[0]
-    assert shapes == sizes
-    torch.testing.assert_close(out_perturbed[0, valid], out[0, valid])
-    assert not torch.allclose(out_unmasked[0, valid], out[0, valid])
-
-
 def test_reference_points_are_pixel_centres():
-    ratios = torch.ones(1, 2, 2)
     points = MSDeformAttnEncoder(
         d_model=8, num_heads=1, num_encoder_layers=1, num_levels=2
-    ).encoder.reference_points([(2, 4), (1, 2)], ratios)
-    assert points.shape == (1, 2 * 4 + 1 * 2, 2, 2)
+    ).encoder.reference_points([(2, 4), (1, 2)], 3, torch.device("cpu"))
+    assert points.shape == (3, 2 * 4 + 1 * 2, 2, 2)
     # Position 5 of level 0 is row 1, column 1: centre ((1 + 0.5) / 4, (1 + 0.5) / 2).
     torch.testing.assert_close(points[0, 5, 0], torch.tensor([0.375, 0.75]))
-    torch.testing.assert_close(points[0, 8, 1], torch.tensor([0.25, 0.5]))
+    torch.testing.assert_close(points[2, 8, 1], torch.tensor([0.25, 0.5]))
 
 
 def test_base_pixel_decoder_state_dict_matches_official_layout():

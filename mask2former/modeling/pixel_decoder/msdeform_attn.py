@@ -6,7 +6,7 @@ Shape legend:
 """
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -63,7 +63,6 @@ class MSDeformAttnEncoderLayer(nn.Module):
         reference_points: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
-        padding_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -72,18 +71,12 @@ class MSDeformAttnEncoderLayer(nn.Module):
             reference_points: (N, S, L, 2) normalised (x, y) reference points.
             spatial_shapes: (L, 2) int64 (H_l, W_l).
             level_start_index: (L,) int64.
-            padding_mask: optional (N, S) bool, True at padded positions.
 
         Returns:
             (N, S, C)
         """
         attended = self.self_attn(
-            with_pos_embed(src, pos),
-            reference_points,
-            src,
-            spatial_shapes,
-            level_start_index,
-            padding_mask,
+            with_pos_embed(src, pos), reference_points, src, spatial_shapes, level_start_index
         )
         src = self.norm1(src + self.dropout1(attended))
         hidden = self.linear2(self.dropout2(self.activation(self.linear1(src))))
@@ -99,30 +92,27 @@ class _EncoderStack(nn.Module):
 
     @staticmethod
     def reference_points(
-        spatial_shapes: List[Tuple[int, int]], valid_ratios: torch.Tensor
+        spatial_shapes: List[Tuple[int, int]], batch: int, device: torch.device
     ) -> torch.Tensor:
         """Pixel centres of every level, as seen from every level.
 
         Args:
             spatial_shapes: (H_l, W_l) of each level.
-            valid_ratios: (N, L, 2) float32, fraction (x, y) of each level that is not padding.
+            batch: N.
+            device: where to make them.
 
         Returns:
             (N, S, L, 2) float32 normalised (x, y) reference points.
         """
-        device = valid_ratios.device
         points = []
-        for level, (height, width) in enumerate(spatial_shapes):
+        for height, width in spatial_shapes:
             ref_y, ref_x = torch.meshgrid(
                 torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
                 torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
                 indexing="ij",
             )
-            # Normalise by the valid extent, so points spread over the unpadded image only.
-            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
-            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
-            points.append(torch.stack((ref_x, ref_y), -1))
-        return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
+            points.append(torch.stack((ref_x.reshape(-1) / width, ref_y.reshape(-1) / height), -1))
+        return torch.cat(points)[None, :, None].expand(batch, -1, len(spatial_shapes), -1)
 
     def forward(
         self,
@@ -131,11 +121,10 @@ class _EncoderStack(nn.Module):
         reference_points: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
-        padding_mask: Optional[torch.Tensor],
     ) -> torch.Tensor:
         """(N, S, C) -> (N, S, C); see :class:`MSDeformAttnEncoderLayer` for the arguments."""
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            src = layer(src, pos, reference_points, spatial_shapes, level_start_index)
         return src
 
 
@@ -179,33 +168,19 @@ class MSDeformAttnEncoder(nn.Module):
                 module.reset_parameters()
         nn.init.normal_(self.level_embed)
 
-    @staticmethod
-    def valid_ratios(mask: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) bool padding mask -> (N, 2) float32 valid fraction (x, y)."""
-        _, height, width = mask.shape
-        valid_height = (~mask[:, :, 0]).sum(1).float() / height
-        valid_width = (~mask[:, 0, :]).sum(1).float() / width
-        return torch.stack((valid_width, valid_height), -1)
-
     def forward(
-        self,
-        srcs: List[torch.Tensor],
-        pos_embeds: List[torch.Tensor],
-        masks: Optional[List[torch.Tensor]] = None,
+        self, srcs: List[torch.Tensor], pos_embeds: List[torch.Tensor]
     ) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
         """
         Args:
             srcs: L maps (N, C, H_l, W_l).
             pos_embeds: L positional embeddings (N, C, H_l, W_l).
-            masks: optional L bool maps (N, H_l, W_l), True at padding (padding must be at the
-                bottom/right). None: no padding (what the official release does).
 
         Returns:
             memory (N, S, C), the encoded features of all levels flattened level by level,
             and the (H_l, W_l) of each level.
         """
         shapes = [(int(src.shape[-2]), int(src.shape[-1])) for src in srcs]
-        device = srcs[0].device
         src_flat = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
         pos_flat = torch.cat(
             [
@@ -214,20 +189,12 @@ class MSDeformAttnEncoder(nn.Module):
             ],
             1,
         ).to(src_flat.dtype)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
         sizes = spatial_shapes.prod(1)
         level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.cumsum(0)[:-1]))
-        if masks is None:
-            padding_mask = None
-            valid_ratios = torch.ones(
-                (src_flat.shape[0], len(srcs), 2), dtype=torch.float32, device=device
-            )
-        else:
-            padding_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
-            valid_ratios = torch.stack([self.valid_ratios(mask) for mask in masks], 1)
-        reference_points = self.encoder.reference_points(shapes, valid_ratios)
+        reference_points = self.encoder.reference_points(shapes, len(src_flat), src_flat.device)
         memory = self.encoder(
-            src_flat, pos_flat, reference_points, spatial_shapes, level_start_index, padding_mask
+            src_flat, pos_flat, reference_points, spatial_shapes, level_start_index
         )
         return memory, shapes
 
@@ -371,35 +338,22 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "num_multi_scale_features": cfg.MODEL.MASK_FORMER.NUM_FEATURE_LEVELS,
         }
 
-    def forward(
-        self, features: Dict[str, torch.Tensor], padding_mask: Optional[torch.Tensor] = None
-    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def forward(self, features: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """
         Args:
             features: backbone maps by name, (N, C_k, H_k, W_k).
-            padding_mask: optional (N, H, W) bool at any resolution (e.g. the padded input
-                image), True at padding, which must be at the bottom/right. It is resized to
-                each encoder level; padded positions are not attended to. None (the official
-                behaviour, which official checkpoints were trained with): no padding.
 
         Returns:
             mask_features (N, mask_dim, H / common_stride, W / common_stride) and the
             multi-scale features, ``num_multi_scale_features`` maps (N, conv_dim, H_l, W_l),
             lowest resolution first.
         """
-        srcs, pos_embeds, masks = [], [], None
-        for name, projection in zip(self.transformer_in_features, self.input_proj):
-            src = projection(features[name])
-            srcs.append(src)
-        if padding_mask is not None:
-            masks = [
-                F.interpolate(padding_mask[:, None].float(), size=src.shape[-2:])[:, 0].bool()
-                for src in srcs
-            ]
-            pos_embeds = [self.pe_layer(src, mask) for src, mask in zip(srcs, masks)]
-        else:
-            pos_embeds = [self.pe_layer(src) for src in srcs]
-        memory, shapes = self.transformer(srcs, pos_embeds, masks)
+        srcs = [
+            projection(features[name])
+            for name, projection in zip(self.transformer_in_features, self.input_proj)
+        ]
+        pos_embeds = [self.pe_layer(src) for src in srcs]
+        memory, shapes = self.transformer(srcs, pos_embeds)
 
         batch, _, channels = memory.shape
         levels = memory.split([height * width for height, width in shapes], dim=1)

@@ -1,7 +1,6 @@
 """The multi-scale deformable attention layer of Deformable DETR."""
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -66,7 +65,6 @@ class MSDeformAttn(nn.Module):
         value: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
-        padding_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -75,7 +73,6 @@ class MSDeformAttn(nn.Module):
             value: (N, S, C) flattened features of all levels.
             spatial_shapes: (L, 2) int64 (H_l, W_l).
             level_start_index: (L,) int64 start of each level in S.
-            padding_mask: optional (N, S) bool, True at padded positions (they read zero).
 
         Returns:
             (N, Q, C)
@@ -84,8 +81,6 @@ class MSDeformAttn(nn.Module):
         _, num_values, _ = value.shape
         # ms_deform_attn checks value's length against spatial_shapes (outside of tracing).
         value = self.value_proj(value)
-        if padding_mask is not None:
-            value = value.masked_fill(padding_mask[..., None], 0.0)
         value = value.view(batch, num_values, self.num_heads, self.embed_dim // self.num_heads)
         offsets = self.sampling_offsets(query).view(
             batch, num_queries, self.num_heads, self.num_levels, self.num_points, 2
