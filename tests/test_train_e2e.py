@@ -150,8 +150,9 @@ def test_two_process_training_over_gloo(tmp_path):
     script = [sys.executable, os.path.join(REPO, "train_net.py")]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     # MODEL.DEVICE cuda, as in the official configs, with no GPU visible: CPU, with a warning
+    # --dist-url auto: a free port (the default port is the same for every run of a user)
     train = [
-        *script, "--num-gpus", "2", "--config-file", config,
+        *script, "--num-gpus", "2", "--dist-url", "auto", "--config-file", config,
         *TINY, "MODEL.DEVICE", "cuda", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
         "SOLVER.SAVE_SAFETENSORS", "True",
     ]  # fmt: skip
