@@ -311,7 +311,7 @@ def test_mask_boxes_edges_and_empty_masks():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_instance_inference_does_not_synchronise_per_mask_on_cuda():
+def test_mask_boxes_do_not_synchronise_with_the_host_on_cuda():
     class_logits, mask_logits = _random_prediction(num_queries=30, seed=6)
     mask_probs = mask_logits.cuda().sigmoid()
     torch.cuda.synchronize()
