@@ -63,3 +63,17 @@ def test_panoptic_segments_keep_the_model_areas():
 def test_available_tasks_follow_the_declared_order():
     everything = Prediction((1, 1), panoptic=object(), instances=object(), semantic=object())
     assert everything.available_tasks() == list(TASKS)
+
+
+def test_instance_threshold_filters_instances_only():
+    masks = torch.zeros(2, 8, 10, dtype=torch.bool)
+    output = {
+        "instances": _instances(masks, [[0, 0, 1, 1]] * 2, [0.9, 0.3], [0, 1]),
+        "sem_seg": torch.rand(3, 8, 10),
+    }
+    prediction = prediction_from_model_output(output, (8, 10), class_names=NAMES)
+    filtered = prediction.with_instance_threshold(0.5)
+    assert filtered.instances.class_names == ["circle"] and len(prediction.instances) == 2
+    assert filtered.semantic is prediction.semantic
+    without_instances = Prediction((8, 10), semantic=prediction.semantic)
+    assert without_instances.with_instance_threshold(0.5) is without_instances

@@ -5,7 +5,7 @@ instances; K: number of classes of the model.
 All arrays are numpy arrays on the CPU.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -119,6 +119,12 @@ class Prediction:
         """Names of the tasks present, in the order panoptic, instance, semantic."""
         results = {"panoptic": self.panoptic, "instance": self.instances, "semantic": self.semantic}
         return [task for task in TASKS if results[task] is not None]
+
+    def with_instance_threshold(self, score_threshold: float) -> "Prediction":
+        """A copy whose instances are filtered by score (other tasks unchanged)."""
+        if self.instances is None:
+            return self
+        return replace(self, instances=self.instances.filter(score_threshold))
 
 
 def _name(class_names: Sequence[str], index: int) -> str:
