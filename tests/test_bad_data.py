@@ -597,6 +597,7 @@ def test_two_training_processes_report_every_bad_file_once(planted, tmp_path):
     )
     command = [
         sys.executable, os.path.join(REPO, "train_net.py"), "--num-gpus", "2",
+        "--dist-url", "auto",  # a free port: the default is the same for every run of a user
         "--config-file", PANOPTIC_CONFIG, *TINY,
         "DATALOADER.MAX_BAD_SAMPLE_FRACTION", "0.5", "SOLVER.MAX_ITER", "6",
         "OUTPUT_DIR", str(tmp_path),
