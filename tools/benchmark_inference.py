@@ -423,7 +423,9 @@ def run_hf_variant(name: str, args) -> Dict:
 
         padded = tuple(processor(images=[image], return_tensors="pt")["pixel_values"].shape[-2:])
     else:
-        predictor = Predictor.from_hf(args.hf_folder, device="cpu", tasks=["panoptic"])
+        predictor = Predictor.from_hf(
+            args.hf_folder, device="cpu", tasks=["panoptic"], tune_cpu_allocator=True
+        )
         resized = predictor.resize.get_transform(image).apply_image(image)
         resized_size = tuple(resized.shape[:2])
         padded = tuple(
