@@ -11,6 +11,7 @@ from detectron2.data.transforms import HFlipTransform, NoOpTransform, TransformL
 from detectron2.evaluation import (
     CityscapesSemSegEvaluator,
     COCOPanopticEvaluator,
+    DatasetEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
 )
@@ -38,6 +39,7 @@ from mask2former.engine import (
     build_train_loop,
 )
 from mask2former.engine import evaluation as evaluation_module
+from mask2former.engine import optimizer as optimizer_module
 from mask2former.engine.partial_evaluation import (
     PartialCOCOEvaluator,
     PartialCOCOPanopticEvaluator,
@@ -99,6 +101,36 @@ def test_optimizer_groups(name):
     }
     for param, (lr, weight_decay) in expected.items():
         assert found[id(param)] == pytest.approx((lr, weight_decay))
+
+
+def test_registered_optimizer_is_used_and_unknown_one_is_named(monkeypatch):
+    """SOLVER.OPTIMIZER picks any optimizer registered in OPTIMIZER_REGISTRY, with the same
+    parameter groups and clipping as the built-in ones; an unknown name lists the known ones."""
+    registry = optimizer_module.OPTIMIZER_REGISTRY
+    # a copy of the registry's table, so the test's registration does not outlive it
+    monkeypatch.setattr(registry, "_obj_map", dict(registry._obj_map))
+
+    @registry.register()
+    def RMSPROP(cfg):
+        return torch.optim.RMSprop, {"alpha": 0.9}
+
+    cfg = _cfg(
+        "SOLVER.OPTIMIZER", "RMSPROP",
+        "SOLVER.BASE_LR", "0.001",
+        "SOLVER.BACKBONE_MULTIPLIER", "0.1",
+        "SOLVER.CLIP_GRADIENTS.ENABLED", "True",
+    )  # fmt: skip
+    model = _ToyModel()
+    optimizer = build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert {group["alpha"] for group in optimizer.param_groups} == {0.9}
+    assert found_lr(optimizer, model.backbone[0].weight) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match=r"'NADAM'.*\['ADAMW', 'RMSPROP', 'SGD'\]"):
+        build_optimizer(_cfg("SOLVER.OPTIMIZER", "NADAM"), model)
+
+
+def found_lr(optimizer, param) -> float:
+    return _hyperparams_by_param(optimizer)[id(param)][0]
 
 
 def test_optimizer_groups_of_the_real_model():
@@ -251,6 +283,32 @@ def test_evaluators_by_evaluator_type(registered_shapes, tmp_path, caplog):
     MetadataCatalog.get("test_engine_unknown").set(evaluator_type="no_such_type")
     with pytest.raises(NotImplementedError, match="test_engine_unknown"):
         build_evaluator(cfg, "test_engine_unknown", out)
+
+
+def test_registered_evaluator_type_is_evaluated(tmp_path, monkeypatch):
+    """A data set whose evaluator_type is registered in EVALUATOR_REGISTRY gets that
+    registration's evaluators, with the same output flags as the built-in types."""
+    registry = evaluation_module.EVALUATOR_REGISTRY
+    monkeypatch.setattr(registry, "_obj_map", dict(registry._obj_map))
+    built = []
+
+    class MyEvaluator(DatasetEvaluator):
+        pass
+
+    def build_semantic(cfg, dataset_name, output_folder):
+        built.append((dataset_name, output_folder))
+        return [MyEvaluator()]
+
+    @registry.register()
+    def my_sem_seg():
+        return (evaluation_module.OutputEvaluation("SEMANTIC_ON", build_semantic),)
+
+    name = "test_engine_my_sem_seg"
+    MetadataCatalog.get(name).set(evaluator_type="my_sem_seg")
+    evaluator = build_evaluator(_cfg(), name, str(tmp_path))
+    assert isinstance(evaluator, MyEvaluator) and built == [(name, str(tmp_path))]
+    with pytest.raises(ValueError, match="SEMANTIC_ON"):
+        build_evaluator(_cfg("MODEL.MASK_FORMER.TEST.SEMANTIC_ON", "False"), name, str(tmp_path))
 
 
 def test_panoptic_data_set_without_semantic_or_instance_files(tmp_path, caplog):

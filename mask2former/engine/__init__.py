@@ -2,7 +2,7 @@
 
 from .checkpoint import AtomicDetectionCheckpointer
 from .evaluation import (
-    EVALUATOR_BUILDERS,
+    EVALUATOR_REGISTRY,
     OUTPUT_FLAGS,
     InstanceSegEvaluator,
     OutputEvaluation,
@@ -13,7 +13,7 @@ from .trainer import MaskFormerTrainer, build_train_loop
 from .tta import SemanticSegmentorWithTTA
 
 __all__ = [
-    "EVALUATOR_BUILDERS",
+    "EVALUATOR_REGISTRY",
     "AtomicDetectionCheckpointer",
     "InstanceSegEvaluator",
     "MaskFormerTrainer",

@@ -1,7 +1,7 @@
 """Evaluators for a data set, chosen by its ``evaluator_type`` metadata.
 
-``EVALUATOR_BUILDERS`` maps an ``evaluator_type`` to the model outputs that data sets of that
-type can score, one :class:`OutputEvaluation` each: the ``MODEL.MASK_FORMER.TEST`` flag that
+``EVALUATOR_REGISTRY`` holds, for each ``evaluator_type``, the model outputs that data sets of
+that type can score, one :class:`OutputEvaluation` each: the ``MODEL.MASK_FORMER.TEST`` flag that
 turns the output on, a builder called as ``build(cfg, dataset_name, output_folder)`` that
 returns a list of ``DatasetEvaluator``, and, where only some data sets of the type have that
 ground truth, the metadata field that says a data set has it.
@@ -26,6 +26,7 @@ from detectron2.evaluation import (
     LVISEvaluator,
     SemSegEvaluator,
 )
+from detectron2.utils.registry import Registry
 
 from .partial_evaluation import PartialCOCOEvaluator, PartialCOCOPanopticEvaluator
 
@@ -145,21 +146,63 @@ def _panoptic_type(instances: EvaluatorBuilder) -> Tuple[OutputEvaluation, ...]:
     )
 
 
-EVALUATOR_BUILDERS: Dict[str, Tuple[OutputEvaluation, ...]] = {
-    "sem_seg": (OutputEvaluation("SEMANTIC_ON", _semantic),),
-    "coco": (OutputEvaluation("INSTANCE_ON", _coco_instances),),
-    "lvis": (OutputEvaluation("INSTANCE_ON", _lvis),),
-    "coco_panoptic_seg": _panoptic_type(_coco_instances),
-    "ade20k_panoptic_seg": _panoptic_type(_mapped_instances),
-    "mapillary_vistas_panoptic_seg": _panoptic_type(_mapped_instances),
-    "cityscapes_sem_seg": (OutputEvaluation("SEMANTIC_ON", _cityscapes_semantic),),
-    "cityscapes_instance": (OutputEvaluation("INSTANCE_ON", _cityscapes_instances),),
-    "cityscapes_panoptic_seg": (
+EVALUATOR_REGISTRY = Registry("MASK_FORMER_EVALUATOR")
+EVALUATOR_REGISTRY.__doc__ = """
+Registry for the evaluation of data sets by their ``evaluator_type`` metadata.
+
+A registered object is a function named as the ``evaluator_type`` it serves, called as
+``obj()``; it returns the :class:`OutputEvaluation` of every model output that data sets of
+that type can score. Register another type with ``@EVALUATOR_REGISTRY.register()``.
+"""
+
+
+@EVALUATOR_REGISTRY.register()
+def sem_seg() -> Tuple[OutputEvaluation, ...]:
+    return (OutputEvaluation("SEMANTIC_ON", _semantic),)
+
+
+@EVALUATOR_REGISTRY.register()
+def coco() -> Tuple[OutputEvaluation, ...]:
+    return (OutputEvaluation("INSTANCE_ON", _coco_instances),)
+
+
+@EVALUATOR_REGISTRY.register()
+def lvis() -> Tuple[OutputEvaluation, ...]:
+    return (OutputEvaluation("INSTANCE_ON", _lvis),)
+
+
+@EVALUATOR_REGISTRY.register()
+def coco_panoptic_seg() -> Tuple[OutputEvaluation, ...]:
+    return _panoptic_type(_coco_instances)
+
+
+@EVALUATOR_REGISTRY.register()
+def ade20k_panoptic_seg() -> Tuple[OutputEvaluation, ...]:
+    return _panoptic_type(_mapped_instances)
+
+
+@EVALUATOR_REGISTRY.register()
+def mapillary_vistas_panoptic_seg() -> Tuple[OutputEvaluation, ...]:
+    return _panoptic_type(_mapped_instances)
+
+
+@EVALUATOR_REGISTRY.register()
+def cityscapes_sem_seg() -> Tuple[OutputEvaluation, ...]:
+    return (OutputEvaluation("SEMANTIC_ON", _cityscapes_semantic),)
+
+
+@EVALUATOR_REGISTRY.register()
+def cityscapes_instance() -> Tuple[OutputEvaluation, ...]:
+    return (OutputEvaluation("INSTANCE_ON", _cityscapes_instances),)
+
+
+@EVALUATOR_REGISTRY.register()
+def cityscapes_panoptic_seg() -> Tuple[OutputEvaluation, ...]:
+    return (
         OutputEvaluation("PANOPTIC_ON", _panoptic),
         OutputEvaluation("SEMANTIC_ON", _cityscapes_semantic),
         OutputEvaluation("INSTANCE_ON", _cityscapes_instances),
-    ),
-}
+    )
 
 
 def _outputs(flags: Iterable[str]) -> str:
@@ -185,15 +228,17 @@ def build_evaluator(
         output_folder = f"{cfg.OUTPUT_DIR}/inference"
     metadata = MetadataCatalog.get(dataset_name)
     evaluator_type = metadata.get("evaluator_type", None)
-    if evaluator_type not in EVALUATOR_BUILDERS:
+    if evaluator_type not in EVALUATOR_REGISTRY:
+        known = sorted(registered for registered, _ in EVALUATOR_REGISTRY)
         raise NotImplementedError(
             f"No evaluator for data set {dataset_name!r} with evaluator_type {evaluator_type!r}; "
-            f"known types: {sorted(EVALUATOR_BUILDERS)}. Set evaluator_type in its "
-            "MetadataCatalog entry or add a builder to EVALUATOR_BUILDERS."
+            f"known types: {known}. Set evaluator_type in its MetadataCatalog entry, or "
+            "register its evaluation with @EVALUATOR_REGISTRY.register() "
+            "(mask2former.engine.evaluation)."
         )
     scorable = [
         evaluation
-        for evaluation in EVALUATOR_BUILDERS[evaluator_type]
+        for evaluation in EVALUATOR_REGISTRY.get(evaluator_type)()
         if evaluation.ground_truth is None or metadata.get(evaluation.ground_truth, None)
     ]
     flags = cfg.MODEL.MASK_FORMER.TEST

@@ -9,12 +9,13 @@ level embeddings) get ``SOLVER.WEIGHT_DECAY_EMBED``.
 
 import itertools
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Tuple, Type
+from typing import Any, Dict, Iterable, List, Tuple, Type
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,26 @@ logger = logging.getLogger(__name__)
 EMBEDDING_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 
 
-def _adamw(cfg: CfgNode) -> Tuple[Type[torch.optim.Optimizer], dict]:
+OPTIMIZER_REGISTRY = Registry("MASK_FORMER_OPTIMIZER")
+OPTIMIZER_REGISTRY.__doc__ = """
+Registry for the optimizers that ``SOLVER.OPTIMIZER`` names.
+
+A registered object is a function named as the ``SOLVER.OPTIMIZER`` value it serves (the
+official configs use "ADAMW" and "SGD"), called as ``obj(cfg)``; it returns the optimizer class
+and its extra keyword arguments (besides the parameter groups and ``lr``). Register another
+with ``@OPTIMIZER_REGISTRY.register()``.
+"""
+
+
+# Named, as Registry names them, after the SOLVER.OPTIMIZER values of the official configs.
+@OPTIMIZER_REGISTRY.register()
+def SGD(cfg: CfgNode) -> Tuple[Type[torch.optim.Optimizer], dict]:
+    """SGD with ``SOLVER.MOMENTUM``."""
+    return torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM}
+
+
+@OPTIMIZER_REGISTRY.register()
+def ADAMW(cfg: CfgNode) -> Tuple[Type[torch.optim.Optimizer], dict]:
     """AdamW, with the fused kernel where it is safe.
 
     The fused kernel updates every parameter in one pass, several times faster than the
@@ -33,14 +53,6 @@ def _adamw(cfg: CfgNode) -> Tuple[Type[torch.optim.Optimizer], dict]:
     scaled_gradients = cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.PRECISION == "float16"
     supported_device = torch.device(cfg.MODEL.DEVICE).type in ("cpu", "cuda")
     return torch.optim.AdamW, {"fused": supported_device and not scaled_gradients}
-
-
-# SOLVER.OPTIMIZER -> (optimizer class, its extra keyword arguments) for a config.
-# Add an entry to support another optimizer.
-OPTIMIZER_BUILDERS: Dict[str, Callable[[CfgNode], Tuple[Type[torch.optim.Optimizer], dict]]] = {
-    "SGD": lambda cfg: (torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM}),
-    "ADAMW": _adamw,
-}
 
 
 def add_full_model_gradient_clipping(
@@ -126,8 +138,13 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     """
     solver = cfg.SOLVER
     name = solver.OPTIMIZER
-    if name not in OPTIMIZER_BUILDERS:
-        raise ValueError(f"SOLVER.OPTIMIZER is {name!r}; supported: {sorted(OPTIMIZER_BUILDERS)}.")
+    if name not in OPTIMIZER_REGISTRY:
+        known = sorted(registered for registered, _ in OPTIMIZER_REGISTRY)
+        raise ValueError(
+            f"SOLVER.OPTIMIZER is {name!r}, which is not a registered optimizer; registered: "
+            f"{known}. Register another with @OPTIMIZER_REGISTRY.register() "
+            "(mask2former.engine.optimizer)."
+        )
     backbone_multiplier = solver.BACKBONE_MULTIPLIER
     param_groups = get_default_optimizer_params(
         model,
@@ -144,6 +161,6 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     )
     embeddings = {id(p) for p in _embedding_parameters(model)}
     param_groups = _split_embedding_params(param_groups, embeddings, solver.WEIGHT_DECAY_EMBED)
-    optimizer_type, extra_kwargs = OPTIMIZER_BUILDERS[name](cfg)
+    optimizer_type, extra_kwargs = OPTIMIZER_REGISTRY.get(name)(cfg)
     optimizer_type = _with_gradient_clipping(cfg, optimizer_type)
     return optimizer_type(param_groups, lr=solver.BASE_LR, **extra_kwargs)
