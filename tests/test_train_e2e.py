@@ -9,9 +9,11 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
+from detectron2.engine import AMPTrainer
 
 import mask2former.data  # noqa: F401  only registration
 from mask2former import modeling as _modeling  # noqa: F401  only registration
@@ -200,3 +202,21 @@ def test_cli_errors_name_the_problem(tmp_path):
     )
     assert no_weights.returncode != 0
     assert missing in no_weights.stderr and "MODEL.WEIGHTS" in no_weights.stderr
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_amp_config_on_a_cpu_builds_without_grad_scaler_warnings(tmp_path, precision):
+    """The official configs enable AMP; on a CPU the trainer must not repeat the GradScaler
+    warnings of the CUDA loop that DefaultTrainer builds and this trainer replaces."""
+    cfg = _cfg(
+        "maskformer2_R18_panoptic.yaml",
+        tmp_path,
+        *("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", precision),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = MaskFormerTrainer(cfg)
+    assert not [w for w in caught if "GradScaler" in str(w.message)], [
+        str(w.message) for w in caught
+    ]
+    assert not isinstance(trainer._trainer, AMPTrainer)

@@ -4,6 +4,7 @@ import contextlib
 import functools
 import logging
 import os
+import warnings
 import weakref
 from collections import OrderedDict
 from typing import Any, Dict, Iterator
@@ -146,7 +147,12 @@ class MaskFormerTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
-        with _ddp_for_cpu_processes(cfg):
+        with _ddp_for_cpu_processes(cfg), warnings.catch_warnings():
+            # With SOLVER.AMP.ENABLED, DefaultTrainer builds an AMPTrainer whose
+            # torch.cuda.amp.GradScaler warns (deprecated; no CUDA on a CPU machine); that
+            # inner loop is replaced just below by build_train_loop's, so its warnings only
+            # mislead.
+            warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.GradScaler")
             super().__init__(cfg)
         # What DefaultTrainer.__init__ hard-codes and Mask2Former changes: the inner loop
         # (SOLVER.AMP.PRECISION, CPU autocast) and the checkpointer (atomic files).
