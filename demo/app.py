@@ -31,7 +31,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's requests to itself
     try:
-        web.serve(args, quickstart_model=(QUICKSTART_CONFIG, QUICKSTART_WEIGHTS))
+        # this script owns its process, so it may tune the CPU allocator (the Predictor's
+        # tune_cpu_allocator; a library user opts in)
+        web.serve(
+            args,
+            quickstart_model=(QUICKSTART_CONFIG, QUICKSTART_WEIGHTS),
+            tune_cpu_allocator=True,
+        )
     except DemoError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

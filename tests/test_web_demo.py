@@ -202,3 +202,29 @@ def test_package_imports_without_gradio():
     )
     assert result.returncode == 0, result.stderr
     assert "needs gradio" in result.stdout and "pip install -r requirements.txt" in result.stdout
+
+
+def test_the_app_script_tunes_the_cpu_allocator(weights, monkeypatch):
+    """demo/app.py owns its process, so it switches on the allocator setting that a library
+    user of the Predictor has to ask for."""
+    import importlib.util
+
+    from mask2former import predictor as predictor_module
+    from mask2former.apps import web
+
+    calls = []
+    monkeypatch.setattr(predictor_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    launched = []
+    monkeypatch.setattr(
+        web, "build_app", lambda demo, **options: launched.append(demo) or _NoServer()
+    )
+    spec = importlib.util.spec_from_file_location("demo_app", os.path.join(ROOT, "demo", "app.py"))
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    status = app.main(["--config-file", CONFIG, "--opts", "MODEL.WEIGHTS", weights])
+    assert status == 0 and calls == [1] and len(launched) == 1
+
+
+class _NoServer:
+    def launch(self, **options):
+        pass

@@ -527,13 +527,18 @@ def _default_examples(predictor: Predictor, count: int = 4) -> List[str]:
 
 
 def create_web_demo(
-    args: argparse.Namespace, *, quickstart_model: Optional[Tuple[str, str]] = None
+    args: argparse.Namespace,
+    *,
+    quickstart_model: Optional[Tuple[str, str]] = None,
+    tune_cpu_allocator: bool = False,
 ) -> WebDemo:
     """The web demo for parsed command-line arguments (see :func:`build_argument_parser`).
 
     Args:
         quickstart_model: (config, weights) that ``make quickstart`` trains: those weights are
             loaded when that config is given without MODEL.WEIGHTS.
+        tune_cpu_allocator: passed to the :class:`~mask2former.Predictor` (``demo/app.py``
+            turns it on: it owns its process).
 
     Raises:
         DemoError: the config, the weights or an option is wrong; the message says what to do.
@@ -556,7 +561,9 @@ def create_web_demo(
         logger.info("Loading the quickstart's model, %s.", quickstart_weights)
         cfg.defrost()
         cfg.MODEL.WEIGHTS = quickstart_weights
-    predictor = build_predictor(args, cfg, tasks=TASKS, score_threshold=0.0)
+    predictor = build_predictor(
+        args, cfg, tasks=TASKS, score_threshold=0.0, tune_cpu_allocator=tune_cpu_allocator
+    )
     config_name = os.path.splitext(os.path.basename(args.config_file))[0]
     weights = predictor.cfg.MODEL.WEIGHTS
     if os.path.isfile(weights) and not os.path.relpath(weights).startswith(os.pardir):
@@ -572,13 +579,17 @@ def create_web_demo(
     )
 
 
-def serve(args: argparse.Namespace, *, quickstart_model: Optional[Tuple[str, str]] = None):
+def serve(args: argparse.Namespace, **demo_options):
     """Build the demo and the page for parsed arguments, and serve it until interrupted.
+
+    Args:
+        demo_options: for :func:`create_web_demo` (``quickstart_model``,
+            ``tune_cpu_allocator``).
 
     Raises:
         DemoError: see :func:`create_web_demo`.
     """
-    demo = create_web_demo(args, quickstart_model=quickstart_model)
+    demo = create_web_demo(args, **demo_options)
     app = build_app(demo, score_threshold=args.confidence_threshold)
     app.launch(
         server_name=args.host,
