@@ -24,7 +24,7 @@ from detectron2.utils.file_io import PathManager
 
 from .data.datasets.catalog_utils import register_metadata_file
 
-__all__ = ["UnknownConfigKeyError", "add_maskformer2_config", "load_config"]
+__all__ = ["UnknownConfigKeyError", "add_maskformer2_config", "load_config", "merge_overrides"]
 
 
 def add_maskformer2_config(cfg: CfgNode) -> None:
@@ -368,16 +368,7 @@ def load_config(path: str, opts: Optional[Sequence[str]] = None) -> CfgNode:
             raise
         message = _unknown_key_message(unknown, cfg, f"Config file '{path}' (or a _BASE_ of it)")
         raise UnknownConfigKeyError(message) from error
-    if opts:
-        opts = list(opts)
-        if len(opts) % 2:
-            raise ValueError(f"Config overrides must be KEY VALUE pairs; got an odd list: {opts}")
-        unknown = [key for key in opts[0::2] if not _has_key(cfg, key)]
-        if unknown:
-            raise UnknownConfigKeyError(
-                _unknown_key_message(unknown, cfg, "Config overrides (opts)")
-            )
-        cfg.merge_from_list(opts)
+    merge_overrides(cfg, opts)
     if cfg.DATASETS.METADATA_FILE:
         _register_metadata_file(cfg, path)
     return cfg
@@ -389,3 +380,21 @@ def _register_metadata_file(cfg: CfgNode, config_path: str) -> None:
     # absolute, so that a dump of the config (e.g. OUTPUT_DIR/config.yaml) still finds it
     cfg.DATASETS["METADATA_FILE"] = os.path.abspath(metadata_file)
     register_metadata_file(cfg.DATASETS.METADATA_FILE)
+
+
+def merge_overrides(cfg: CfgNode, opts: Optional[Sequence[str]]) -> None:
+    """Apply command-line style overrides ``["KEY", "VALUE", ...]`` to a config in place.
+
+    Raises:
+        UnknownConfigKeyError: `opts` name undeclared keys (listed with the closest ones).
+        ValueError: `opts` has an odd length.
+    """
+    if not opts:
+        return
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"Config overrides must be KEY VALUE pairs; got an odd list: {opts}")
+    unknown = [key for key in opts[0::2] if not _has_key(cfg, key)]
+    if unknown:
+        raise UnknownConfigKeyError(_unknown_key_message(unknown, cfg, "Config overrides (opts)"))
+    cfg.merge_from_list(opts)

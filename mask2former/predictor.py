@@ -38,12 +38,14 @@ from .utils.image_io import ImageSource, read_image
 from .utils.results import TASK_CONFIG_KEYS, TASKS, Prediction, prediction_from_model_output
 from .utils.visualization import class_names_from_metadata
 
-__all__ = ["Predictor", "WeightsNotFoundError", "PRECISIONS"]
+__all__ = ["Predictor", "WeightsNotFoundError", "BACKENDS", "PRECISIONS"]
 
 logger = logging.getLogger(__name__)
 
 # Predictor(precision=...) -> the autocast dtype (None: float32, no autocast).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# "onnxruntime" runs an ONNX file written by tools/export_model.py (mask2former.export).
+BACKENDS = ("pytorch", "onnxruntime")
 _REMOTE_PREFIXES = ("http://", "https://", "detectron2://", "catalog://", "manifold://")
 
 
@@ -76,6 +78,32 @@ def _metadata(cfg: CfgNode) -> Metadata:
     return Metadata(name="no test data set")
 
 
+def _open_onnx(cfg_or_path, weights, precision: str, device: Optional[str]):
+    """The ONNX file of backend="onnxruntime", and the config to use (the file's when
+    ``cfg_or_path`` is the file itself)."""
+    from .export import OnnxModelFile  # onnxruntime is optional: imported when asked for
+
+    if precision != "fp32":
+        raise ValueError(f"The onnxruntime backend runs the exported fp32 model, not {precision}.")
+    if device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"The onnxruntime backend runs on the CPU, not {device!r}.")
+    is_onnx_path = not isinstance(cfg_or_path, CfgNode) and os.fspath(cfg_or_path).endswith(".onnx")
+    if isinstance(weights, OnnxModelFile):
+        onnx_file = weights
+    elif weights is None:
+        if not is_onnx_path:
+            raise ValueError(
+                "backend='onnxruntime' needs the .onnx file: pass it as weights or in place of "
+                "the config."
+            )
+        onnx_file = OnnxModelFile(os.fspath(cfg_or_path))
+    else:
+        onnx_file = OnnxModelFile(weights)
+    if is_onnx_path:
+        cfg_or_path = onnx_file.description.config
+    return onnx_file, cfg_or_path
+
+
 class Predictor:
     """Builds a Mask2Former model from a config, loads its weights and predicts on images.
 
@@ -89,6 +117,7 @@ class Predictor:
         metadata: metadata of the first test data set (class names and colours).
         class_names: names of the model's K classes.
         device: where the model runs.
+        backend: "pytorch" or "onnxruntime".
     """
 
     def __init__(
@@ -96,6 +125,7 @@ class Predictor:
         cfg_or_path: Union[CfgNode, str, os.PathLike],
         weights: Optional[str] = None,
         *,
+        backend: str = "pytorch",
         device: Optional[str] = None,
         precision: str = "fp32",
         opts: Optional[Sequence[str]] = None,
@@ -110,7 +140,11 @@ class Predictor:
         Args:
             cfg_or_path: a config (with the Mask2Former keys) or the path of a YAML file.
             weights: checkpoint to load; None uses MODEL.WEIGHTS, "" keeps the random
-                initialisation.
+                initialisation. With backend="onnxruntime": the .onnx file or an opened
+                :class:`mask2former.export.OnnxModelFile` (None: ``cfg_or_path``, which may
+                then be the .onnx file: its stored config is used).
+            backend: "pytorch", or "onnxruntime" to run an exported ONNX file on the CPU
+                with the same pre- and post-processing (fp32 only).
             device: "cpu", "cuda", "cuda:1", ...; None uses MODEL.DEVICE (the CPU when
                 CUDA is not available).
             precision: "fp32", or "bf16" / "fp16" to run under autocast.
@@ -136,13 +170,21 @@ class Predictor:
             mask2former.utils.weights_io.WeightsFileError: the weights file is empty,
                 truncated or of an unknown format, or (``UnsafeWeightsError``) asks to run
                 code; nothing from it is run.
-            ValueError: unknown precision or task.
+            mask2former.export.ExportedModelError: a missing, unreadable or other-version
+                ONNX file (backend="onnxruntime").
+            ValueError: unknown precision, task or backend.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}.")
+        onnx_file = None
+        if backend == "onnxruntime":
+            onnx_file, cfg_or_path = _open_onnx(cfg_or_path, weights, precision, device)
+            weights = onnx_file.path
+        elif backend != "pytorch":
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
         cfg = self._build_config(cfg_or_path, opts, tasks)
         weights = cfg.MODEL.WEIGHTS if weights is None else weights
-        if state_dict is None:
+        if state_dict is None and onnx_file is None:
             _check_weights(weights)
         self.device = _resolve_device(device, cfg.MODEL.DEVICE)
         if tune_cpu_allocator and self.device.type == "cpu":
@@ -152,16 +194,19 @@ class Predictor:
         cfg.freeze()
         self.cfg = cfg
 
-        self.model = build_model(cfg)
-        self.model.eval()
-        if state_dict is not None:
-            self.model.load_state_dict(state_dict)  # strict: names missing/unexpected keys
-        elif weights:
-            AtomicDetectionCheckpointer(self.model).load(weights)
+        if onnx_file is not None:
+            self.model = onnx_file.build_model(cfg)
+            self.metadata = onnx_file.description.dataset_metadata
         else:
-            logger.warning("No weights given: the model is randomly initialised.")
-
-        self.metadata = _metadata(cfg)
+            self.model = build_model(cfg)
+            self.model.eval()
+            if state_dict is not None:
+                self.model.load_state_dict(state_dict)  # strict: names missing/unexpected keys
+            elif weights:
+                AtomicDetectionCheckpointer(self.model).load(weights)
+            else:
+                logger.warning("No weights given: the model is randomly initialised.")
+            self.metadata = _metadata(cfg)
         self.class_names = class_names_from_metadata(
             self.metadata, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         )
@@ -170,6 +215,7 @@ class Predictor:
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
         self.precision = precision
+        self.backend = backend
         self.score_threshold = score_threshold
         self.return_probabilities = return_probabilities
         self.array_channel_order = array_channel_order

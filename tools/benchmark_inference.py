@@ -2,7 +2,7 @@
 """CPU inference time of Mask2Former R50 on a COCO-panoptic-sized input, stage by stage.
 
 The model is randomly initialised (no download): 133 classes, 100 queries, all three outputs
-on. Three variants are timed, each in its own process:
+on. The variants are timed each in its own process, one after the other:
 
 - ``ours``: the deformable attention kernel, attention masks made at each level's resolution
   (no full-size masks for the intermediate layers), this package's post-processing, and the
@@ -12,12 +12,19 @@ on. Three variants are timed, each in its own process:
 - ``official-style``: what the official release does on a CPU: the PyTorch deformable
   attention, every decoder layer's masks at full size, the straightforward post-processing
   (upsample all 100 masks to the padded size, crop and resize, sigmoid per output, a Python
-  loop per panoptic segment, every top-k mask gathered at full size), default allocator.
+  loop per panoptic segment, every top-k mask gathered at full size), default allocator;
+- ``onnxruntime``: ours with the network exported to ONNX (``mask2former.export``, not timed)
+  and run by ONNX Runtime on the CPU; pre- and post-processing are ours, the same code;
+- ``ours-compiled``: ours with the network under ``torch.compile`` (compiled at the warm-up
+  forward, not timed).
+
+The network is timed as a whole for every variant, and per stage (forward hooks) for the
+uncompiled PyTorch ones.
 
 A randomly initialised model has no confident query, so post-processing is timed on
 synthetic predictions with realistic structure (blob-shaped masks, 25 confident queries);
-ours is checked to give the same results as the straightforward one. End to end = the three
-network stages + that post-processing.
+ours is checked to give the same results as the straightforward one. End to end = the
+network + that post-processing.
 
 Two more variants compare with Hugging Face transformers on one Hub-format model (a
 randomly initialised Swin-T COCO-panoptic ``Mask2FormerForUniversalSegmentation`` written with
@@ -46,10 +53,11 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
@@ -65,13 +73,19 @@ METADATA = "mask2former_benchmark_inference"
 NUM_THINGS = 80
 
 
-def build_benchmark_model(config: str, opts: List[str]) -> torch.nn.Module:
-    """The model of ``config`` with random weights on the CPU, in eval mode."""
+def benchmark_config(config: str, opts: List[str]) -> CfgNode:
+    """``config`` on the CPU without weights, with stand-in metadata (80 thing classes)."""
     MetadataCatalog.get(METADATA).set(
         thing_dataset_id_to_contiguous_id={i: i for i in range(NUM_THINGS)}
     )
     cfg = load_config(config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
     cfg.DATASETS.TRAIN = (METADATA,)
+    return cfg
+
+
+def build_benchmark_model(config: str, opts: List[str]) -> torch.nn.Module:
+    """The model of ``config`` with random weights on the CPU, in eval mode."""
+    cfg = benchmark_config(config, opts)
     torch.manual_seed(0)
     return build_model(cfg).eval()
 
@@ -102,15 +116,29 @@ class StageTimer:
         self.times.clear()
 
 
-def time_forwards(model, inputs: List[Dict], repeats: int) -> List[Dict[str, float]]:
-    """Per-stage seconds of ``repeats`` forwards (after one warm-up)."""
-    timer = StageTimer(
-        {
+def time_forwards(
+    model, inputs: List[Dict], repeats: int, stages: bool = True
+) -> Tuple[List[Dict[str, float]], float]:
+    """Seconds of the network and, with ``stages``, of each stage (by forward hooks), in
+    ``repeats`` forwards after one warm-up; and the seconds of the warm-up forward (which
+    includes compiling under torch.compile)."""
+    modules = {}
+    if stages:
+        modules = {
             "backbone": model.backbone,
             "pixel_decoder": model.sem_seg_head.pixel_decoder,
             "transformer_decoder": model.sem_seg_head.predictor,
         }
-    )
+    timer = StageTimer(modules)
+    network = model.network
+
+    def timed_network(*args, **kwargs):
+        start = time.perf_counter()
+        result = network(*args, **kwargs)
+        timer.times["network"] += time.perf_counter() - start
+        return result
+
+    model.network = timed_network
     inference = model.inference
 
     def timed_inference(*args, **kwargs):
@@ -129,8 +157,11 @@ def time_forwards(model, inputs: List[Dict], repeats: int) -> List[Dict[str, flo
             total = time.perf_counter() - start
             if run > 0:
                 runs.append({**timer.times, "total": total})
+            else:
+                runs_warmup_s = total
     del model.inference
-    return runs
+    model.network = network
+    return runs, runs_warmup_s
 
 
 def synthetic_predictions(num_queries: int, num_classes: int, mask_size, seed: int = 0):
@@ -290,7 +321,21 @@ VARIANTS = {
         "keep_memory": False,
     },
 }
+# The network run another way; pre- and post-processing are ours (the same code).
+VARIANTS["onnxruntime"] = {**VARIANTS["ours"], "backend": "onnxruntime"}
+VARIANTS["ours-compiled"] = {**VARIANTS["ours"], "compile": True}
 STAGES = ["backbone", "pixel_decoder", "transformer_decoder"]
+
+
+def onnxruntime_model(model, cfg: CfgNode, folder: str, threads: Optional[int]):
+    """``model`` exported to ONNX (not timed) and opened in ONNX Runtime (CPU)."""
+    from mask2former.export import OnnxModelFile, export
+
+    path = os.path.join(folder, "model.onnx")
+    start = time.perf_counter()
+    export(model, cfg, path)
+    print(f"exported to ONNX in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return OnnxModelFile(path, threads=threads).build_model(cfg)
 
 
 def run_variant(name: str, args) -> Dict:
@@ -309,12 +354,25 @@ def run_variant(name: str, args) -> Dict:
         )
     aux_outputs = ["MODEL.MASK_FORMER.TEST.AUX_OUTPUTS_IN_EVAL", str(variant["full_size_aux"])]
     model = build_benchmark_model(args.config_file, [*aux_outputs, *args.opts])
-    generator = torch.Generator().manual_seed(0)
-    height, width = args.image_size
-    image = torch.randint(0, 256, (3, height, width), generator=generator).float()
-    inputs = [{"image": image, "height": args.output_size[0], "width": args.output_size[1]}]
-    runs = time_forwards(model, inputs, args.repeats)
-    medians = {stage: statistics.median(run[stage] for run in runs) for stage in STAGES}
+    # the model whose forwards are timed; post-processing is timed on `model` (same code)
+    timed, stages = model, True
+    with tempfile.TemporaryDirectory() as folder:
+        if variant.get("backend") == "onnxruntime":
+            cfg = benchmark_config(args.config_file, [*aux_outputs, *args.opts])
+            timed, stages = onnxruntime_model(model, cfg, folder, args.threads), False
+        if variant.get("compile"):
+            # compiled once, at the warm-up forward (not timed); stage hooks would break it
+            model.network, stages = torch.compile(model.network), False
+        generator = torch.Generator().manual_seed(0)
+        height, width = args.image_size
+        image = torch.randint(0, 256, (3, height, width), generator=generator).float()
+        inputs = [{"image": image, "height": args.output_size[0], "width": args.output_size[1]}]
+        runs, warmup_s = time_forwards(timed, inputs, args.repeats, stages)
+    medians = {
+        stage: statistics.median(run[stage] for run in runs)
+        for stage in STAGES + ["network"]
+        if stage in runs[0]
+    }
     padded = tuple(model.preprocess_image(inputs).tensor.shape[-2:])
     postprocessing = time_postprocessing(
         model,
@@ -329,9 +387,10 @@ def run_variant(name: str, args) -> Dict:
         **variant,
         "padded_size": list(padded),
         "forward_runs_s": runs,
+        "warmup_forward_s": warmup_s,
         "stages_median_s": medians,
         "postprocessing_realistic": postprocessing,
-        "end_to_end_s": sum(medians.values()) + postprocessing["wall_s"],
+        "end_to_end_s": medians["network"] + postprocessing["wall_s"],
     }
 
 
@@ -560,14 +619,19 @@ def main(argv=None) -> None:
 
 def print_table(reports: Dict[str, Dict]) -> None:
     names = list(reports)
-    rows = [(stage, [reports[n]["stages_median_s"][stage] for n in names]) for stage in STAGES]
+    rows = [
+        (stage, [reports[n]["stages_median_s"].get(stage) for n in names])
+        for stage in STAGES + ["network"]
+    ]
     rows.append(
         ("post-processing", [reports[n]["postprocessing_realistic"]["wall_s"] for n in names])
     )
     rows.append(("end to end", [reports[n]["end_to_end_s"] for n in names]))
     print("\nseconds" + "".join(f"{n:>22}" for n in names))
     for stage, values in rows:
-        print(f"{stage:<20}" + "".join(f"{v:>22.3f}" for v in values))
+        print(
+            f"{stage:<20}" + "".join(f"{'-':>22}" if v is None else f"{v:>22.3f}" for v in values)
+        )
     if "ours" in reports:
         base = reports["ours"]["end_to_end_s"]
         print(

@@ -32,7 +32,8 @@ from detectron2.config import CfgNode
 from detectron2.data.catalog import Metadata
 from tqdm import tqdm
 
-from ..config import UnknownConfigKeyError, load_config
+from ..config import UnknownConfigKeyError, load_config, merge_overrides
+from ..export import ExportedModelError, MissingDependencyError, OnnxModelFile
 from ..predictor import PRECISIONS, Predictor, WeightsNotFoundError
 from ..utils.batching import batched
 from ..utils.export import write_prediction
@@ -49,6 +50,7 @@ __all__ = [
     "build_predictor",
     "default_task",
     "load_demo_config",
+    "open_onnx",
     "run_demo",
     "run_images",
     "run_video",
@@ -85,20 +87,34 @@ class DemoReport:
 
 
 def add_model_arguments(
-    parser: argparse.ArgumentParser, *, default_config: Optional[str] = None
+    parser: argparse.ArgumentParser,
+    *,
+    default_config: Optional[str] = None,
+    onnx: bool = False,
 ) -> None:
     """The options that choose and run the model, shared by the demos (CLI and web).
 
     Args:
-        default_config: the config used without --config-file (None: the option is required).
+        default_config: the config used without --config-file (None: the option is required,
+            unless ``onnx``).
+        onnx: add --onnx (an exported ONNX file run in ONNX Runtime, with its stored config).
     """
     parser.add_argument(
         "--config-file",
-        required=default_config is None,
+        required=default_config is None and not onnx,
         default=default_config,
         metavar="FILE",
-        help="config YAML file" + (f" (default: {default_config})" if default_config else ""),
+        help="config YAML file"
+        + (f" (default: {default_config})" if default_config else "")
+        + (" (required without --onnx)" if onnx else ""),
     )
+    if onnx:
+        parser.add_argument(
+            "--onnx",
+            metavar="FILE",
+            help="run this ONNX file (tools/export_model.py) in ONNX Runtime on the CPU; its "
+            "stored config is used unless --config-file is given",
+        )
     parser.add_argument(
         "--confidence-threshold",
         type=float,
@@ -145,7 +161,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "switches on); switched on when the config has it off",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    add_model_arguments(parser)
+    add_model_arguments(parser, onnx=True)
     return parser
 
 
@@ -157,13 +173,36 @@ def default_task(cfg: CfgNode) -> Optional[str]:
     return None
 
 
-def load_demo_config(args: argparse.Namespace) -> CfgNode:
-    """The config named by ``args.config_file`` and ``args.opts`` (see add_model_arguments).
+def open_onnx(path: str) -> OnnxModelFile:
+    """The exported ONNX file of ``--onnx``.
+
+    Raises:
+        DemoError: the file is missing, unreadable or of another version, or onnxruntime is
+            not installed.
+    """
+    try:
+        return OnnxModelFile(path)
+    except (ExportedModelError, MissingDependencyError) as error:
+        raise DemoError(f"--onnx: {error}") from error
+
+
+def load_demo_config(
+    args: argparse.Namespace, onnx_file: Optional[OnnxModelFile] = None
+) -> CfgNode:
+    """The config named by ``args.config_file`` and ``args.opts`` (see add_model_arguments);
+    without --config-file, the one stored in ``onnx_file``.
 
     Raises:
         DemoError: the file is missing, a key is misspelt or --opts is malformed.
     """
+    if args.config_file is None and onnx_file is None:
+        raise DemoError("Pass --config-file FILE (or --onnx FILE, which holds its config).")
     try:
+        if args.config_file is None:
+            cfg = onnx_file.description.config.clone()
+            cfg.defrost()
+            merge_overrides(cfg, args.opts)
+            return cfg
         return load_config(args.config_file, args.opts)
     except FileNotFoundError as error:
         raise DemoError(f"{error} Pass an existing YAML file to --config-file.") from error
@@ -489,15 +528,19 @@ def build_predictor(
     tasks: Sequence[str],
     score_threshold: float,
     tune_cpu_allocator: bool = False,
+    onnx_file: Optional[OnnxModelFile] = None,
 ) -> Predictor:
-    """The demos' predictor for the options of :func:`add_model_arguments`.
+    """The demos' predictor for the options of :func:`add_model_arguments`; with
+    ``onnx_file``, one that runs it in ONNX Runtime.
 
     Raises:
-        DemoError: the weights file is missing or refused.
+        DemoError: the weights file is missing or refused, or the ONNX file does not fit.
     """
     try:
         return Predictor(
             cfg,
+            onnx_file,
+            backend="pytorch" if onnx_file is None else "onnxruntime",
             device=args.device,
             precision=args.precision,
             tasks=tasks,
@@ -508,6 +551,10 @@ def build_predictor(
         raise DemoError(f"{error} (set with --opts MODEL.WEIGHTS PATH)") from error
     except WeightsFileError as error:
         raise DemoError(str(error)) from error
+    except (ExportedModelError, ValueError) as error:
+        if onnx_file is None:
+            raise
+        raise DemoError(f"--onnx: {error}") from error
 
 
 def run_demo(
@@ -525,11 +572,13 @@ def run_demo(
     """
     if args.batch_size < 1:
         raise DemoError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    cfg = load_demo_config(args)
+    onnx_file = open_onnx(args.onnx) if args.onnx else None
+    cfg = load_demo_config(args, onnx_file)
     task = args.task or default_task(cfg)
     if task is None:
         raise DemoError(
-            f"{args.config_file} switches every task off; pass --task panoptic|instance|semantic."
+            f"{args.config_file or args.onnx} switches every task off; pass --task "
+            "panoptic|instance|semantic."
         )
     if args.video_input:
         _open_video(args.video_input).release()  # fail before building the model
@@ -541,6 +590,7 @@ def run_demo(
         tasks=tasks,
         score_threshold=args.confidence_threshold,
         tune_cpu_allocator=tune_cpu_allocator,
+        onnx_file=onnx_file,
     )
     if args.webcam:
         return run_webcam(predictor, args.output, task)

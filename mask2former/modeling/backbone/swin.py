@@ -8,7 +8,6 @@ Shape legend: B batch, H/W feature height/width (in patches), C channels, M wind
 N = M * M tokens per window, G number of windows, h attention heads, d = C / h head width.
 """
 
-import math
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -42,16 +41,26 @@ def window_partition(x: Tensor, window_size: int) -> Tensor:
     """
     batch, height, width, channels = x.shape
     m = window_size
-    x = x.view(batch, height // m, m, width // m, m, channels).transpose(2, 3)
-    return x.reshape(-1, m * m, channels)
+    rows, columns = height // m, width // m
+    x = x.view(batch, rows, m, columns, m, channels).transpose(2, 3)
+    return x.reshape(batch * rows * columns, m * m, channels)
 
 
-def window_reverse(windows: Tensor, window_size: int, height: int, width: int) -> Tensor:
-    """Inverse of `window_partition`: (B * G, N, C) -> (B, H, W, C)."""
+def window_reverse(
+    windows: Tensor, window_size: int, height: int, width: int, batch: int = -1
+) -> Tensor:
+    """Inverse of `window_partition`: (B * G, N, C) -> (B, H, W, C); ``batch`` B, when given,
+    spares torch.export from deriving it (by division) when sizes are symbolic."""
     m = window_size
     channels = windows.shape[-1]
-    x = windows.view(-1, height // m, width // m, m, m, channels).transpose(2, 3)
-    return x.reshape(-1, height, width, channels)
+    x = windows.view(batch, height // m, width // m, m, m, channels).transpose(2, 3)
+    return x.reshape(batch, height, width, channels)
+
+
+def _round_up(size: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` >= ``size``, in integer arithmetic: a size that is
+    symbolic under torch.export stays a simple expression (no float ceil, no modulo)."""
+    return (size + multiple - 1) // multiple * multiple
 
 
 def shifted_window_attention_mask(
@@ -236,15 +245,14 @@ class SwinTransformerBlock(nn.Module):
         """
         batch, _, channels = x.shape
         m, shift = self.window_size, self.shift_size
-        pad_bottom, pad_right = (-height) % m, (-width) % m
+        padded_height, padded_width = _round_up(height, m), _round_up(width, m)
 
         y = self.norm1(x).view(batch, height, width, channels)
-        y = F.pad(y, (0, 0, 0, pad_right, 0, pad_bottom))
-        padded_height, padded_width = height + pad_bottom, width + pad_right
+        y = F.pad(y, (0, 0, 0, padded_width - width, 0, padded_height - height))
         if shift:
             y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
         windows = self.attn(window_partition(y, m), mask=shift_mask if shift else None)
-        y = window_reverse(windows, m, padded_height, padded_width)
+        y = window_reverse(windows, m, padded_height, padded_width, batch)
         if shift:
             y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
         y = y[:, :height, :width].reshape(batch, height * width, channels)
@@ -329,7 +337,7 @@ class SwinStage(nn.Module):
         shift_mask = None
         if self.shift_size and len(self.blocks) > 1:
             shift_mask = shifted_window_attention_mask(
-                math.ceil(height / m) * m, math.ceil(width / m) * m, m, self.shift_size, x.device
+                _round_up(height, m), _round_up(width, m), m, self.shift_size, x.device
             )
         for block in self.blocks:
             if self.use_checkpoint and x.requires_grad:

@@ -102,15 +102,23 @@ class MaskFormer(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> Dict:
         backbone = build_backbone(cfg)
-        test = cfg.MODEL.MASK_FORMER.TEST
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
             "criterion": SetCriterion(cfg),
+            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]),
+            **cls.inference_options(cfg),
+        }
+
+    @staticmethod
+    def inference_options(cfg) -> Dict:
+        """The constructor arguments read from the config besides the modules and metadata:
+        pre- and post-processing (shared with the ONNX Runtime model, mask2former.export)."""
+        test = cfg.MODEL.MASK_FORMER.TEST
+        return {
             "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": test.OVERLAP_THRESHOLD,
             "mask_threshold": test.MASK_THRESHOLD,
-            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]),
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "sem_seg_postprocess_before_inference": test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -128,11 +136,22 @@ class MaskFormer(nn.Module):
     def forward(self, batched_inputs: List[Dict]) -> object:
         """Losses (training) or per-image results (inference); see the class docstring."""
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        outputs = self.sem_seg_head(features)
+        outputs = self.network(images.tensor)
         if self.training:
             return self.losses(outputs, batched_inputs, images)
         return self.inference(outputs, batched_inputs, images)
+
+    def network(self, images: Tensor) -> Dict[str, object]:
+        """The network between pre- and post-processing: backbone, then head.
+
+        Args:
+            images: (N, 3, H_pad, W_pad) normalised, padded batch.
+
+        Returns:
+            the head's dict: "pred_logits" (N, Q, K+1), "pred_masks" (N, Q, H_pad / 4,
+            W_pad / 4) and "aux_outputs".
+        """
+        return self.sem_seg_head(self.backbone(images))
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and pad the images into one (N, 3, H_pad, W_pad) batch."""

@@ -28,6 +28,16 @@ from .ops import MSDeformAttn
 __all__ = ["MSDeformAttnPixelDecoder", "MSDeformAttnEncoder", "MSDeformAttnEncoderLayer"]
 
 
+def _sizes_tensor(shapes: List[Tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """(L, 2) int64 tensor of the (H_l, W_l); built element by element so that sizes which are
+    symbolic under ``torch.export`` stay symbolic (``torch.as_tensor`` would fix them)."""
+    rows = [
+        torch.stack([torch.scalar_tensor(size, dtype=torch.long, device=device) for size in shape])
+        for shape in shapes
+    ]
+    return torch.stack(rows)
+
+
 class MSDeformAttnEncoderLayer(nn.Module):
     """Deformable self-attention over all levels, then a feed-forward block (post-norm).
 
@@ -106,9 +116,10 @@ class _EncoderStack(nn.Module):
         """
         points = []
         for height, width in spatial_shapes:
+            # pixel centres (i + 0.5); arange, unlike linspace, keeps symbolic sizes symbolic
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
-                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
+                torch.arange(height, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(width, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             points.append(torch.stack((ref_x.reshape(-1) / width, ref_y.reshape(-1) / height), -1))
@@ -180,7 +191,8 @@ class MSDeformAttnEncoder(nn.Module):
             memory (N, S, C), the encoded features of all levels flattened level by level,
             and the (H_l, W_l) of each level.
         """
-        shapes = [(int(src.shape[-2]), int(src.shape[-1])) for src in srcs]
+        # shape[-2:] rather than int(): under torch.export the sizes stay symbolic
+        shapes = [(src.shape[-2], src.shape[-1]) for src in srcs]
         src_flat = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
         pos_flat = torch.cat(
             [
@@ -189,10 +201,13 @@ class MSDeformAttnEncoder(nn.Module):
             ],
             1,
         ).to(src_flat.dtype)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
+        spatial_shapes = _sizes_tensor(shapes, src_flat.device)
         sizes = spatial_shapes.prod(1)
         level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.cumsum(0)[:-1]))
-        reference_points = self.encoder.reference_points(shapes, len(src_flat), src_flat.device)
+        # shape[0], not len(): a symbolic batch under torch.export stays symbolic
+        reference_points = self.encoder.reference_points(
+            shapes, src_flat.shape[0], src_flat.device
+        )
         memory = self.encoder(
             src_flat, pos_flat, reference_points, spatial_shapes, level_start_index
         )
