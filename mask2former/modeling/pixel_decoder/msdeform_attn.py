@@ -205,9 +205,7 @@ class MSDeformAttnEncoder(nn.Module):
         sizes = spatial_shapes.prod(1)
         level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.cumsum(0)[:-1]))
         # shape[0], not len(): a symbolic batch under torch.export stays symbolic
-        reference_points = self.encoder.reference_points(
-            shapes, src_flat.shape[0], src_flat.device
-        )
+        reference_points = self.encoder.reference_points(shapes, src_flat.shape[0], src_flat.device)
         memory = self.encoder(
             src_flat, pos_flat, reference_points, spatial_shapes, level_start_index
         )
