@@ -392,7 +392,7 @@ def test_package_imports_and_predicts_without_the_onnx_packages():
         "import sys\n"
         "for name in ('onnx', 'onnxruntime', 'onnxscript'):\n"
         "    sys.modules[name] = None\n"
-        "import mask2former.export, mask2former.utils.demo\n"
+        "import mask2former.export, mask2former.apps.cli\n"
         "from mask2former import Predictor\n"
         f"Predictor({CONFIG!r}, '')\n"
     )
