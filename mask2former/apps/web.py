@@ -363,6 +363,21 @@ class WebDemo:
         return VideoResult("  \n".join(lines), output)
 
 
+def _task_controls(tab: str, task: str, score_threshold: float):
+    """A tab's task choice and instance confidence threshold (element ids "<tab>-task" and
+    "<tab>-threshold")."""
+    task_choice = gr.Radio(list(TASKS), value=task, label="Task", elem_id=f"{tab}-task")
+    threshold = gr.Slider(
+        0.0,
+        1.0,
+        value=score_threshold,
+        step=0.01,
+        label="Instance confidence threshold",
+        elem_id=f"{tab}-threshold",
+    )
+    return task_choice, threshold
+
+
 def build_app(
     demo: WebDemo, *, score_threshold: float = 0.5, title: str = "Mask2Former"
 ) -> gr.Blocks:
@@ -371,7 +386,7 @@ def build_app(
     Args:
         score_threshold: the instance confidence threshold when the page opens.
     """
-    tasks, task = list(TASKS), demo.default_task
+    task = demo.default_task
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"# {title}")
         gr.Markdown(demo.describe_model(), elem_id="model-info")
@@ -379,15 +394,7 @@ def build_app(
             with gr.Row():
                 with gr.Column(scale=1):
                     image_file = gr.File(label="Image", elem_id="image-input")
-                    image_task = gr.Radio(tasks, value=task, label="Task", elem_id="image-task")
-                    image_threshold = gr.Slider(
-                        0.0,
-                        1.0,
-                        value=score_threshold,
-                        step=0.01,
-                        label="Instance confidence threshold",
-                        elem_id="image-threshold",
-                    )
+                    image_task, image_threshold = _task_controls("image", task, score_threshold)
                     image_button = gr.Button("Segment", variant="primary")
                     if demo.examples:
                         gr.Examples([[path] for path in demo.examples], inputs=[image_file])
@@ -422,15 +429,7 @@ def build_app(
                 with gr.Column(scale=1):
                     # a file, not gr.Video: OpenCV reads videos browsers cannot preview
                     video_file = gr.File(label="Video", elem_id="video-input")
-                    video_task = gr.Radio(tasks, value=task, label="Task", elem_id="video-task")
-                    video_threshold = gr.Slider(
-                        0.0,
-                        1.0,
-                        value=score_threshold,
-                        step=0.01,
-                        label="Instance confidence threshold",
-                        elem_id="video-threshold",
-                    )
+                    video_task, video_threshold = _task_controls("video", task, score_threshold)
                     video_button = gr.Button("Segment the video", variant="primary")
                     gr.Markdown(f"At most {demo.max_video_frames} frames are processed.")
                 with gr.Column(scale=2):
