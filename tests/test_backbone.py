@@ -8,6 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 from torch import nn
+from torch.nn import functional as F
 
 import mask2former.modeling  # noqa: F401  (fills the registries)
 from mask2former.config import add_maskformer2_config
@@ -17,9 +18,7 @@ from mask2former.modeling.backbone.swin import (
     PatchMerging,
     SwinTransformerBlock,
     WindowAttention,
-    shifted_window_attention_mask,
-    window_partition,
-    window_reverse,
+    window_layout,
 )
 
 
@@ -182,21 +181,63 @@ def test_relative_position_index_pairs_offsets():
             assert index[query, key] == d_row * (2 * window - 1) + d_col
 
 
-def test_window_partition_round_trip_and_order():
+def reference_windows(x, window_size, shift_size):
+    """(B, H, W, C) -> (B * G, N, C) from Swin's definition: zero-pad the bottom and right to
+    multiples of the window, roll by -shift, cut windows (row-major), one slice at a time."""
+    batch, height, width, channels = x.shape
+    m = window_size
+    padded = x.new_zeros(batch, math.ceil(height / m) * m, math.ceil(width / m) * m, channels)
+    padded[:, :height, :width] = x
+    rolled = padded.roll((-shift_size, -shift_size), dims=(1, 2))
+    return torch.stack(
+        [
+            rolled[b, top : top + m, left : left + m].reshape(m * m, channels)
+            for b in range(batch)
+            for top in range(0, padded.shape[1], m)
+            for left in range(0, padded.shape[2], m)
+        ]
+    )
+
+
+def cut_windows(x, layout, window_size):
+    batch, height, width, channels = x.shape
+    tokens = F.pad(x.reshape(batch, height * width, channels), (0, 0, 0, 1)).flatten(0, 1)
+    return tokens[layout.partition].view(-1, window_size**2, channels)
+
+
+def put_back(windows, layout, shape):
+    return windows.flatten(0, 1)[layout.reverse].view(shape)
+
+
+@pytest.mark.parametrize("height, width", [(8, 12), (5, 5), (7, 10), (1, 9)])
+@pytest.mark.parametrize("shift_size", [0, 1, 2])
+def test_window_layout_cuts_and_puts_back_as_swin_defines(height, width, shift_size):
+    x = torch.randn(2, height, width, 3)
+    layout = window_layout(2, height, width, 4, shift_size, torch.device("cpu"))
+    windows = cut_windows(x, layout, 4)
+    expected = reference_windows(x, 4, shift_size)
+    assert layout.num_windows == expected.shape[0] // 2
+    assert torch.equal(windows, expected)
+    assert torch.equal(put_back(windows, layout, x.shape), x)
+    assert (layout.mask is None) == (shift_size == 0)
+
+
+def test_window_layout_order():
     x = torch.arange(2 * 8 * 12 * 3, dtype=torch.float32).view(2, 8, 12, 3)
-    windows = window_partition(x, 4)
+    windows = cut_windows(x, window_layout(2, 8, 12, 4, 0, torch.device("cpu")), 4)
     assert windows.shape == (2 * 2 * 3, 16, 3)
     # second window of the first image: rows 0-3, columns 4-7, row-major inside the window
     assert torch.equal(windows[1], x[0, 0:4, 4:8].reshape(16, 3))
-    # fourth window: second row of windows, first column
+    # fourth window: second row of windows, first column; seventh: the second image's first
     assert torch.equal(windows[3], x[0, 4:8, 0:4].reshape(16, 3))
-    assert torch.equal(window_reverse(windows, 4, 8, 12), x)
+    assert torch.equal(windows[6], x[1, 0:4, 0:4].reshape(16, 3))
 
 
 def test_shift_mask_regions_by_hand():
     # 8x8 map, window 4, shift 2: after rolling, the last window row/column mixes two regions
-    mask = shifted_window_attention_mask(8, 8, 4, 2, torch.device("cpu"))
-    assert mask.shape == (4, 16, 16)
+    mask = window_layout(2, 8, 8, 4, 2, torch.device("cpu")).mask
+    assert mask.shape == (2 * 4, 16, 16)
+    assert torch.equal(mask[:4], mask[4:])  # the same for every image
     assert not mask[0].any()
     # window 1 (top-right): columns 4-5 vs 6-7 are different regions
     col = torch.arange(16) % 4
@@ -217,8 +258,7 @@ def naive_window_attention(attention, x, mask):
     bias = attention.relative_position_bias_table[attention.relative_position_index]
     logits = logits + bias.permute(2, 0, 1)
     if mask is not None:
-        logits = logits.view(-1, mask.shape[0], heads, tokens, tokens)
-        logits = logits.masked_fill(mask[None, :, None], -100.0).flatten(0, 1)
+        logits = logits.masked_fill(mask[:, None], -100.0)
     out = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v).reshape_as(x)
     return attention.proj(out)
 
@@ -228,42 +268,43 @@ def test_window_attention_matches_definition():
     attention = WindowAttention(12, 4, 3, True, None, 0.0, 0.0).eval()
     nn.init.normal_(attention.relative_position_bias_table)
     x = torch.randn(2 * 4, 16, 12)
-    mask = shifted_window_attention_mask(8, 8, 4, 2, torch.device("cpu"))
+    mask = window_layout(2, 8, 8, 4, 2, torch.device("cpu")).mask
     with torch.no_grad():
         for window_mask in (None, mask):
             expected = naive_window_attention(attention, x, window_mask)
             assert torch.allclose(attention(x, window_mask), expected, atol=1e-5)
 
 
-def _dependence(block, height, width, shift_mask, source, target):
+def _dependence(block, height, width, layout, source, target):
     """Gradient magnitude of the block output at `target` w.r.t. its input at `source`."""
-    x = torch.randn(1, height * width, 8, requires_grad=True)
-    out = block(x, height, width, shift_mask).view(height, width, 8)
+    x = torch.randn(1, height, width, 8, requires_grad=True)
+    out = block(x, layout)[0]
     out[target].sum().backward()
-    return x.grad.view(height, width, 8)[source].abs().sum().item()
+    return x.grad[0][source].abs().sum().item()
 
 
 def test_shifted_windows_do_not_attend_across_regions():
     torch.manual_seed(0)
     height = width = 8
     block = SwinTransformerBlock(8, 2, 4, 2, 2.0, True, None, 0.0, 0.0, 0.0).eval()
-    mask = shifted_window_attention_mask(height, width, 4, 2, torch.device("cpu"))
+    layout = window_layout(1, height, width, 4, 2, torch.device("cpu"))
     # (0, 0) and (7, 7) share a window after the cyclic shift but come from opposite corners
-    assert _dependence(block, height, width, mask, source=(7, 7), target=(0, 0)) == 0.0
+    assert _dependence(block, height, width, layout, source=(7, 7), target=(0, 0)) == 0.0
     # same region, same shifted window: attention flows
-    assert _dependence(block, height, width, mask, source=(1, 1), target=(0, 0)) > 0.0
+    assert _dependence(block, height, width, layout, source=(1, 1), target=(0, 0)) > 0.0
     # (2, 2) shares (0, 0)'s regular window but not its shifted one
-    assert _dependence(block, height, width, mask, source=(2, 2), target=(0, 0)) == 0.0
+    assert _dependence(block, height, width, layout, source=(2, 2), target=(0, 0)) == 0.0
     # without the mask the corners would see each other
-    unmasked = torch.zeros_like(mask)
+    unmasked = layout._replace(mask=torch.zeros_like(layout.mask))
     assert _dependence(block, height, width, unmasked, source=(7, 7), target=(0, 0)) > 0.0
 
 
 def test_regular_windows_are_independent():
     torch.manual_seed(0)
     block = SwinTransformerBlock(8, 2, 4, 0, 2.0, True, None, 0.0, 0.0, 0.0).eval()
-    assert _dependence(block, 8, 8, None, source=(3, 4), target=(3, 3)) == 0.0
-    assert _dependence(block, 8, 8, None, source=(0, 0), target=(3, 3)) > 0.0
+    layout = window_layout(1, 8, 8, 4, 0, torch.device("cpu"))
+    assert _dependence(block, 8, 8, layout, source=(3, 4), target=(3, 3)) == 0.0
+    assert _dependence(block, 8, 8, layout, source=(0, 0), target=(3, 3)) > 0.0
 
 
 def test_windows_away_from_the_padding_are_unchanged():
@@ -272,9 +313,10 @@ def test_windows_away_from_the_padding_are_unchanged():
     torch.manual_seed(0)
     block = SwinTransformerBlock(8, 2, 4, 0, 2.0, True, None, 0.0, 0.0, 0.0).eval()
     x = torch.randn(1, 8, 8, 8)
+    cpu = torch.device("cpu")
     with torch.no_grad():
-        full = block(x.reshape(1, 64, 8), 8, 8, None).view(8, 8, 8)
-        cropped = block(x[:, :5, :5].reshape(1, 25, 8), 5, 5, None).view(5, 5, 8)
+        full = block(x, window_layout(1, 8, 8, 4, 0, cpu))[0]
+        cropped = block(x[:, :5, :5], window_layout(1, 5, 5, 4, 0, cpu))[0]
     assert torch.allclose(full[:4, :4], cropped[:4, :4], atol=1e-6)
 
 
@@ -282,11 +324,12 @@ def test_patch_merging_neighbourhood_order():
     merge = PatchMerging(2)
     merge.norm, merge.reduction = nn.Identity(), nn.Identity()
     x = torch.arange(4 * 4 * 2, dtype=torch.float32).view(1, 4, 4, 2)
-    out = merge(x.view(1, 16, 2), 4, 4).view(2, 2, 8)
+    out = merge(x)
+    assert out.shape == (1, 2, 2, 8)
     # official order: (row 0, col 0), (row 1, col 0), (row 0, col 1), (row 1, col 1)
     expected = torch.cat([x[0, 0, 0], x[0, 1, 0], x[0, 0, 1], x[0, 1, 1]])
-    assert torch.equal(out[0, 0], expected)
-    assert merge(torch.zeros(1, 15, 2), 5, 3).shape == (1, 3 * 2, 8)
+    assert torch.equal(out[0, 0, 0], expected)
+    assert merge(torch.zeros(1, 5, 3, 2)).shape == (1, 3, 2, 8)
 
 
 def test_drop_path():

@@ -262,14 +262,18 @@ def export_onnx(
     from .onnx_ops import ONNX_OPSET, onnx_translations
 
     program = trace_program(model)
-    onnx_program = torch.onnx.export(
-        program,
-        custom_translation_table=onnx_translations(),
-        opset_version=ONNX_OPSET,
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
-        verbose=False,
-    )
+    # without gradients, as traced: the exporter re-runs the graph on fake tensors, and with
+    # gradients the CPU attention kernel (Swin's windows) returns another memory layout than
+    # the one its views were recorded for
+    with torch.no_grad():
+        onnx_program = torch.onnx.export(
+            program,
+            custom_translation_table=onnx_translations(),
+            opset_version=ONNX_OPSET,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            verbose=False,
+        )
     _rename_dims(onnx_program.model)
     onnx_program.model.metadata_props.update(description.to_strings())
     onnx_program.save(path, external_data=external_data)

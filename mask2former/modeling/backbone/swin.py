@@ -5,10 +5,19 @@ Parameter names and shapes follow the official Swin / Mask2Former checkpoints, s
 converted ``.pkl`` files load without missing or unexpected keys.
 
 Shape legend: B batch, H/W feature height/width (in patches), C channels, M window side,
-N = M * M tokens per window, G number of windows, h attention heads, d = C / h head width.
+N = M * M tokens per window, G number of windows per image, h attention heads, d = C / h head
+width.
+
+Windows are cut by gathering tokens with indices (`window_layout`, computed once per stage)
+that pad to whole windows, shift and partition in one step, and put back the same way. That
+is one copy where padding, rolling, partitioning and cropping made several, and it keeps the
+model exportable by ``torch.export`` with a dynamic image size: no tensor has a dimension of
+size G or H / M alone, whose being 1 or not (small or large images) would become a guard of
+the exported program, and each size is one short expression of the input size, which keeps
+the symbolic shape reasoning of the export short (export times in BENCHMARKS.md).
 """
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,76 +30,101 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "D2SwinTransformer",
     "DropPath",
-    "shifted_window_attention_mask",
-    "window_partition",
-    "window_reverse",
+    "WindowLayout",
+    "window_layout",
 ]
 
 _INIT_STD = 0.02
 
 
-def window_partition(x: Tensor, window_size: int) -> Tensor:
-    """Cut a feature map into non-overlapping square windows.
-
-    Args:
-        x: (B, H, W, C), H and W multiples of `window_size`.
-        window_size: M.
-
-    Returns:
-        (B * G, N, C) tokens of each window, windows in row-major order per image.
-    """
-    batch, height, width, channels = x.shape
-    m = window_size
-    rows, columns = height // m, width // m
-    x = x.view(batch, rows, m, columns, m, channels).transpose(2, 3)
-    return x.reshape(batch * rows * columns, m * m, channels)
-
-
-def window_reverse(
-    windows: Tensor, window_size: int, height: int, width: int, batch: int = -1
-) -> Tensor:
-    """Inverse of `window_partition`: (B * G, N, C) -> (B, H, W, C); ``batch`` B, when given,
-    spares torch.export from deriving it (by division) when sizes are symbolic."""
-    m = window_size
-    channels = windows.shape[-1]
-    x = windows.view(batch, height // m, width // m, m, m, channels).transpose(2, 3)
-    return x.reshape(batch, height, width, channels)
-
-
 def _round_up(size: int, multiple: int) -> int:
-    """The smallest multiple of ``multiple`` >= ``size``, in integer arithmetic: a size that is
-    symbolic under torch.export stays a simple expression (no float ceil, no modulo)."""
-    return (size + multiple - 1) // multiple * multiple
+    """The smallest multiple of ``multiple`` >= ``size`` (>= 1), written as a strided conv's
+    output size is: under torch.export the symbolic sizes of successive stages then fold into
+    one ``(H - 1) // stride + 1`` each, about which the symbolic shape reasoning can decide
+    (nested ``(size + multiple - 1) // multiple`` left facts such as "B maps hold more tokens
+    than one" open, as guards of the exported program that batch 1 then failed)."""
+    return ((size - 1) // multiple + 1) * multiple
 
 
-def shifted_window_attention_mask(
-    height: int, width: int, window_size: int, shift_size: int, device: torch.device
-) -> Tensor:
-    """Which token pairs of a cyclically shifted window come from different image regions.
+class WindowLayout(NamedTuple):
+    """How the tokens of a batch of (H, W) maps are cut into (shifted) windows and put back.
 
-    After rolling the (padded) map by -`shift_size`, the last row and column of windows mix
-    tokens from opposite image borders; those must not attend to each other.
-
-    Args:
-        height, width: padded map size, multiples of `window_size`.
-        window_size: M.
-        shift_size: cyclic shift, 0 < shift_size < M.
-        device: device of the returned mask.
-
-    Returns:
-        (G, N, N) bool, True where attention is forbidden; G = (height / M) * (width / M).
+    Attributes:
+        partition: (B * G * N,) int64, for each window token, its row in the (B * (H * W + 1),
+            C) tokens of the batch: each image's H * W tokens in raster order followed by one
+            zero token, which stands for the padding to whole windows. Windows are in
+            row-major order per image, tokens in row-major order per window.
+        reverse: (B * H * W,) int64, for each map position in raster order, its row in the
+            (B * G * N, C) window tokens.
+        mask: (B * G, N, N) bool, True where attention is forbidden: token pairs of a shifted
+            window that come from different regions of the map. None without shift.
+        num_windows: G.
     """
 
-    def region_ids(length: int) -> Tensor:
-        # 0: untouched, 1: last window minus the rolled-in strip, 2: the rolled-in strip
-        ids = torch.zeros(length, dtype=torch.int64, device=device)
-        ids[length - window_size : length - shift_size] = 1
-        ids[length - shift_size :] = 2
-        return ids
+    partition: Tensor
+    reverse: Tensor
+    mask: Optional[Tensor]
+    num_windows: int
 
-    regions = region_ids(height)[:, None] * 3 + region_ids(width)[None, :]
-    windows = window_partition(regions[None, :, :, None], window_size).squeeze(-1)
-    return windows[:, :, None] != windows[:, None, :]
+
+def _shift_regions(grid: Tensor, length: int, window_size: int, shift_size: int) -> Tensor:
+    """Region of each coordinate of the shifted, padded map along one axis: 0 untouched, 1 the
+    last window minus the rolled-in strip, 2 the strip rolled in from the opposite border."""
+    return (grid >= length - window_size).long() + (grid >= length - shift_size).long()
+
+
+def _wrap(index: Tensor, length: int) -> Tensor:
+    """``index % length`` for 0 <= index < 2 * length, with a comparison: the ONNX exporter
+    cannot translate a modulo by a size that is symbolic."""
+    return index - (index >= length).long() * length
+
+
+def window_layout(
+    batch: int, height: int, width: int, window_size: int, shift_size: int, device: torch.device
+) -> WindowLayout:
+    """Indices that cut (B, H, W) maps into M x M windows, as Swin does: zero-pad the bottom
+    and right to multiples of M, roll the map by -`shift_size` along both axes, cut windows;
+    and that put the windows back (roll back, crop).
+
+    Args:
+        batch, height, width: B, H, W.
+        window_size: M.
+        shift_size: cyclic shift, 0 <= shift_size < M.
+        device: device of the returned tensors.
+    """
+    m = window_size
+    padded_height, padded_width = _round_up(height, m), _round_up(width, m)
+    columns = padded_width // m
+    num_windows = padded_height // m * columns
+    pixels = height * width
+    image = torch.arange(batch, device=device)[:, None]
+
+    # each window token's place in the shifted, padded map, and where that place comes from
+    token = torch.arange(num_windows * m * m, device=device)
+    window, inside = token // (m * m), token % (m * m)
+    window_row = window // columns
+    grid_row = window_row * m + inside // m
+    grid_col = (window - window_row * columns) * m + inside % m
+    row = _wrap(grid_row + shift_size, padded_height)
+    col = _wrap(grid_col + shift_size, padded_width)
+    source = torch.where((row < height) & (col < width), row * width + col, pixels)
+    partition = (image * (pixels + 1) + source).flatten()
+
+    # each map position's place in the shifted map, and the window token holding it
+    position = torch.arange(pixels, device=device)
+    row = position // width
+    col = _wrap(position - row * width + padded_width - shift_size, padded_width)
+    row = _wrap(row + padded_height - shift_size, padded_height)
+    target = (row // m * columns + col // m) * (m * m) + row % m * m + col % m
+    reverse = (image * (num_windows * m * m) + target).flatten()
+
+    mask = None
+    if shift_size:
+        regions = _shift_regions(grid_row, padded_height, m, shift_size) * 3
+        regions = regions + _shift_regions(grid_col, padded_width, m, shift_size)
+        regions = regions.repeat(batch).view(batch * num_windows, m * m)
+        mask = regions[:, :, None] != regions[:, None, :]
+    return WindowLayout(partition, reverse, mask, num_windows)
 
 
 def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
@@ -168,14 +202,15 @@ class WindowAttention(nn.Module):
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """
         Args:
-            x: (B * G, N, C) window tokens, windows of one image consecutive.
-            mask: (G, N, N) bool, True where attention is forbidden, or None.
+            x: (B * G, N, C) window tokens.
+            mask: (B * G, N, N) bool, True where attention is forbidden, or None.
 
         Returns:
             (B * G, N, C).
         """
         num_windows_total, tokens, channels = x.shape
-        qkv = self.qkv(x).view(num_windows_total, tokens, 3, self.num_heads, -1)
+        head_dim = channels // self.num_heads
+        qkv = self.qkv(x).view(num_windows_total, tokens, 3, self.num_heads, head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B * G, h, N, d)
 
         index = self.relative_position_index.view(-1)
@@ -186,10 +221,7 @@ class WindowAttention(nn.Module):
         else:
             # forbidden pairs get -inf (the official code adds -100, which float32 softmax
             # also turns into a weight below 1e-43)
-            num_windows = mask.shape[0]
-            bias = bias.masked_fill(mask[:, None], float("-inf"))  # (G, h, N, N)
-            bias = bias.expand(num_windows_total // num_windows, -1, -1, -1, -1)
-            bias = bias.reshape(num_windows_total, self.num_heads, tokens, tokens)
+            bias = bias.masked_fill(mask[:, None], float("-inf"))  # (B * G, h, N, N)
 
         out = F.scaled_dot_product_attention(
             query,
@@ -232,32 +264,23 @@ class SwinTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=drop)
 
-    def forward(self, x: Tensor, height: int, width: int, shift_mask: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, layout: WindowLayout) -> Tensor:
         """
         Args:
-            x: (B, H * W, C) tokens in row-major order.
-            height, width: H, W.
-            shift_mask: mask from `shifted_window_attention_mask` for the padded map; used only
-                when this block shifts its windows.
+            x: (B, H, W, C) feature map.
+            layout: `window_layout` of the map for this block's window and shift sizes.
 
         Returns:
-            (B, H * W, C).
+            (B, H, W, C).
         """
-        batch, _, channels = x.shape
-        m, shift = self.window_size, self.shift_size
-        padded_height, padded_width = _round_up(height, m), _round_up(width, m)
-
-        y = self.norm1(x).view(batch, height, width, channels)
-        y = F.pad(y, (0, 0, 0, padded_width - width, 0, padded_height - height))
-        if shift:
-            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
-        windows = self.attn(window_partition(y, m), mask=shift_mask if shift else None)
-        y = window_reverse(windows, m, padded_height, padded_width, batch)
-        if shift:
-            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-        y = y[:, :height, :width].reshape(batch, height * width, channels)
-
-        x = x + self.drop_path(y)
+        batch, height, width, channels = x.shape
+        tokens = self.norm1(x).view(batch, height * width, channels)
+        tokens = F.pad(tokens, (0, 0, 0, 1))  # one zero token per image: the padding
+        windows = tokens.flatten(0, 1).index_select(0, layout.partition)
+        windows = windows.view(batch * layout.num_windows, self.window_size**2, channels)
+        windows = self.attn(windows, layout.mask)
+        y = windows.flatten(0, 1).index_select(0, layout.reverse)
+        x = x + self.drop_path(y.view(batch, height, width, channels))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -269,17 +292,17 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(4 * dim)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
-    def forward(self, x: Tensor, height: int, width: int) -> Tensor:
-        """(B, H * W, C) -> (B, ceil(H / 2) * ceil(W / 2), 2C); odd sizes are zero-padded."""
-        batch, _, channels = x.shape
-        x = x.view(batch, height, width, channels)
-        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-        # neighbourhood order (top-left, bottom-left, top-right, bottom-right) is the one of the
-        # official checkpoints' `reduction` weights
-        x = torch.cat(
-            [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1
-        )
-        return self.reduction(self.norm(x.view(batch, -1, 4 * channels)))
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, H, W, C) -> (B, ceil(H / 2), ceil(W / 2), 2C); odd sizes are zero-padded."""
+        batch, height, width, channels = x.shape
+        padded_height, padded_width = _round_up(height, 2), _round_up(width, 2)
+        x = F.pad(x, (0, 0, 0, padded_width - width, 0, padded_height - height))
+        x = x.view(batch, padded_height // 2, 2, padded_width // 2, 2, channels)
+        # neighbourhood order (top-left, bottom-left, top-right, bottom-right), i.e. column
+        # offset then row offset, is the one of the official checkpoints' `reduction` weights
+        x = x.permute(0, 1, 3, 4, 2, 5)
+        x = x.reshape(batch, padded_height // 2, padded_width // 2, 4 * channels)
+        return self.reduction(self.norm(x))
 
 
 class SwinStage(nn.Module):
@@ -324,27 +347,27 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def forward(self, x: Tensor, height: int, width: int) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """
         Args:
-            x: (B, H * W, C).
+            x: (B, H, W, C).
 
         Returns:
-            The stage output (B, H * W, C) and the downsampled tokens
-            (B, ceil(H / 2) * ceil(W / 2), 2C), or None for the last stage.
+            The stage output (B, H, W, C) and the downsampled map (B, ceil(H / 2),
+            ceil(W / 2), 2C), or None for the last stage.
         """
-        m = self.window_size
-        shift_mask = None
-        if self.shift_size and len(self.blocks) > 1:
-            shift_mask = shifted_window_attention_mask(
-                _round_up(height, m), _round_up(width, m), m, self.shift_size, x.device
-            )
+        batch, height, width, _ = x.shape
+        layouts = {
+            shift: window_layout(batch, height, width, self.window_size, shift, x.device)
+            for shift in {block.shift_size for block in self.blocks}
+        }
         for block in self.blocks:
+            layout = layouts[block.shift_size]
             if self.use_checkpoint and x.requires_grad:
-                x = checkpoint(block, x, height, width, shift_mask, use_reentrant=False)
+                x = checkpoint(block, x, layout, use_reentrant=False)
             else:
-                x = block(x, height, width, shift_mask)
-        down = self.downsample(x, height, width) if self.downsample is not None else None
+                x = block(x, layout)
+        down = self.downsample(x) if self.downsample is not None else None
         return x, down
 
 
@@ -360,7 +383,8 @@ class PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, C, ceil(H / patch), ceil(W / patch)); input zero-padded."""
         height, width = x.shape[-2:]
-        x = F.pad(x, (0, (-width) % self.patch_size, 0, (-height) % self.patch_size))
+        patch = self.patch_size
+        x = F.pad(x, (0, _round_up(width, patch) - width, 0, _round_up(height, patch) - height))
         x = self.proj(x)
         if self.norm is not None:
             x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -520,16 +544,14 @@ class D2SwinTransformer(Backbone):
         height, width = x.shape[-2:]
         if self.absolute_pos_embed is not None:
             x = x + F.interpolate(self.absolute_pos_embed, size=(height, width), mode="bicubic")
-        x = self.pos_drop(x.flatten(2).transpose(1, 2))
+        x = self.pos_drop(x.permute(0, 2, 3, 1))  # (B, H, W, C)
 
         outputs = {}
         for index, (name, stage) in enumerate(zip(self._stage_names, self.layers)):
-            stage_out, x = stage(x, height, width)
+            stage_out, x = stage(x)
             if name in self._out_features:
                 stage_out = getattr(self, f"norm{index}")(stage_out)
-                outputs[name] = stage_out.view(-1, height, width, self.num_features[index])
-                outputs[name] = outputs[name].permute(0, 3, 1, 2).contiguous()
-            height, width = (height + 1) // 2, (width + 1) // 2
+                outputs[name] = stage_out.permute(0, 3, 1, 2).contiguous()
         return outputs
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
