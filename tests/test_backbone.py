@@ -332,6 +332,22 @@ def test_patch_merging_neighbourhood_order():
     assert merge(torch.zeros(1, 5, 3, 2)).shape == (1, 3, 2, 8)
 
 
+def test_swin_exports_with_dynamic_batch_and_size():
+    # one program for every batch and size (multiples of 32): with and without padding to whole
+    # windows (224 = 32 * 7), one window or several in the last stages, batch 1 or more
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_swin_cfg()).eval()
+    blocks = torch.export.Dim("height_blocks", min=2), torch.export.Dim("width_blocks", min=2)
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1), 2: 32 * blocks[0], 3: 32 * blocks[1]}}
+    with torch.no_grad():
+        program = torch.export.export(backbone, (torch.rand(2, 3, 64, 96),), dynamic_shapes=dynamic)
+        for batch, height, width in [(1, 64, 96), (3, 96, 64), (1, 224, 448), (2, 288, 224)]:
+            x = torch.rand(batch, 3, height, width)
+            expected, actual = backbone(x), program.module()(x)
+            for name in expected:
+                assert torch.equal(actual[name], expected[name]), (batch, height, width, name)
+
+
 def test_drop_path():
     torch.manual_seed(0)
     layer = DropPath(0.5)

@@ -199,10 +199,21 @@ def trace_program(model: MaskFormer) -> torch.export.ExportedProgram:
         ) from error
 
 
-def export_program(model: MaskFormer, description: ModelDescription, path: str) -> ExportResult:
+def export_program(
+    model: MaskFormer,
+    description: ModelDescription,
+    path: str,
+    *,
+    program: Optional[torch.export.ExportedProgram] = None,
+) -> ExportResult:
     """Write the ``torch.export`` program (``torch.export.save``, a .pt2 file) with the
-    description as extra files; reload it with :func:`mask2former.export.load_program`."""
-    program = trace_program(model)
+    description as extra files; reload it with :func:`mask2former.export.load_program`.
+
+    ``program``: the model's :func:`trace_program`, to write several files from one trace;
+    None traces it here.
+    """
+    if program is None:
+        program = trace_program(model)
     strings = json.dumps(description.to_strings())
     torch.export.save(program, path, extra_files={PROGRAM_EXTRA_FILE: strings})
     inputs, outputs = _signature(description)
@@ -240,6 +251,7 @@ def export_onnx(
     path: str,
     *,
     external_data: Optional[bool] = None,
+    program: Optional[torch.export.ExportedProgram] = None,
 ) -> ExportResult:
     """Write an ONNX file of the model's network, checked with ``onnx.checker``.
 
@@ -252,6 +264,8 @@ def export_onnx(
         path: the .onnx file.
         external_data: store the weights in a separate file (``PATH.data``); None: only when
             they exceed ONNX's 2 GB limit.
+        program: the model's :func:`trace_program`, to write several files from one trace;
+            None traces it here.
 
     Raises:
         ExportError: the model cannot be exported.
@@ -261,7 +275,8 @@ def export_onnx(
     require("onnxscript", "exporting to ONNX")
     from .onnx_ops import ONNX_OPSET, onnx_translations
 
-    program = trace_program(model)
+    if program is None:
+        program = trace_program(model)
     # without gradients, as traced: the exporter re-runs the graph on fake tensors, and with
     # gradients the CPU attention kernel (Swin's windows) returns another memory layout than
     # the one its views were recorded for
