@@ -22,16 +22,14 @@ from mask2former.export import (
     ExportError,
     MissingDependencyError,
     OnnxModelFile,
-    export,
-    load_program,
-)
-from mask2former.export.exporter import (
-    InferenceNetwork,
     describe_model,
+    export,
     export_onnx,
     export_program,
+    load_program,
     trace_program,
 )
+from mask2former.export.exporter import InferenceNetwork
 from mask2former.modeling.pixel_decoder.ops import (
     kernel_available,
     ms_deform_attn,
