@@ -174,7 +174,7 @@ def test_exported_program_reloads_and_matches(tiny, tiny_predictors, tmp_path, c
     assert export_model.main(argv + ["--opts", "MODEL.WEIGHTS", tiny["weights"]]) == 0
     out = capsys.readouterr().out
     assert path in out and "MiB" in out
-    assert "images" in out and "(N, 3, H, W)" in out and "multiples of 32" in out
+    assert "images" in out and "(N, 3, H, W)" in out and "multiples of 32, at least 64" in out
     assert "class_logits" in out and "(N, 8, 8)" in out
     assert "mask_logits" in out and "(N, 8, H/4, W/4)" in out
     program, description = load_program(path)
@@ -334,10 +334,13 @@ def test_image_size_the_model_cannot_take(tiny):
     ort = Predictor(
         tiny["onnx"], backend="onnxruntime", opts=["MODEL.MASK_FORMER.SIZE_DIVISIBILITY", "0"]
     )
-    with pytest.raises(ValueError, match="multiples of 32, got 64x90"):
+    with pytest.raises(ValueError, match="multiples of 32, at least 64, got 64x90"):
         ort(_pictures([(64, 90)])[0])
-    with pytest.raises(ValueError, match="multiples of 32, got 40x64"):
+    with pytest.raises(ValueError, match="multiples of 32, at least 64, got 40x64"):
         ort.model.network(torch.zeros(1, 3, 40, 64))
+    # one block: the coarsest feature map would be 1x1, a size the traced program excludes
+    with pytest.raises(ValueError, match="multiples of 32, at least 64, got 32x64"):
+        ort.model.network(torch.zeros(1, 3, 32, 64))
 
 
 def test_export_without_the_compiled_op_names_the_attention_module(

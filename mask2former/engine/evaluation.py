@@ -28,6 +28,7 @@ from detectron2.evaluation import (
 )
 from detectron2.utils.registry import Registry
 
+from ..utils.results import TASK_CONFIG_KEYS
 from .partial_evaluation import PartialCOCOEvaluator, PartialCOCOPanopticEvaluator
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def _lvis(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEv
 
 
 # The MODEL.MASK_FORMER.TEST flags that turn the model's outputs on, and the outputs' names.
-OUTPUT_FLAGS = {"SEMANTIC_ON": "semantic", "INSTANCE_ON": "instance", "PANOPTIC_ON": "panoptic"}
+OUTPUT_FLAGS = {flag: task for task, flag in TASK_CONFIG_KEYS.items()}
 
 
 @dataclass(frozen=True)

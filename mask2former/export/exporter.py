@@ -4,8 +4,8 @@ What is exported is :class:`InferenceNetwork`: the normalised, padded image batc
 ``images`` (N, 3, H, W) in, ``class_logits`` (N, Q, K+1) and ``mask_logits``
 (N, Q, H/4, W/4) out. N, H and W are dynamic; H and W must be multiples of the size
 divisibility (MODEL.MASK_FORMER.SIZE_DIVISIBILITY, resolved as the model does), which the
-model's own pre-processing pads to. Normalisation, padding, resizing and every
-post-processing step stay outside, in the code the PyTorch path runs
+model's own pre-processing pads to, and at least ``MIN_BLOCKS`` of them (2). Normalisation,
+padding, resizing and every post-processing step stay outside, in the code the PyTorch path runs
 (:class:`~mask2former.modeling.meta_arch.mask_former.MaskFormer`), and the file carries what
 they need (:mod:`mask2former.export.metadata`).
 
@@ -28,7 +28,13 @@ from torch import nn
 from ..modeling.meta_arch.mask_former import MaskFormer
 from ..modeling.pixel_decoder.ops import MSDeformAttn, kernel_available
 from .dependencies import require
-from .metadata import INPUT_NAME, OUTPUT_NAMES, PROGRAM_EXTRA_FILE, ModelDescription
+from .metadata import (
+    INPUT_NAME,
+    MIN_BLOCKS,
+    OUTPUT_NAMES,
+    PROGRAM_EXTRA_FILE,
+    ModelDescription,
+)
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -107,7 +113,11 @@ def describe_model(cfg: CfgNode, model: MaskFormer) -> ModelDescription:
 
 def _signature(description: ModelDescription) -> Tuple[List, List]:
     multiple = description.size_divisibility
-    sides = f"H, W multiples of {multiple}" if multiple > 1 else "any H, W"
+    sides = (
+        f"H, W multiples of {multiple}, at least {MIN_BLOCKS * multiple}"
+        if multiple > 1
+        else "any H, W of at least 2"
+    )
     num_queries = description.config.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
     num_outputs = description.config.MODEL.SEM_SEG_HEAD.NUM_CLASSES + 1
     inputs = [(INPUT_NAME, f"(N, 3, H, W) float32, normalised; {sides}")]
@@ -159,8 +169,8 @@ def _blocking_module(error: BaseException, network: nn.Module) -> Optional[str]:
 def _dynamic_shapes(size_divisibility: int) -> Dict:
     batch = torch.export.Dim("batch", min=1)
     if size_divisibility > 1:
-        height = size_divisibility * torch.export.Dim("height_blocks", min=1)
-        width = size_divisibility * torch.export.Dim("width_blocks", min=1)
+        height = size_divisibility * torch.export.Dim("height_blocks", min=MIN_BLOCKS)
+        width = size_divisibility * torch.export.Dim("width_blocks", min=MIN_BLOCKS)
     else:
         height, width = torch.export.Dim("height", min=2), torch.export.Dim("width", min=2)
     return {INPUT_NAME: {0: batch, 2: height, 3: width}}

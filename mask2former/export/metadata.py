@@ -28,11 +28,13 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data.catalog import Metadata
 
 from ..config import add_maskformer2_config
+from ..utils.results import TASK_CONFIG_KEYS
 from ..utils.visualization import class_names_from_metadata
 
 __all__ = [
     "FORMAT_VERSION",
     "INPUT_NAME",
+    "MIN_BLOCKS",
     "OUTPUT_NAMES",
     "PROGRAM_EXTRA_FILE",
     "ExportedModelError",
@@ -42,6 +44,12 @@ __all__ = [
 FORMAT_VERSION = 1
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("class_logits", "mask_logits")
+# The smallest exported height and width, in multiples of the size divisibility. The coarsest
+# feature map is 1/size_divisibility of the input, and torch.export specialises sizes 0 and 1:
+# a program traced with dynamic sizes holds only where that map has at least 2 rows and
+# columns. (A Mask2Former input is resized to 800 px on its short side before padding, far
+# above this.)
+MIN_BLOCKS = 2
 PREFIX = "mask2former."
 # The file inside a torch.export archive (.pt2) that holds the key/value pairs, as JSON.
 PROGRAM_EXTRA_FILE = "mask2former.json"
@@ -55,7 +63,6 @@ _DATASET_KEYS = (
     "stuff_dataset_id_to_contiguous_id",
 )
 _ID_MAPS = ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")
-_TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
 
 
 class ExportedModelError(RuntimeError):
@@ -131,7 +138,7 @@ class ModelDescription:
             "overlap_threshold": test.OVERLAP_THRESHOLD,
             "mask_threshold": test.MASK_THRESHOLD,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "tasks": [task for task, key in _TASK_KEYS.items() if test[key]],
+            "tasks": [task for task, key in TASK_CONFIG_KEYS.items() if test[key]],
         }
         return {
             PREFIX + key: value if isinstance(value, str) else json.dumps(value)

@@ -20,6 +20,7 @@ from ..modeling.meta_arch.mask_former import MaskFormer
 from .dependencies import require
 from .metadata import (
     INPUT_NAME,
+    MIN_BLOCKS,
     OUTPUT_NAMES,
     PROGRAM_EXTRA_FILE,
     ExportedModelError,
@@ -82,10 +83,12 @@ class OnnxRuntimeMaskFormer(MaskFormer):
 
 def _check_image_size(size: Tuple[int, int], multiple: int, source: str) -> None:
     height, width = (int(side) for side in size)
-    if height < 1 or width < 1 or (multiple > 1 and (height % multiple or width % multiple)):
+    smallest = MIN_BLOCKS * multiple if multiple > 1 else 2
+    if min(height, width) < smallest or (multiple > 1 and (height % multiple or width % multiple)):
+        multiples = f"multiples of {multiple}, " if multiple > 1 else ""
         raise ValueError(
-            f"{source} takes images whose height and width are positive multiples of "
-            f"{multiple}, got {height}x{width}: pad them (MaskFormer pads to "
+            f"{source} takes images whose height and width are {multiples}at least "
+            f"{smallest}, got {height}x{width}: pad them (MaskFormer pads to "
             "MODEL.MASK_FORMER.SIZE_DIVISIBILITY; keep it at the exported value or a "
             "multiple of it)."
         )
