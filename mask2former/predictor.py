@@ -186,7 +186,8 @@ class Predictor:
         weights = cfg.MODEL.WEIGHTS if weights is None else weights
         if state_dict is None and onnx_file is None:
             _check_weights(weights)
-        self.device = _resolve_device(device, cfg.MODEL.DEVICE)
+        # ONNX Runtime runs on the CPU whatever MODEL.DEVICE says (_open_onnx refuses others)
+        self.device = _resolve_device(device, "cpu" if onnx_file else cfg.MODEL.DEVICE)
         if tune_cpu_allocator and self.device.type == "cpu":
             keep_freed_memory()
         cfg.MODEL.DEVICE = str(self.device)

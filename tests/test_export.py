@@ -253,6 +253,49 @@ def test_demo_on_the_onnx_file_writes_the_same_files(tiny, tmp_path):
             assert expected.read_bytes() == actual.read_bytes(), name
 
 
+def test_web_demo_on_the_onnx_file_gives_the_same_results(tiny, tmp_path):
+    pytest.importorskip("gradio", reason="the web demo needs gradio")
+    from mask2former.apps.web import build_argument_parser, create_web_demo
+
+    parser = build_argument_parser(default_config=CONFIG)
+    pytorch = create_web_demo(
+        parser.parse_args(["--config-file", CONFIG, "--opts", "MODEL.WEIGHTS", tiny["weights"]])
+    )
+    # --onnx alone: the file's stored config, not the default --config-file
+    ort = create_web_demo(parser.parse_args(["--onnx", tiny["onnx"]]))
+    assert ort.predictor.backend == "onnxruntime"
+    assert "**backend:** onnxruntime" in ort.describe_model()
+    assert "tiny (" in ort.model_name and "tiny.onnx" in ort.model_name
+    image = str(tmp_path / "photo.png")
+    cv2.imwrite(image, _pictures([(52, 70)], seed=5)[0])
+    for task in ("panoptic", "instance", "semantic"):
+        np.random.seed(0)  # the Visualizer's colour jitter
+        expected = pytorch.segment_image(image, task, 0.0)
+        np.random.seed(0)
+        actual = ort.segment_image(image, task, 0.0)
+        assert actual.picture is not None, actual.message
+        np.testing.assert_array_equal(expected.picture, actual.picture)
+        assert [os.path.basename(f) for f in expected.files] == [
+            os.path.basename(f) for f in actual.files
+        ]
+        for first, second in zip(expected.files, actual.files):
+            if first.endswith(".json"):
+                with open(first) as a, open(second) as b:
+                    _assert_same_json(json.load(a), json.load(b), os.path.basename(first))
+            else:
+                with open(first, "rb") as a, open(second, "rb") as b:
+                    assert a.read() == b.read(), first
+
+
+def test_onnx_runtime_predictor_stays_on_the_cpu_under_a_cuda_config(tiny, monkeypatch):
+    """ONNX Runtime runs on the CPU: a config saying MODEL.DEVICE cuda must not move the
+    inputs to a GPU (as if there were one)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    ort = Predictor(tiny["onnx"], backend="onnxruntime", opts=["MODEL.DEVICE", "cuda"])
+    assert ort.device == torch.device("cpu")
+    assert ort.cfg.MODEL.DEVICE == "cpu"
+
+
 class _Attention(torch.nn.Module):
     def __init__(self, shapes):
         super().__init__()

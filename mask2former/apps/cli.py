@@ -96,17 +96,22 @@ def add_model_arguments(
 
     Args:
         default_config: the config used without --config-file (None: the option is required,
-            unless ``onnx``).
+            unless ``onnx``). Only named in the help: with ``onnx`` the option's value stays
+            None when not given, since --onnx alone means the ONNX file's stored config; the
+            caller puts ``default_config`` in when neither option is given.
         onnx: add --onnx (an exported ONNX file run in ONNX Runtime, with its stored config).
     """
+    if onnx:
+        needed = f"default: {default_config}" if default_config else "required"
+        config_help = f" ({needed} without --onnx; with it, the file's stored config)"
+    else:
+        config_help = f" (default: {default_config})" if default_config else ""
     parser.add_argument(
         "--config-file",
         required=default_config is None and not onnx,
-        default=default_config,
+        default=None if onnx else default_config,
         metavar="FILE",
-        help="config YAML file"
-        + (f" (default: {default_config})" if default_config else "")
-        + (" (required without --onnx)" if onnx else ""),
+        help="config YAML file" + config_help,
     )
     if onnx:
         parser.add_argument(

@@ -50,6 +50,7 @@ from .cli import (
     build_predictor,
     default_task,
     load_demo_config,
+    open_onnx,
     run_video,
 )
 
@@ -170,8 +171,8 @@ class WebDemo:
         """Markdown: the model's name, device, precision and classes."""
         names = self.predictor.class_names
         return (
-            f"**Model:** {self.model_name} · **device:** {self.predictor.device} · "
-            f"**precision:** {self.predictor.precision}  \n"
+            f"**Model:** {self.model_name} · **backend:** {self.predictor.backend} · "
+            f"**device:** {self.predictor.device} · **precision:** {self.predictor.precision}  \n"
             f"**Classes ({len(names)}):** {', '.join(names)}"
         )
 
@@ -482,12 +483,14 @@ def build_argument_parser(default_config: Optional[str] = None) -> argparse.Argu
     """The web demo's command line (``demo/app.py --help``).
 
     Args:
-        default_config: the config used without --config-file (the quickstart's).
+        default_config: the config named in the help as used without --config-file and
+            --onnx (the quickstart's; :func:`create_web_demo` puts it in).
     """
     parser = argparse.ArgumentParser(
         description="Mask2Former web demo: a page to segment images and videos in a browser.",
         epilog="Example: python demo/app.py (after make quickstart), or python demo/app.py "
-        "--config-file CONFIG --opts MODEL.WEIGHTS model_final.pth",
+        "--config-file CONFIG --opts MODEL.WEIGHTS model_final.pth, or python demo/app.py "
+        "--onnx model.onnx (tools/export_model.py)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
@@ -513,7 +516,7 @@ def build_argument_parser(default_config: Optional[str] = None) -> argparse.Argu
         help="example images: files, globs or folders (default: a few images of the config's "
         "test data set, when they are on disk)",
     )
-    add_model_arguments(parser, default_config=default_config)
+    add_model_arguments(parser, default_config=default_config, onnx=True)
     return parser
 
 
@@ -534,19 +537,24 @@ def create_web_demo(
     """The web demo for parsed command-line arguments (see :func:`build_argument_parser`).
 
     Args:
-        quickstart_model: (config, weights) that ``make quickstart`` trains: those weights are
-            loaded when that config is given without MODEL.WEIGHTS.
+        quickstart_model: (config, weights) that ``make quickstart`` trains: that config is
+            used without --config-file and --onnx, and those weights when that config is
+            given without MODEL.WEIGHTS.
         tune_cpu_allocator: passed to the :class:`~mask2former.Predictor` (``demo/app.py``
             turns it on: it owns its process).
 
     Raises:
-        DemoError: the config, the weights or an option is wrong; the message says what to do.
+        DemoError: the config, the weights, the ONNX file or an option is wrong; the message
+            says what to do.
     """
     if args.max_image_size < 1 or args.max_video_frames < 1:
         raise DemoError("--max-image-size and --max-video-frames must be at least 1.")
-    cfg = load_demo_config(args)
-    if not cfg.MODEL.WEIGHTS:
-        quickstart_config, quickstart_weights = quickstart_model or ("", "")
+    quickstart_config, quickstart_weights = quickstart_model or (None, "")
+    onnx_file = open_onnx(args.onnx) if args.onnx else None
+    if args.config_file is None and onnx_file is None:
+        args = argparse.Namespace(**{**vars(args), "config_file": quickstart_config})
+    cfg = load_demo_config(args, onnx_file)
+    if onnx_file is None and not cfg.MODEL.WEIGHTS:
         if not quickstart_config or not os.path.samefile(args.config_file, quickstart_config):
             raise DemoError(
                 f"{args.config_file} names no weights (MODEL.WEIGHTS): pass a checkpoint "
@@ -561,10 +569,16 @@ def create_web_demo(
         cfg.defrost()
         cfg.MODEL.WEIGHTS = quickstart_weights
     predictor = build_predictor(
-        args, cfg, tasks=TASKS, score_threshold=0.0, tune_cpu_allocator=tune_cpu_allocator
+        args,
+        cfg,
+        tasks=TASKS,
+        score_threshold=0.0,
+        tune_cpu_allocator=tune_cpu_allocator,
+        onnx_file=onnx_file,
     )
-    config_name = os.path.splitext(os.path.basename(args.config_file))[0]
-    weights = predictor.cfg.MODEL.WEIGHTS
+    # the config's name, or the ONNX file's when its stored config is used
+    config_name = os.path.splitext(os.path.basename(args.config_file or args.onnx))[0]
+    weights = predictor.cfg.MODEL.WEIGHTS  # the ONNX file with --onnx
     if os.path.isfile(weights) and not os.path.relpath(weights).startswith(os.pardir):
         weights = os.path.relpath(weights)  # shorter, and no local folders shown on the page
     examples = expand_image_inputs(args.examples) if args.examples else _default_examples(predictor)
