@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from unittest import mock
@@ -37,9 +38,11 @@ from mask2former.data.datasets import (
     panoptic_category_metadata,
     register_coco_instances_with_checks,
     register_coco_panoptic_with_checks,
+    register_sem_seg_folder,
 )
 from mask2former.data.exclude import write_exclude_file
 from mask2former.data.synthetic import (
+    IGNORE_LABEL,
     SHAPES_CATEGORIES,
     SyntheticConfig,
     ensure_synthetic_dataset,
@@ -462,6 +465,123 @@ def test_evaluation_leaves_an_unreadable_image_out_of_the_metrics(planted, tmp_p
         m.startswith("Evaluation on planted_val_panoptic: 1 of the 6 images") and unreadable in m
         for m in warnings
     ), warnings
+
+
+def _planted_copy(planted, tmp_path):
+    """A copy of the planted set (its val image 2 is unreadable) whose files a test may break,
+    and the paths of its val split."""
+    root = str(tmp_path / "shapes")
+    shutil.copytree(planted["root"], root)
+    return root, synthetic_split_paths(root, "val")
+
+
+def _truncate(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def _evaluate(dataset_name, output_dir, oracle):
+    """MaskFormerTrainer.test of ``oracle`` on ``dataset_name``: (results, the image files the
+    model was given)."""
+    seen = set()
+    oracle.register_forward_pre_hook(lambda _, args: seen.update(x["file_name"] for x in args[0]))
+    cfg = _cfg(
+        output_dir,
+        "DATASETS.TEST", f"('{dataset_name}',)",
+        "DATALOADER.MAX_BAD_SAMPLE_FRACTION", "0.7",
+    )  # fmt: skip
+    return MaskFormerTrainer.test(cfg, oracle), seen
+
+
+def _evaluation_reports(caplog, dataset_name):
+    """Image file -> the reasons evaluation on ``dataset_name`` logged it with; the final
+    warnings that say how many images were left out."""
+    reasons, left_out = {}, []
+    for record in caplog.records:
+        message = record.getMessage()
+        match = re.match(
+            rf"Bad sample in evaluation on {dataset_name}: (\S+) \((.*)\): left out", message
+        )
+        if match:
+            reasons.setdefault(match.group(1), []).append(match.group(2))
+        if message.startswith(f"Evaluation on {dataset_name}: "):
+            left_out.append(message)
+    return reasons, left_out
+
+
+@pytest.mark.slow
+def test_evaluation_leaves_out_the_images_whose_panoptic_png_is_broken(planted, tmp_path, caplog):
+    # panopticapi reads the panoptic PNGs only at the end, in COCOPanopticEvaluator.evaluate
+    caplog.set_level(logging.WARNING, logger="mask2former.data.bad_samples")
+    root, val = _planted_copy(planted, tmp_path)
+    image = {i: os.path.join(val["image_root"], f"{i:06d}.jpg") for i in range(6)}
+    png = {i: os.path.join(val["panoptic_root"], f"{i:06d}.png") for i in range(6)}
+    os.remove(png[1])
+    _truncate(png[3])
+    Image.open(png[4]).resize((SIZE // 2, SIZE // 2), Image.NEAREST).save(png[4])
+    _register("broken_png_val_panoptic", root, "val")
+    _register("broken_png_good_val_panoptic", root, "val", image_ids={0, 5})
+    results, seen = {}, {}
+    for name in ("broken_png_val_panoptic", "broken_png_good_val_panoptic"):
+        # the oracle predicts from the planted set's intact PNGs
+        oracle = _Oracle("planted_val_panoptic")
+        results[name], seen[name] = _evaluate(name, tmp_path / "output" / name, oracle)
+    with_bad = results["broken_png_val_panoptic"]
+    good_only = results["broken_png_good_val_panoptic"]
+    # left out of every evaluator: the model never saw them
+    assert seen["broken_png_val_panoptic"] == {image[0], image[5]}
+    assert with_bad["panoptic_seg"]["PQ"] == pytest.approx(100.0)
+    assert with_bad.keys() == good_only.keys() == {"panoptic_seg", "bbox", "segm", "sem_seg"}
+    for task, metrics in good_only.items():
+        assert with_bad[task] == pytest.approx(metrics, nan_ok=True), task
+    reasons, left_out = _evaluation_reports(caplog, "broken_png_val_panoptic")
+    assert reasons.keys() == {image[1], image[2], image[3], image[4]}
+    assert all(len(r) == 1 for r in reasons.values()), reasons  # once each
+    for i in (1, 3, 4):
+        assert png[i] in reasons[image[i]][0], reasons[image[i]]
+    # one count for the unreadable image and the broken PNGs
+    (warning,) = left_out
+    assert warning.startswith("Evaluation on broken_png_val_panoptic: 4 of the 6 images")
+
+
+class _OracleByFileName(nn.Module):
+    """``_Oracle`` for inputs without image ids (a semantic folder data set): finds an input's
+    id by its image's base name."""
+
+    def __init__(self, oracle):
+        super().__init__()
+        self.oracle = oracle
+        self.image_ids = {os.path.basename(r["file_name"]): i for i, r in oracle.records.items()}
+
+    def forward(self, inputs):
+        return self.oracle(
+            [dict(x, image_id=self.image_ids[os.path.basename(x["file_name"])]) for x in inputs]
+        )
+
+
+@pytest.mark.slow
+def test_evaluation_leaves_out_an_image_whose_semantic_png_is_broken(planted, tmp_path, caplog):
+    # holds without a change of ours: Detectron2's inference DatasetMapper reads the semantic
+    # PNG that SemSegEvaluator reads again, so a broken one makes its sample bad in the loader
+    caplog.set_level(logging.WARNING, logger="mask2former.data.bad_samples")
+    _root, val = _planted_copy(planted, tmp_path)
+    image = {i: os.path.join(val["image_root"], f"{i:06d}.jpg") for i in range(6)}
+    _truncate(os.path.join(val["sem_seg_root"], "000001.png"))
+    classes = panoptic_category_metadata(SHAPES_CATEGORIES)["stuff_classes"]
+    register_sem_seg_folder(
+        "broken_png_val_sem_seg", val["image_root"], val["sem_seg_root"], classes, IGNORE_LABEL
+    )
+    oracle = _OracleByFileName(_Oracle("planted_val_panoptic"))
+    results, seen = _evaluate("broken_png_val_sem_seg", tmp_path / "output", oracle)
+    assert seen == {image[i] for i in (0, 3, 4, 5)}
+    assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    reasons, left_out = _evaluation_reports(caplog, "broken_png_val_sem_seg")
+    assert reasons.keys() == {image[1], image[2]}
+    assert all(len(r) == 1 for r in reasons.values()), reasons
+    (warning,) = left_out
+    assert warning.startswith("Evaluation on broken_png_val_sem_seg: 2 of the 6 images")
 
 
 def _nan_dice_at(iteration):

@@ -12,7 +12,11 @@ In Detectron2 the exception kills a data-loader worker and with it the whole run
   reports of all training processes).
 - **evaluation** (:func:`build_test_loader`): a bad image is logged and left out; the
   evaluators score the images they were given, and a warning at the end says how many were
-  left out.
+  left out. An image's ground-truth PNGs are part of its sample: Detectron2's inference mapper
+  reads the semantic PNG, and the loader reads the panoptic PNG as well, which panopticapi
+  would otherwise read only at the end, where a missing, unreadable or wrong-sized one stops
+  the whole evaluation. An image with such a PNG is left out of every metric, whichever
+  outputs are evaluated.
 
 In both, when more than ``DATALOADER.MAX_BAD_SAMPLE_FRACTION`` of a data set's images have
 turned out bad, :class:`TooManyBadSamplesError` stops the run with a summary of the bad files:
@@ -32,6 +36,7 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
+from detectron2.data.detection_utils import read_image
 from detectron2.utils import comm
 
 from .exclude import exclude_images, read_exclude_file
@@ -233,6 +238,39 @@ class _ReplaceBadSamples:
         return sample
 
 
+class _ReadPanopticGroundTruth:
+    """Evaluation mapper wrapper that also reads the panoptic PNG that a sample's record names.
+
+    Detectron2's inference ``DatasetMapper`` reads the semantic PNG (which ``SemSegEvaluator``
+    reads again) but not the panoptic PNG, which panopticapi reads only at the end, in
+    ``COCOPanopticEvaluator.evaluate``: a PNG that is missing, unreadable or of another size
+    than the image stops the whole evaluation there, with no metric. Read here, it makes its
+    sample bad like an unreadable image: reported, and left out of every metric.
+    """
+
+    def __init__(self, mapper: Callable[[Dict], Dict]):
+        self.mapper = mapper
+
+    def __call__(self, record: Dict) -> Dict:
+        sample = self.mapper(record)
+        path = record.get("pan_seg_file_name")
+        if path is None:
+            return sample
+        try:
+            height, width = read_image(path, "RGB").shape[:2]
+        # see _ReplaceBadSamples
+        except Exception as error:
+            raise OSError(f"the panoptic PNG {path} cannot be read ({error})") from error
+        # the size of the predictions (Detectron2's DatasetMapper sets it)
+        expected = (sample.get("height", height), sample.get("width", width))
+        if (height, width) != expected:
+            raise ValueError(
+                f"the panoptic PNG {path} is {width}x{height} pixels, the image "
+                f"{expected[1]}x{expected[0]}"
+            )
+        return sample
+
+
 class _MarkBadSamples:
     """Evaluation mapper wrapper: a sample the mapper fails on becomes a :class:`BadSample`
     (not None, which ``MapDataset`` would replace by another image)."""
@@ -372,7 +410,7 @@ def build_test_loader(
         mapper: the dataset mapper; default Detectron2's ``DatasetMapper(cfg, False)``, as in
             ``build_detection_test_loader``.
     """
-    mapper = DatasetMapper(cfg, False) if mapper is None else mapper
+    mapper = _ReadPanopticGroundTruth(DatasetMapper(cfg, False) if mapper is None else mapper)
     loader = build_detection_test_loader(cfg, dataset_name, mapper=_MarkBadSamples(mapper))
     log = BadSampleLog(
         f"evaluation on {dataset_name}",

@@ -1,9 +1,10 @@
 """COCO evaluators that score only the images they were given.
 
-The evaluation loader leaves bad images out (:mod:`mask2former.data.bad_samples`). Detectron2's
-``COCOEvaluator`` would still score every image of the annotation file, counting the objects of
-a left-out image as missed, and ``COCOPanopticEvaluator`` would fail, since panopticapi wants a
-prediction for every ground-truth image. These subclasses restrict the ground truth to the
+The evaluation loader leaves bad images out (:mod:`mask2former.data.bad_samples`), among them
+those whose semantic or panoptic PNG is missing or unreadable. Detectron2's ``COCOEvaluator``
+would still score every image of the annotation file, counting the objects of a left-out image
+as missed, and ``COCOPanopticEvaluator`` would fail, since panopticapi wants a prediction for
+every ground-truth image. These subclasses restrict the ground truth to the
 images that were evaluated; when every image was, they are Detectron2's evaluators unchanged.
 (``SemSegEvaluator`` only ever scores the images it is given. The LVIS and Cityscapes
 evaluators are left as they are: LVIS counts a left-out image's objects as missed, and the
