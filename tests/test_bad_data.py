@@ -511,7 +511,6 @@ def _evaluation_reports(caplog, dataset_name):
     return reasons, left_out
 
 
-@pytest.mark.slow
 def test_evaluation_leaves_out_the_images_whose_panoptic_png_is_broken(planted, tmp_path, caplog):
     # panopticapi reads the panoptic PNGs only at the end, in COCOPanopticEvaluator.evaluate
     caplog.set_level(logging.WARNING, logger="mask2former.data.bad_samples")
@@ -561,7 +560,6 @@ class _OracleByFileName(nn.Module):
         )
 
 
-@pytest.mark.slow
 def test_evaluation_leaves_out_an_image_whose_semantic_png_is_broken(planted, tmp_path, caplog):
     # holds without a change of ours: Detectron2's inference DatasetMapper reads the semantic
     # PNG that SemSegEvaluator reads again, so a broken one makes its sample bad in the loader
