@@ -582,6 +582,33 @@ def test_evaluation_leaves_out_an_image_whose_semantic_png_is_broken(planted, tm
     assert warning.startswith("Evaluation on broken_png_val_sem_seg: 2 of the 6 images")
 
 
+def test_evaluation_leaves_out_an_image_whose_semantic_labels_are_out_of_range(
+    planted, tmp_path, caplog
+):
+    """SemSegEvaluator would count such pixels in another class's cell, silently."""
+    caplog.set_level(logging.WARNING, logger="mask2former.data.bad_samples")
+    _root, val = _planted_copy(planted, tmp_path)
+    image = {i: os.path.join(val["image_root"], f"{i:06d}.jpg") for i in range(6)}
+    classes = panoptic_category_metadata(SHAPES_CATEGORIES)["stuff_classes"]
+    png = os.path.join(val["sem_seg_root"], "000003.png")
+    labels = np.array(Image.open(png))
+    labels[:4, :4] = len(classes) + 2  # neither a class nor the ignore label
+    Image.fromarray(labels).save(png)
+    register_sem_seg_folder(
+        "bad_values_val_sem_seg", val["image_root"], val["sem_seg_root"], classes, IGNORE_LABEL
+    )
+    oracle = _OracleByFileName(_Oracle("planted_val_panoptic"))
+    results, seen = _evaluate("bad_values_val_sem_seg", tmp_path / "output", oracle)
+    assert seen == {image[i] for i in (0, 1, 4, 5)}
+    assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    reasons, left_out = _evaluation_reports(caplog, "bad_values_val_sem_seg")
+    assert reasons.keys() == {image[2], image[3]}
+    (reason,) = reasons[image[3]]
+    assert png in reason and f"the values {len(classes) + 2}," in reason
+    (warning,) = left_out
+    assert warning.startswith("Evaluation on bad_values_val_sem_seg: 2 of the 6 images")
+
+
 def _nan_dice_at(iteration):
     """A SetCriterion.forward whose loss_dice is NaN at one iteration."""
     forward = SetCriterion.forward

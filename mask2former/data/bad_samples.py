@@ -15,8 +15,9 @@ In Detectron2 the exception kills a data-loader worker and with it the whole run
   left out. An image's ground-truth PNGs are part of its sample: Detectron2's inference mapper
   reads the semantic PNG, and the loader reads the panoptic PNG as well, which panopticapi
   would otherwise read only at the end, where a missing, unreadable or wrong-sized one stops
-  the whole evaluation. An image with such a PNG is left out of every metric, whichever
-  outputs are evaluated.
+  the whole evaluation; semantic values that are neither a class nor the ignore label, which
+  ``SemSegEvaluator`` would score silently wrong, are checked too. An image with such a PNG is
+  left out of every metric, whichever outputs are evaluated.
 
 In both, when more than ``DATALOADER.MAX_BAD_SAMPLE_FRACTION`` of a data set's images have
 turned out bad, :class:`TooManyBadSamplesError` stops the run with a summary of the bad files:
@@ -32,6 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetMapper,
+    MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -238,36 +240,70 @@ class _ReplaceBadSamples:
         return sample
 
 
-class _ReadPanopticGroundTruth:
-    """Evaluation mapper wrapper that also reads the panoptic PNG that a sample's record names.
+class _CheckGroundTruth:
+    """Evaluation mapper wrapper that checks the ground truth the evaluators will read.
 
-    Detectron2's inference ``DatasetMapper`` reads the semantic PNG (which ``SemSegEvaluator``
-    reads again) but not the panoptic PNG, which panopticapi reads only at the end, in
-    ``COCOPanopticEvaluator.evaluate``: a PNG that is missing, unreadable or of another size
-    than the image stops the whole evaluation there, with no metric. Read here, it makes its
-    sample bad like an unreadable image: reported, and left out of every metric.
+    - **Panoptic PNG.** Detectron2's inference ``DatasetMapper`` does not read it; panopticapi
+      reads it only at the end, in ``COCOPanopticEvaluator.evaluate``, where a PNG that is
+      missing, unreadable or of another size than the image stops the whole evaluation, with
+      no metric. Read here.
+    - **Semantic label values.** The mapper reads the semantic PNG (``SemSegEvaluator`` reads
+      it again), but a value that is neither a class index nor the ignore label is scored
+      silently wrong by ``SemSegEvaluator``: its confusion matrix counts the pixel in another
+      class's cell (or fails to reshape, for large values). Checked here when the data set's
+      metadata gives its classes.
+
+    A failed check makes the sample bad, like an unreadable image: reported, and left out of
+    every metric, whichever outputs are evaluated.
     """
 
-    def __init__(self, mapper: Callable[[Dict], Dict]):
+    def __init__(
+        self,
+        mapper: Callable[[Dict], Dict],
+        *,
+        num_semantic_classes: Optional[int] = None,
+        ignore_label: Optional[int] = None,
+    ):
+        """
+        Args:
+            mapper: the evaluation mapper.
+            num_semantic_classes: semantic labels are 0 .. num_semantic_classes - 1 (None: no
+                check of the values).
+            ignore_label: the one other value allowed in semantic labels.
+        """
         self.mapper = mapper
+        self.num_semantic_classes = num_semantic_classes
+        self.ignore_label = ignore_label
 
     def __call__(self, record: Dict) -> Dict:
         sample = self.mapper(record)
         path = record.get("pan_seg_file_name")
-        if path is None:
-            return sample
-        try:
-            height, width = read_image(path, "RGB").shape[:2]
-        # see _ReplaceBadSamples
-        except Exception as error:
-            raise OSError(f"the panoptic PNG {path} cannot be read ({error})") from error
-        # the size of the predictions (Detectron2's DatasetMapper sets it)
-        expected = (sample.get("height", height), sample.get("width", width))
-        if (height, width) != expected:
-            raise ValueError(
-                f"the panoptic PNG {path} is {width}x{height} pixels, the image "
-                f"{expected[1]}x{expected[0]}"
-            )
+        if path is not None:
+            try:
+                height, width = read_image(path, "RGB").shape[:2]
+            # see _ReplaceBadSamples
+            except Exception as error:
+                raise OSError(f"the panoptic PNG {path} cannot be read ({error})") from error
+            # the size of the predictions (Detectron2's DatasetMapper sets it)
+            expected = (sample.get("height", height), sample.get("width", width))
+            if (height, width) != expected:
+                raise ValueError(
+                    f"the panoptic PNG {path} is {width}x{height} pixels, the image "
+                    f"{expected[1]}x{expected[0]}"
+                )
+        labels = sample.get("sem_seg")
+        if labels is not None and self.num_semantic_classes is not None:
+            values = labels.unique()
+            wrong = values[(values < 0) | (values >= self.num_semantic_classes)]
+            wrong = wrong[wrong != self.ignore_label] if self.ignore_label is not None else wrong
+            if len(wrong):
+                shown = ", ".join(str(int(value)) for value in wrong[:5])
+                raise ValueError(
+                    f"the semantic PNG {record.get('sem_seg_file_name', '')} holds the values "
+                    f"{shown}{' ...' if len(wrong) > 5 else ''}, neither a class (0 to "
+                    f"{self.num_semantic_classes - 1}) nor the ignore label "
+                    f"({self.ignore_label})"
+                )
         return sample
 
 
@@ -410,7 +446,13 @@ def build_test_loader(
         mapper: the dataset mapper; default Detectron2's ``DatasetMapper(cfg, False)``, as in
             ``build_detection_test_loader``.
     """
-    mapper = _ReadPanopticGroundTruth(DatasetMapper(cfg, False) if mapper is None else mapper)
+    metadata = MetadataCatalog.get(dataset_name)
+    classes = metadata.get("stuff_classes", None)
+    mapper = _CheckGroundTruth(
+        DatasetMapper(cfg, False) if mapper is None else mapper,
+        num_semantic_classes=None if classes is None else len(classes),
+        ignore_label=metadata.get("ignore_label", None),
+    )
     loader = build_detection_test_loader(cfg, dataset_name, mapper=_MarkBadSamples(mapper))
     log = BadSampleLog(
         f"evaluation on {dataset_name}",
