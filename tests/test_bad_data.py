@@ -578,6 +578,8 @@ def test_evaluation_leaves_out_an_image_whose_semantic_png_is_broken(planted, tm
     reasons, left_out = _evaluation_reports(caplog, "broken_png_val_sem_seg")
     assert reasons.keys() == {image[1], image[2]}
     assert all(len(r) == 1 for r in reasons.values()), reasons
+    # Pillow's error names no file: the reason names the PNG beside the image
+    assert os.path.join(val["sem_seg_root"], "000001.png") in reasons[image[1]][0]
     (warning,) = left_out
     assert warning.startswith("Evaluation on broken_png_val_sem_seg: 2 of the 6 images")
 

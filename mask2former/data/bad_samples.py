@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 BAD_SAMPLES_KEY = "replaced_bad_samples"
 # Bad files listed in the message of TooManyBadSamplesError (all of them are in the log).
 _LISTED_FILES = 50
+# A data set record's label files, which a mapper reads besides the image: (key, what it is)
+_LABEL_FILES = (("sem_seg_file_name", "semantic PNG"), ("pan_seg_file_name", "panoptic PNG"))
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,20 @@ class BadSample:
 
     @classmethod
     def from_error(cls, record: Dict, error: Exception) -> "BadSample":
+        """The report of ``error`` raised while mapping ``record``. An error that names no
+        file (e.g. Pillow's "image file is truncated", or a bare AssertionError when a label
+        PNG has another size than its image) may come from the sample's label PNGs as well as
+        from its image: the reason then names them."""
         message = " ".join(str(error).split())
-        return cls(
-            str(record.get("file_name", "<no file_name>")),
-            record.get("image_id"),
-            f"{type(error).__name__}: {message}" if message else type(error).__name__,
-        )
+        reason = f"{type(error).__name__}: {message}" if message else type(error).__name__
+        labels = [
+            f"{kind} {record[key]}"
+            for key, kind in _LABEL_FILES
+            if record.get(key) and str(record[key]) not in message
+        ]
+        if labels and str(record.get("file_name")) not in message:
+            reason += f" (reading the image or its {' or '.join(labels)})"
+        return cls(str(record.get("file_name", "<no file_name>")), record.get("image_id"), reason)
 
 
 class TooManyBadSamplesError(RuntimeError):
