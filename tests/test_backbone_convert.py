@@ -1,8 +1,6 @@
 """Tests of the backbone weight converters (tools/convert-*.py and their library functions)."""
 
-import importlib.util
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +8,7 @@ import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone
+from helpers import load_script
 from torch import nn
 
 from mask2former.config import add_maskformer2_config
@@ -21,15 +20,10 @@ from mask2former.modeling.backbone.convert import (
 )
 from mask2former.modeling.backbone.swin import D2SwinTransformer
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
 
 def run_script(name, *args):
     """Run tools/<name>'s main() in this process (faster than a subprocess) -> exit code."""
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_")[:-3], TOOLS / name)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.main([str(arg) for arg in args])
+    return load_script(f"tools/{name}").main([str(arg) for arg in args])
 
 
 def random_torchvision_resnet(depth):

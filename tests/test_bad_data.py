@@ -24,6 +24,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
+from helpers import TINY_TRAINING
 from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image
 from torch import nn
@@ -55,32 +56,16 @@ from mask2former.modeling.criterion import SetCriterion
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PANOPTIC_CONFIG = os.path.join(REPO, "configs", "shapes", "maskformer2_R18_panoptic.yaml")
 SIZE = 64
-# the tiny model of test_train_e2e.py, on 64 x 64 images without cropping
+# the tiny training of helpers.TINY_TRAINING, on 64 x 64 images without cropping
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.NORM_NUM_GROUPS", "8",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8",
-    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
+    *TINY_TRAINING,
     "INPUT.MIN_SIZE_TRAIN", f"({SIZE},)",
     "INPUT.MAX_SIZE_TRAIN", str(2 * SIZE),
     "INPUT.MIN_SIZE_TEST", str(SIZE),
     "INPUT.MAX_SIZE_TEST", str(2 * SIZE),
     "INPUT.CROP.ENABLED", "False",
     "INPUT.SIZE_DIVISIBILITY", str(SIZE),
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.WARMUP_ITERS", "0",
-    "SOLVER.BASE_LR", "0.001",
-    "DATALOADER.NUM_WORKERS", "0",
     "DATASETS.TEST", "()",
-    "TEST.EVAL_PERIOD", "0",
-    "SEED", "1",
 ]  # fmt: skip
 
 
@@ -182,13 +167,8 @@ def planted(tmp_path_factory):
     return {"datasets_root": str(datasets_root), "root": root, "expected": expected}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Train with one thread: on a shared 2-core machine two threads are many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# train with one thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_checker_finds_exactly_the_planted_problems(planted):

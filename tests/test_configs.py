@@ -15,9 +15,9 @@ import os
 
 import pytest
 import torch
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Instances
+from helpers import shrunk_config
 
 from mask2former.config import load_config
 
@@ -179,41 +179,6 @@ ALIASES = {
     ),
 }
 
-# Shrink a model while keeping what distinguishes the configs (backbone type and depths,
-# windows, number of classes, test outputs).
-SHRINK = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.WEIGHTS",
-    "",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
-    "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM",
-    "32",
-    "MODEL.SEM_SEG_HEAD.NORM_NUM_GROUPS",
-    "8",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
-    "1",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",
-    "2",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD",
-    "64",
-    "MODEL.MASK_FORMER.HIDDEN_DIM",
-    "32",
-    "MODEL.MASK_FORMER.NHEADS",
-    "2",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD",
-    "64",
-    "MODEL.MASK_FORMER.DEC_LAYERS",
-    "3",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
-    "5",
-    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
-    "64",
-    "MODEL.SWIN.EMBED_DIM",
-    "24",  # divisible by every official NUM_HEADS[0] (3, 4, 6)
-]
-
 
 def _get(cfg, dotted_key):
     for name in dotted_key.split("."):
@@ -336,37 +301,11 @@ def test_official_values(path):
             assert actual == value, key
 
 
-def _stand_in_metadata(num_classes):
-    """A registered name whose metadata suits a model with `num_classes` classes (the real data
-    sets are not on this machine); the first half of the classes are things."""
-    name = f"test_configs_stand_in_{num_classes}"
-    metadata = MetadataCatalog.get(name)
-    if not hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
-        things = range(max(1, num_classes // 2))
-        metadata.set(
-            thing_classes=[f"thing{i}" for i in things],
-            stuff_classes=[f"class{i}" for i in range(num_classes)],
-            thing_dataset_id_to_contiguous_id={i: i for i in things},
-            stuff_dataset_id_to_contiguous_id={i: i for i in range(num_classes)},
-        )
-    return name
-
-
-def _shrunk_config(path):
-    cfg = load_config(os.path.join(CONFIG_DIR, path), SHRINK)
-    stand_in = _stand_in_metadata(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-    cfg.DATASETS.TRAIN = (stand_in,)
-    cfg.DATASETS.TEST = (stand_in,)
-    if cfg.MODEL.RESNETS.NORM == "SyncBN":
-        cfg.MODEL.RESNETS.NORM = "BN"  # SyncBN needs a process group with GPUs
-    return cfg
-
-
 def _distinct_models():
     """One representative config per model that the shrunk configs build."""
     representatives = {}
     for path in MODEL_CONFIGS:
-        cfg = _shrunk_config(path)
+        cfg = shrunk_config(path)
         key = cfg.MODEL.dump()
         representatives.setdefault(key, path)
     return sorted(representatives.values())
@@ -387,14 +326,8 @@ def _training_inputs(num_classes, generator):
 
 
 @pytest.mark.slow
-def test_every_shipped_config_trains_and_infers():
-    # one thread: on a shared 2-core machine two threads are several times slower here
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        failures = _train_and_infer_every_model()
-    finally:
-        torch.set_num_threads(previous_threads)
+def test_every_shipped_config_trains_and_infers(one_thread):
+    failures = _train_and_infer_every_model()
     assert not failures, "\n".join(failures)
 
 
@@ -403,7 +336,7 @@ def _train_and_infer_every_model():
     failures = []
     for path in _distinct_models():
         torch.manual_seed(0)
-        cfg = _shrunk_config(path)
+        cfg = shrunk_config(path)
         model = build_model(cfg)
         model.train()
         losses = model(_training_inputs(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, generator))

@@ -4,7 +4,6 @@ Models are randomly initialised and small: the tiny shapes model of the predicto
 (marked slow) shrunk models built from the official R50 and Swin-T COCO panoptic configs.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
+from helpers import ROOT, assert_same_json, load_script, shrunk_config
+from helpers import TINY_CONFIG as CONFIG
 
 from mask2former.config import load_config
 from mask2former.export import (
@@ -41,12 +42,9 @@ onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-from test_configs import _shrunk_config  # noqa: E402
+demo = load_script("demo/demo.py")
+export_model = load_script("tools/export_model.py")
 
-CONFIG = os.path.join(ROOT, "tests", "configs", "demo_tiny_shapes.yaml")
 needs_kernel = pytest.mark.skipif(
     not kernel_available("cpu"), reason="the export needs the compiled deformable attention op"
 )
@@ -72,21 +70,14 @@ def _pictures(sizes, seed=0):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(weights, tmp_path_factory):
     """The tiny shapes model: weights file, and its ONNX export written by the tool."""
-    torch.manual_seed(0)
-    model = Predictor(CONFIG, "").model
-    folder = tmp_path_factory.mktemp("tiny")
-    weights = str(folder / "tiny.pth")
-    torch.save({"model": model.state_dict()}, weights)
-    onnx_path = str(folder / "tiny.onnx")
-    import export_model
-
+    onnx_path = str(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
     status = export_model.main(
         ["--config-file", CONFIG, "--output", onnx_path, "--opts", "MODEL.WEIGHTS", weights]
     )
     assert status == 0
-    return {"weights": weights, "onnx": onnx_path, "folder": folder}
+    return {"weights": weights, "onnx": onnx_path}
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +157,6 @@ def test_onnx_runtime_predictions_equal_pytorch(tiny_predictors):
 
 
 def test_exported_program_reloads_and_matches(tiny, tiny_predictors, tmp_path, capsys):
-    import export_model
-
     pytorch, _ = tiny_predictors
     path = str(tmp_path / "tiny.pt2")
     argv = ["--config-file", CONFIG, "--format", "exported-program", "--output", path]
@@ -189,32 +178,7 @@ def test_exported_program_reloads_and_matches(tiny, tiny_predictors, tmp_path, c
             torch.testing.assert_close(value, reference, atol=1e-5, rtol=0)
 
 
-def _load_demo_script():
-    spec = importlib.util.spec_from_file_location(
-        "demo_script", os.path.join(ROOT, "demo", "demo.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _assert_same_json(expected, actual, path):
-    if isinstance(expected, dict):
-        assert sorted(expected) == sorted(actual), path
-        for key in expected:
-            _assert_same_json(expected[key], actual[key], f"{path}.{key}")
-    elif isinstance(expected, list):
-        assert len(expected) == len(actual), path
-        for index, (first, second) in enumerate(zip(expected, actual)):
-            _assert_same_json(first, second, f"{path}[{index}]")
-    elif isinstance(expected, float):
-        assert actual == pytest.approx(expected, abs=1e-5), path
-    else:
-        assert expected == actual, path
-
-
 def test_demo_on_the_onnx_file_writes_the_same_files(tiny, tmp_path):
-    demo = _load_demo_script()
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for index, picture in enumerate(_pictures([(40, 56), (52, 44), (64, 64)], seed=3)):
@@ -246,8 +210,8 @@ def test_demo_on_the_onnx_file_writes_the_same_files(tiny, tmp_path):
     for name in names:
         expected, actual = pytorch_out / name, ort_out / name
         if name.endswith(".json"):
-            _assert_same_json(
-                json.loads(expected.read_text()), json.loads(actual.read_text()), name
+            assert_same_json(
+                json.loads(expected.read_text()), json.loads(actual.read_text()), name, abs=1e-5
             )
         else:
             assert expected.read_bytes() == actual.read_bytes(), name
@@ -367,7 +331,6 @@ def test_missing_and_wrong_files_are_named(tiny, tmp_path):
 
 
 def test_demo_names_a_missing_onnx_file(tmp_path, capsys):
-    demo = _load_demo_script()
     missing = str(tmp_path / "missing.onnx")
     assert demo.main(["--onnx", missing, "--input", str(tmp_path)]) == 1
     assert "missing.onnx' does not exist" in capsys.readouterr().err
@@ -480,7 +443,7 @@ def _assert_standard_onnx(path):
     ],
 )
 def test_official_coco_panoptic_models_export(config, tmp_path):
-    cfg = _shrunk_config(config)
+    cfg = shrunk_config(config)
     # every query kept, so that the panoptic results are not empty for a random model
     cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
     cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0

@@ -9,7 +9,6 @@ logits are of order 1-10, the queries keep distinct classes and masks, and on im
 coloured blocks the post-processed results have several segments.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, TINY_CONFIG, load_script, random_picture
 
 transformers = pytest.importorskip("transformers", reason="pip install -r requirements.txt")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -46,7 +46,6 @@ from mask2former.modeling.postprocessing import (  # noqa: E402
     resize_mask_logits,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4
 # 384 x 384: transformers' post-processing resizes the mask logits to 384 x 384 whatever the
 # input, so at this input size its resizing and the official one coincide.
@@ -170,10 +169,6 @@ def hf_folders(tmp_path_factory):
     return folders
 
 
-def _image(height, width, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
 def _blocks(seed):
     """A SIZE x SIZE image of flat coloured rectangles on a flat background."""
     rng = np.random.default_rng(seed)
@@ -213,7 +208,7 @@ def _our_model(folder):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_logits_equal_transformers(hf_folders, name):
     """At 160 x 224 no stage map is a multiple of the windows: both sides pad them."""
-    image = _image(160, 224)
+    image = random_picture(160, 224)
     hf_outputs, _ = _hf_outputs(hf_folders[name], image)
     model, _ = _our_model(hf_folders[name])
     ours = _our_head_outputs(model, image)
@@ -534,7 +529,7 @@ def test_our_model_loads_in_transformers_with_the_same_outputs(tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
     assert list(hf_model.config.id2label.values()) == list(metadata.stuff_classes)
-    image = _image(128, 160, seed=6)
+    image = random_picture(128, 160, seed=6)
     processor = transformers.Mask2FormerImageProcessor.from_pretrained(folder)
     pixel_values = processor(images=[image], do_resize=False, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
@@ -551,7 +546,7 @@ def test_our_model_loads_in_transformers_with_the_same_outputs(tmp_path):
 def test_converted_folder_predicts_like_from_hf(hf_folders, tmp_path):
     folder = hf_folders["tiny-coco-panoptic"]
     paths = convert_hf_to_d2(folder, tmp_path / "ours")
-    image = _image(96, 128, seed=7)
+    image = random_picture(96, 128, seed=7)
     direct = Predictor.from_hf(folder, device="cpu")(image)
     # A fresh process has no metadata: load_config registers the class table the YAML names.
     name = load_config(paths["config"]).DATASETS.TEST[0]
@@ -594,7 +589,7 @@ def test_other_backbone_is_named_and_stops(hf_folders, tmp_path):
 
 
 def test_our_resnet_model_is_refused_by_name(tmp_path):
-    config = os.path.join(ROOT, "tests/configs/demo_tiny_shapes.yaml")
+    config = TINY_CONFIG
     cfg = load_config(config)
     model = build_model(cfg)
     with pytest.raises(UnsupportedConfigError, match="MODEL.BACKBONE.NAME is 'build_resnet"):
@@ -614,16 +609,9 @@ def test_missing_folder_and_pickle_weights_are_explained(hf_folders, tmp_path):
         Predictor.from_hf(folder)
 
 
-def _tool(name):
-    path = os.path.join(ROOT, "tools", name)
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_")[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tools_convert_both_ways(hf_folders, tmp_path, capsys):
-    to_d2, to_hf = _tool("convert-hf-to-d2.py"), _tool("convert-d2-to-hf.py")
+    to_d2 = load_script("tools/convert-hf-to-d2.py")
+    to_hf = load_script("tools/convert-d2-to-hf.py")
     folder = hf_folders["tiny-ade-semantic"]
     assert to_d2.main([folder, str(tmp_path / "d2")]) == 0
     cfg = load_config(str(tmp_path / "d2" / "config.yaml"))

@@ -1,10 +1,10 @@
 """The Predictor API on a tiny randomly initialised panoptic model (tests/configs)."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_CONFIG as CONFIG
+from helpers import random_picture
 from PIL import Image
 
 from mask2former import predictor as predictor_module
@@ -13,17 +13,7 @@ from mask2former.predictor import Predictor, WeightsNotFoundError
 from mask2former.utils.image_io import ImageReadError
 from mask2former.utils.results import InstanceResult, PanopticResult, Prediction, SemanticResult
 
-CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo_tiny_shapes.yaml")
 SHAPES_CLASSES = ["circle", "triangle", "square", "cross", "sky", "ground", "water"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    predictor = Predictor(CONFIG, "")
-    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
-    torch.save({"model": predictor.model.state_dict()}, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +22,7 @@ def predictor(weights):
 
 
 def _image(height=48, width=72, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return random_picture(height, width, seed)
 
 
 def _check_prediction(prediction, height, width):

@@ -23,6 +23,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.modeling import build_model
+from helpers import NARROW_HEADS
 from panopticapi.utils import id2rgb
 from PIL import Image
 
@@ -50,16 +51,8 @@ SMALL = [
     "MODEL.DEVICE", "cpu",
     "MODEL.WEIGHTS", "",
     "MODEL.RESNETS.NORM", "BN",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.NORM_NUM_GROUPS", "8",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+    *NARROW_HEADS,
     "MODEL.MASK_FORMER.NHEADS", "2",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8",
     "INPUT.MIN_SIZE_TEST", "64",
     "INPUT.MAX_SIZE_TEST", "96",
     "DATALOADER.NUM_WORKERS", "0",

@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 from detectron2.engine import AMPTrainer
+from helpers import TINY_TRAINING
 
 import mask2former.data  # noqa: F401  only registration
 from mask2former import modeling as _modeling  # noqa: F401  only registration
@@ -24,35 +25,11 @@ from mask2former.utils.weights_io import load_weights_file
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(REPO, "configs", "shapes")
 
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.NORM_NUM_GROUPS", "8",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8",
-    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.MAX_ITER", "3",
-    "SOLVER.WARMUP_ITERS", "0",
-    "SOLVER.BASE_LR", "0.001",
-    "DATALOADER.NUM_WORKERS", "0",
-    "TEST.EVAL_PERIOD", "0",
-    "SEED", "1",
-]  # fmt: skip
+TINY = [*TINY_TRAINING, "SOLVER.MAX_ITER", "3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Train with one thread: on a shared 2-core machine two threads are many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# train with one thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(name, output_dir, *opts):

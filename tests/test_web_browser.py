@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 import pytest
-import torch
+from helpers import ROOT, assert_same_json, write_clip, write_random_png
+from helpers import TINY_CONFIG as CONFIG
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -r requirements.txt")
@@ -20,42 +21,14 @@ sync_api = pytest.importorskip(
 )
 
 from mask2former.apps import browser, cli  # noqa: E402
-from mask2former.predictor import Predictor  # noqa: E402
 from mask2former.utils.visualization import TASKS  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "tests", "configs", "demo_tiny_shapes.yaml")
 APP = os.path.join(ROOT, "demo", "app.py")
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(browser.find_chromium() is None, reason=browser.CHROMIUM_INSTALL_HINT),
 ]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = Predictor(CONFIG, "").model
-    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
-    torch.save({"model": model.state_dict()}, path)
-    return str(path)
-
-
-def _image(path, height, width, seed):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)).save(path)
-    return str(path)
-
-
-def _clip(path, frames=3, size=(56, 40)):
-    import cv2
-
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 7.0, size)
-    for index in range(frames):
-        writer.write(np.full((size[1], size[0], 3), 40 * index, np.uint8))
-    writer.release()
-    return str(path)
 
 
 def _overlay_size(page, previous_source):
@@ -88,25 +61,9 @@ def _download_all(page, folder):
     return saved
 
 
-def _assert_same_content(web, command_line, where="") -> None:
-    """Equal JSON values, floats (scores) up to float rounding between two processes."""
-    if isinstance(command_line, float):
-        assert web == pytest.approx(command_line, rel=1e-5, abs=1e-6), where
-    elif isinstance(command_line, dict):
-        assert sorted(web) == sorted(command_line), where
-        for key in command_line:
-            _assert_same_content(web[key], command_line[key], f"{where}.{key}")
-    elif isinstance(command_line, list):
-        assert len(web) == len(command_line), where
-        for index, (first, second) in enumerate(zip(web, command_line)):
-            _assert_same_content(first, second, f"{where}[{index}]")
-    else:
-        assert web == command_line, where
-
-
 def test_web_demo_in_chromium(weights, tmp_path):
-    photo = _image(tmp_path / "photo.png", 90, 120, seed=0)
-    second = _image(tmp_path / "second.png", 64, 80, seed=1)
+    photo = write_random_png(tmp_path / "photo.png", 90, 120, seed=0)
+    second = write_random_png(tmp_path / "second.png", 64, 80, seed=1)
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     arguments = ["--config-file", CONFIG, "--confidence-threshold", "0.1"]
@@ -181,7 +138,10 @@ def test_web_demo_in_chromium(weights, tmp_path):
                 for name in names:
                     if name.endswith(".json"):
                         with open(downloaded[name]) as web, open(command_line / name) as ours:
-                            _assert_same_content(json.load(web), json.load(ours), name)
+                            # floats (scores) up to float rounding between two processes
+                            assert_same_json(
+                                json.load(ours), json.load(web), name, rel=1e-5, abs=1e-6
+                            )
                     else:
                         np.testing.assert_array_equal(
                             np.asarray(Image.open(downloaded[name])),
@@ -200,7 +160,7 @@ def test_web_demo_in_chromium(weights, tmp_path):
                 assert _overlay_size(page, previous) == (80, 64)
 
                 page.get_by_role("tab", name="Video").click()
-                browser.upload(page, "video-input", _clip(tmp_path / "clip.mp4"))
+                browser.upload(page, "video-input", write_clip(tmp_path / "clip.mp4", 3))
                 page.get_by_role("button", name="Segment the video").click()
                 status = browser.wait_for_status(page, "video-status", "per frame")
                 assert "3 frames" in status

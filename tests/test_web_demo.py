@@ -5,10 +5,9 @@ import os
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
-import torch
+from helpers import read_video, write_clip, write_random_png
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -r requirements.txt")
@@ -22,15 +21,6 @@ CONFIG = os.path.join(ROOT, "tests", "configs", "demo_tiny_shapes.yaml")
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = Predictor(CONFIG, "").model
-    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
-    torch.save({"model": model.state_dict()}, path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def predictor(weights):
     return Predictor(CONFIG, weights, score_threshold=0.0)
 
@@ -38,9 +28,7 @@ def predictor(weights):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("uploads")
-    rng = np.random.default_rng(0)
-    image = folder / "photo.png"
-    Image.fromarray(rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8)).save(image)
+    image = write_random_png(folder / "photo.png", 90, 120)
     corrupt = folder / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     text = folder / "notes.txt"
@@ -48,33 +36,12 @@ def files(tmp_path_factory):
     return {"image": str(image), "corrupt": str(corrupt), "text": str(text), "folder": folder}
 
 
-def _write_clip(path, frames, size=(56, 40)):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 7.0, size)
-    rng = np.random.default_rng(1)
-    for _ in range(frames):
-        writer.write(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
-    writer.release()
-    return str(path)
-
-
-def _frames(path):
-    capture = cv2.VideoCapture(str(path))
-    shapes = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        shapes.append(frame.shape)
-    capture.release()
-    return shapes
-
-
 def test_bad_uploads_get_a_message_and_the_app_keeps_working(predictor, files):
     demo = WebDemo(predictor, model_name="tiny")
     for path, expected in [
         (files["corrupt"], "corrupt.jpg: cannot decode the image"),
         (files["text"], "notes.txt: unsupported format '.txt'"),
-        (_write_clip(files["folder"] / "clip.mp4", 2), "clip.mp4 is a video: segment it in the"),
+        (write_clip(files["folder"] / "clip.mp4", 2), "clip.mp4 is a video: segment it in the"),
     ]:
         result = demo.segment_image(path, "panoptic", 0.5)
         assert result.message.startswith("**Error:**") and expected in result.message
@@ -135,7 +102,7 @@ def test_video_is_capped_and_reports_progress(predictor, tmp_path):
     demo = WebDemo(predictor, model_name="tiny", max_video_frames=4)
     progress = []
     result = demo.segment_video(
-        _write_clip(tmp_path / "clip.mp4", 6),
+        write_clip(tmp_path / "clip.mp4", 6),
         "instance",
         0.5,
         on_progress=lambda done, total: progress.append((done, total)),
@@ -145,9 +112,9 @@ def test_video_is_capped_and_reports_progress(predictor, tmp_path):
     assert "--max-video-frames" in result.message
     assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert result.video.endswith("clip.webm")
-    assert _frames(result.video) == [(40, 56, 3)] * 4
+    assert read_video(result.video)[1] == [(40, 56, 3)] * 4
 
-    result = demo.segment_video(_write_clip(tmp_path / "short.mp4", 3), "panoptic", 0.5)
+    result = demo.segment_video(write_clip(tmp_path / "short.mp4", 3), "panoptic", 0.5)
     assert "3 frames" in result.message and "frame cap" not in result.message
 
 
@@ -155,7 +122,7 @@ def test_video_without_frames_gets_a_message(predictor, tmp_path):
     demo = WebDemo(predictor, model_name="tiny")
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"definitely not a video")
-    for path in (str(garbage), _write_clip(tmp_path / "empty.mp4", 0)):
+    for path in (str(garbage), write_clip(tmp_path / "empty.mp4", 0)):
         result = demo.segment_video(path, "panoptic", 0.5)
         assert result.message.startswith("**Error:**") and result.video is None
         name = os.path.basename(path)
@@ -165,7 +132,7 @@ def test_video_without_frames_gets_a_message(predictor, tmp_path):
     assert "Upload a video" in demo.segment_video(None, "panoptic", 0.5).message
     assert (
         "3 frames"
-        in demo.segment_video(_write_clip(tmp_path / "good.mp4", 3), "panoptic", 0.5).message
+        in demo.segment_video(write_clip(tmp_path / "good.mp4", 3), "panoptic", 0.5).message
     )
 
 

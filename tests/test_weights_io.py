@@ -3,7 +3,6 @@ model-zoo pickles load as Detectron2 loads them, training checkpoints and safete
 and damaged files get a message naming them."""
 
 import collections
-import importlib.util
 import os
 import pickle
 import shlex
@@ -15,6 +14,8 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.projects.deeplab import build_lr_scheduler
+from helpers import ROOT, load_script, random_picture
+from helpers import TINY_CONFIG as CONFIG
 
 from mask2former.config import load_config
 from mask2former.engine import AtomicDetectionCheckpointer, build_optimizer
@@ -27,20 +28,8 @@ from mask2former.utils.weights_io import (
     save_weights_file,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "tests", "configs", "demo_tiny_shapes.yaml")
-
-
-def _load_script(relative_path):
-    name = os.path.splitext(os.path.basename(relative_path))[0].replace("-", "_")
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_script("demo/demo.py")
-convert_weights = _load_script("tools/convert-weights.py")
+demo = load_script("demo/demo.py")
+convert_weights = load_script("tools/convert-weights.py")
 
 
 class _CallsOnLoad:
@@ -79,14 +68,10 @@ def write_malicious(path, marker, refused="posix.system"):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(weights):
     """A tiny model's weights as a training checkpoint (.pth) and an image to predict on."""
-    torch.manual_seed(0)
-    state = Predictor(CONFIG, "").model.state_dict()
-    folder = tmp_path_factory.mktemp("weights")
-    torch.save({"model": state}, folder / "tiny.pth")
-    image = np.random.default_rng(0).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
-    return {"state": state, "pth": str(folder / "tiny.pth"), "image": image}
+    state = torch.load(weights, weights_only=True)["model"]
+    return {"state": state, "pth": weights, "image": random_picture(48, 64)}
 
 
 def _outputs(predictor, image):

@@ -1,0 +1,30 @@
+"""Fixtures shared by the test files; plain helpers are in helpers.py."""
+
+import pytest
+import torch
+from helpers import TINY_CONFIG
+
+from mask2former.predictor import Predictor
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """Path of a checkpoint ({"model": state_dict} in a .pth file) of the tiny shapes model
+    (helpers.TINY_CONFIG), randomly initialised with seed 0; written once per session, and
+    leaving torch's random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Predictor(TINY_CONFIG, "").model
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread during the test, the previous count restored after: on a shared
+    2-core machine, training with two threads is many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
