@@ -13,6 +13,7 @@ sets whose metadata has no ``ignore_label``; where it has one, the dataset mappe
 and log a config that disagrees (Mapillary Vistas: 65).
 """
 
+import argparse
 import copy
 import difflib
 import os
@@ -24,7 +25,13 @@ from detectron2.utils.file_io import PathManager
 
 from .data.datasets.catalog_utils import register_metadata_file
 
-__all__ = ["UnknownConfigKeyError", "add_maskformer2_config", "load_config", "merge_overrides"]
+__all__ = [
+    "UnknownConfigKeyError",
+    "add_maskformer2_config",
+    "add_opts_argument",
+    "load_config",
+    "merge_overrides",
+]
 
 
 def add_maskformer2_config(cfg: CfgNode) -> None:
@@ -398,3 +405,16 @@ def merge_overrides(cfg: CfgNode, opts: Optional[Sequence[str]]) -> None:
     if unknown:
         raise UnknownConfigKeyError(_unknown_key_message(unknown, cfg, "Config overrides (opts)"))
     cfg.merge_from_list(opts)
+
+
+def add_opts_argument(parser: argparse.ArgumentParser) -> None:
+    """The command-line tools' ``--opts KEY VALUE ...`` (config overrides, the rest of the
+    line), for :func:`load_config` or :func:`merge_overrides`. (``train_net.py`` takes them
+    as Detectron2's positional ``opts``.)"""
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth (takes the rest of the line)",
+    )

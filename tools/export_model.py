@@ -25,7 +25,7 @@ import warnings
 warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
 
 from mask2former import Predictor  # noqa: E402
-from mask2former.config import UnknownConfigKeyError, load_config  # noqa: E402
+from mask2former.config import UnknownConfigKeyError, add_opts_argument, load_config  # noqa: E402
 from mask2former.export import (  # noqa: E402
     EXPORT_FORMATS,
     ExportError,
@@ -47,13 +47,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ONNX: write the weights to PATH.data beside the file (automatic above 2 GB)",
     )
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth (takes the rest of the line)",
-    )
+    add_opts_argument(parser)
     return parser
 
 

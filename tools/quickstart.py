@@ -34,7 +34,7 @@ from detectron2.utils.env import seed_all_rng
 
 import mask2former  # noqa: F401  registers the model and the data sets
 from mask2former.apps.cli import run_images
-from mask2former.config import UnknownConfigKeyError, load_config
+from mask2former.config import UnknownConfigKeyError, add_opts_argument, load_config
 from mask2former.data import ensure_synthetic_dataset
 from mask2former.data.datasets.catalog_utils import get_datasets_root
 from mask2former.data.synthetic import synthetic_split_paths
@@ -104,9 +104,7 @@ def _parse_args(argv):
         help="time budget of the training; later iterations are skipped (0: no limit)",
     )
     parser.add_argument("--num-demo-images", type=int, default=4, help="validation images to draw")
-    parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
-    )
+    add_opts_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -32,7 +32,7 @@ from detectron2.config import CfgNode
 from detectron2.data.catalog import Metadata
 from tqdm import tqdm
 
-from ..config import UnknownConfigKeyError, load_config, merge_overrides
+from ..config import UnknownConfigKeyError, add_opts_argument, load_config, merge_overrides
 from ..export import ExportedModelError, MissingDependencyError, OnnxModelFile
 from ..predictor import PRECISIONS, Predictor, WeightsNotFoundError
 from ..utils.batching import batched
@@ -130,13 +130,7 @@ def add_model_arguments(
         "--precision", choices=tuple(PRECISIONS), default="fp32", help="autocast dtype"
     )
     parser.add_argument("--device", help="cpu, cuda, ... (default: MODEL.DEVICE)")
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth (takes the rest of the line)",
-    )
+    add_opts_argument(parser)
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
