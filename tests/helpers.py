@@ -121,13 +121,16 @@ def write_random_png(path, height, width, seed=0):
     return str(path)
 
 
-def write_clip(path, frames, *, fps=7.0, size=(56, 40), seed=0):
+def write_clip(path, frames, *, fps=7.0, size=(56, 40), seed=0, still=False):
     """Write an MPEG-4 clip of ``frames`` noise frames of ``size`` (width, height) to ``path``;
-    returns the path as a string."""
+    returns the path as a string. ``still``: the same noise frame every time."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     rng = np.random.default_rng(seed)
+    frame = None
     for _ in range(frames):
-        writer.write(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+        if frame is None or not still:
+            frame = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        writer.write(frame)
     writer.release()
     return str(path)
 

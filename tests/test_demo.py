@@ -176,9 +176,12 @@ def test_video_memory_does_not_grow_with_its_length(weights, tmp_path):
     # frames.
     predictor = Predictor(CONFIG, weights)
     size = (160, 120)
-    # the clips the bound was set on (seed 2): the peak also depends on what the frames show
-    short = write_clip(tmp_path / "short.mp4", frames=3, size=size, seed=2)
-    long = write_clip(tmp_path / "long.mp4", frames=15, size=size, seed=2)
+    # One frame repeated: the peak is the largest single frame's work, which depends on what
+    # the (random) model finds in it, so with changing noise frames a longer clip's peak is
+    # higher by chance (measured: up to +250 KB between 3 and 15 frames, and rising with the
+    # length, for some seeds); with a still clip it stays within 40 KB up to 60 frames.
+    short = write_clip(tmp_path / "short.mp4", frames=3, size=size, still=True)
+    long = write_clip(tmp_path / "long.mp4", frames=15, size=size, still=True)
     run_video = demo_utils.run_video
     run_video(predictor, short, str(tmp_path / "warm-up.mp4"), "panoptic", progress=False)
     peaks = []
