@@ -178,6 +178,33 @@ def test_exported_program_reloads_and_matches(tiny, tiny_predictors, tmp_path, c
             torch.testing.assert_close(value, reference, atol=1e-5, rtol=0)
 
 
+def test_export_reads_official_zoo_pickle_weights(tiny, tiny_predictors, tmp_path):
+    """MODEL.WEIGHTS may be a .pkl in the official model zoo's format (numpy arrays,
+    ``__author__``, ``matching_heuristics``): the program computes what the .pth model does."""
+    import pickle
+
+    pytorch, _ = tiny_predictors
+    weights = str(tmp_path / "model_final.pkl")
+    state = pytorch.model.state_dict()
+    zoo = {
+        "model": {name: value.numpy() for name, value in state.items()},
+        "__author__": "FAIR",
+        "matching_heuristics": True,
+    }
+    with open(weights, "wb") as file:
+        pickle.dump(zoo, file)
+    path = str(tmp_path / "zoo.pt2")
+    argv = ["--config-file", CONFIG, "--format", "exported-program", "--output", path]
+    assert export_model.main(argv + ["--opts", "MODEL.WEIGHTS", weights]) == 0
+    program, _ = load_program(path)
+    images = _images(1, 64, 96, seed=2)
+    with torch.no_grad():
+        expected = InferenceNetwork(pytorch.model)(images)
+        actual = program.module()(images)
+    for reference, value in zip(expected, actual):
+        torch.testing.assert_close(value, reference, atol=1e-5, rtol=0)
+
+
 def test_demo_on_the_onnx_file_writes_the_same_files(tiny, tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
