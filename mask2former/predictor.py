@@ -38,12 +38,23 @@ from .utils.image_io import ImageSource, read_image
 from .utils.results import TASK_CONFIG_KEYS, TASKS, Prediction, prediction_from_model_output
 from .utils.visualization import class_names_from_metadata
 
-__all__ = ["Predictor", "WeightsNotFoundError", "BACKENDS", "PRECISIONS"]
+__all__ = ["Predictor", "WeightsNotFoundError", "BACKENDS", "PRECISIONS", "precision_autocast"]
 
 logger = logging.getLogger(__name__)
 
 # Predictor(precision=...) -> the autocast dtype (None: float32, no autocast).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_autocast(precision: str, device_type: str):
+    """The context a forward in ``precision`` (a key of ``PRECISIONS``) runs under on
+    ``device_type`` ("cpu", "cuda"): autocast to its dtype, or nothing for "fp32"."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
 # "onnxruntime" runs an ONNX file written by tools/export_model.py (mask2former.export).
 BACKENDS = ("pytorch", "onnxruntime")
 _REMOTE_PREFIXES = ("http://", "https://", "detectron2://", "catalog://", "manifold://")
@@ -278,12 +289,6 @@ class Predictor:
         """
         return read_image(image, self.input_format, array_channel_order=self.array_channel_order)
 
-    def _autocast(self):
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
     @torch.no_grad()
     def predict_arrays(self, images: Sequence[np.ndarray]) -> List[Prediction]:
         """Run the model on images already read by :meth:`read`, as one batch.
@@ -304,7 +309,7 @@ class Predictor:
             )
         if not inputs:
             return []
-        with self._autocast():
+        with precision_autocast(self.precision, self.device.type):
             outputs = self.model(inputs)
         return [
             prediction_from_model_output(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CPU inference time of Mask2Former R50 on a COCO-panoptic-sized input, stage by stage.
+"""Inference time of Mask2Former R50 on a COCO-panoptic-sized input, stage by stage.
 
 The model is randomly initialised (no download): 133 classes, 100 queries, all three outputs
 on. The variants are timed each in its own process, one after the other:
@@ -21,6 +21,18 @@ on. The variants are timed each in its own process, one after the other:
 The network is timed as a whole for every variant, and per stage (forward hooks) for the
 uncompiled PyTorch ones.
 
+``--device cuda`` runs the model on the GPU (``ours``, ``official-style`` and
+``ours-compiled``; the other variants are CPU comparisons and are refused there). The clock
+then waits for the GPU (``torch.cuda.synchronize``) at every stage boundary, so that kernels
+launched asynchronously are charged to the stage that launched them; these waits keep the
+host from queueing the next stage early, so the stage times add up to slightly more than an
+unhooked forward. On the GPU the allocator setting of ``ours`` does not apply (it is a CPU
+matter), and ``official-style`` uses our CUDA kernel for the deformable attention, as the
+official release uses its own CUDA kernel there (``bash .gpu/side_by_side.sh`` times the
+release itself). ``--precision bf16`` / ``fp16`` runs the forwards under autocast, as
+``Predictor(precision=...)`` does; ``--batch-size N`` runs N copies of the image in one
+forward, and the report gives the time per image and images per second.
+
 A randomly initialised model has no confident query, so post-processing is timed on
 synthetic predictions with realistic structure (blob-shaped masks, 25 confident queries);
 ours is checked to give the same results as the straightforward one. End to end = the
@@ -39,8 +51,16 @@ Each times a whole image of ``--output-size`` (uint8 in, panoptic result out; ra
 so its post-processing has nothing to do), plus both post-processings on the realistic
 predictions.
 
-Example:
+The post-processing of the realistic predictions runs on the model's device, in float32 (as
+ours does under any precision); at batch N, end to end = the network + N post-processings.
+
+Examples:
     python tools/benchmark_inference.py --repeats 2 --json-out output/benchmark_inference.json
+    # on a GPU: mixed precision, one image, then throughput at batch 8
+    python tools/benchmark_inference.py --device cuda --precision bf16 --repeats 10 \
+        --variants ours official-style
+    python tools/benchmark_inference.py --device cuda --precision fp16 --batch-size 8 \
+        --repeats 5 --variants ours official-style --json-out output/inference_cuda_fp16_b8.json
 """
 
 import argparse
@@ -53,7 +73,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +86,7 @@ from detectron2.structures import Boxes, Instances
 import mask2former.modeling  # noqa: F401  (registers MaskFormer)
 from mask2former.config import load_config
 from mask2former.modeling.pixel_decoder.ops import functional as ms_deform_attn_functional
+from mask2former.predictor import PRECISIONS, precision_autocast
 from mask2former.utils.cpu_memory import keep_freed_memory
 
 DEFAULT_CONFIG = "configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
@@ -73,42 +94,57 @@ METADATA = "mask2former_benchmark_inference"
 NUM_THINGS = 80
 
 
-def benchmark_config(config: str, opts: List[str]) -> CfgNode:
-    """``config`` on the CPU without weights, with stand-in metadata (80 thing classes)."""
+def benchmark_config(config: str, opts: List[str], device: str = "cpu") -> CfgNode:
+    """``config`` on ``device`` without weights, with stand-in metadata (80 thing classes)."""
     MetadataCatalog.get(METADATA).set(
         thing_dataset_id_to_contiguous_id={i: i for i in range(NUM_THINGS)}
     )
-    cfg = load_config(config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
+    cfg = load_config(config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, *opts])
     cfg.DATASETS.TRAIN = (METADATA,)
     return cfg
 
 
-def build_benchmark_model(config: str, opts: List[str]) -> torch.nn.Module:
-    """The model of ``config`` with random weights on the CPU, in eval mode."""
-    cfg = benchmark_config(config, opts)
+def build_benchmark_model(config: str, opts: List[str], device: str = "cpu") -> torch.nn.Module:
+    """The model of ``config`` with random weights (the same on every device), in eval mode."""
+    cfg = benchmark_config(config, opts, device)
     torch.manual_seed(0)
     return build_model(cfg).eval()
 
 
-class StageTimer:
-    """Wall time of submodule forwards, accumulated per name, via forward hooks."""
+def device_clock(device: torch.device) -> Callable[[], float]:
+    """``time.perf_counter`` that first waits for the work queued on ``device`` (on CUDA), so
+    that the interval between two readings holds the kernels launched in it."""
+    if device.type != "cuda":
+        return time.perf_counter
 
-    def __init__(self, modules: Dict[str, torch.nn.Module]):
+    def clock() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return clock
+
+
+class StageTimer:
+    """Wall time of submodule forwards, accumulated per name, via forward hooks; ``clock``
+    (see :func:`device_clock`) is read at every hook."""
+
+    def __init__(self, modules: Dict[str, torch.nn.Module], clock: Callable[[], float]):
         self.times: Dict[str, float] = defaultdict(float)
         self._starts: Dict[str, float] = {}
+        self._clock = clock
         for name, module in modules.items():
             module.register_forward_pre_hook(self._pre_hook(name))
             module.register_forward_hook(self._post_hook(name))
 
     def _pre_hook(self, name: str) -> Callable:
         def hook(module, inputs):
-            self._starts[name] = time.perf_counter()
+            self._starts[name] = self._clock()
 
         return hook
 
     def _post_hook(self, name: str) -> Callable:
         def hook(module, inputs, outputs):
-            self.times[name] += time.perf_counter() - self._starts[name]
+            self.times[name] += self._clock() - self._starts[name]
 
         return hook
 
@@ -117,11 +153,21 @@ class StageTimer:
 
 
 def time_forwards(
-    model, inputs: List[Dict], repeats: int, stages: bool = True
-) -> Tuple[List[Dict[str, float]], float]:
+    model,
+    inputs: List[Dict],
+    repeats: int,
+    stages: bool = True,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    precision: str = "fp32",
+) -> Tuple[List[Dict[str, float]], float, Dict]:
     """Seconds of the network and, with ``stages``, of each stage (by forward hooks), in
-    ``repeats`` forwards after one warm-up; and the seconds of the warm-up forward (which
-    includes compiling under torch.compile)."""
+    ``repeats`` forwards after one warm-up; the seconds of the warm-up forward (which
+    includes compiling under torch.compile); and what the network returned (the batch size
+    and dtype of its mask predictions). The forwards run under ``precision``'s autocast on
+    ``device``, whose queued work every reading of the clock waits for."""
+    device = torch.device(device)
+    clock = device_clock(device)
     modules = {}
     if stages:
         modules = {
@@ -129,22 +175,25 @@ def time_forwards(
             "pixel_decoder": model.sem_seg_head.pixel_decoder,
             "transformer_decoder": model.sem_seg_head.predictor,
         }
-    timer = StageTimer(modules)
+    timer = StageTimer(modules, clock)
     network = model.network
+    network_output = {}
 
     def timed_network(*args, **kwargs):
-        start = time.perf_counter()
+        start = clock()
         result = network(*args, **kwargs)
-        timer.times["network"] += time.perf_counter() - start
+        timer.times["network"] += clock() - start
+        masks = result["pred_masks"]
+        network_output.update(batch_size=len(masks), dtype=str(masks.dtype).replace("torch.", ""))
         return result
 
     model.network = timed_network
     inference = model.inference
 
     def timed_inference(*args, **kwargs):
-        start = time.perf_counter()
+        start = clock()
         result = inference(*args, **kwargs)
-        timer.times["postprocessing"] += time.perf_counter() - start
+        timer.times["postprocessing"] += clock() - start
         return result
 
     model.inference = timed_inference
@@ -152,27 +201,28 @@ def time_forwards(
     with torch.no_grad():
         for run in range(repeats + 1):
             timer.reset()
-            start = time.perf_counter()
-            model(inputs)
-            total = time.perf_counter() - start
+            start = clock()
+            with precision_autocast(precision, device.type):
+                model(inputs)
+            total = clock() - start
             if run > 0:
                 runs.append({**timer.times, "total": total})
             else:
                 runs_warmup_s = total
     del model.inference
     model.network = network
-    return runs, runs_warmup_s
+    return runs, runs_warmup_s, network_output
 
 
 def synthetic_predictions(num_queries: int, num_classes: int, mask_size, seed: int = 0):
     """Predictions with realistic structure, at 1/4 resolution.
 
-    25 confident queries (class probability ~0.99) whose masks tile the image (Voronoi cells
-    with smooth borders, so panoptic inference keeps them) and 75 unconfident queries with
-    random blob masks.
+    25 confident queries (class probability ~0.99; all of them when there are fewer) whose
+    masks tile the image (Voronoi cells with smooth borders, so panoptic inference keeps them)
+    and the others (75 of the official 100) unconfident, with random blob masks.
     """
     generator = torch.Generator().manual_seed(seed)
-    num_confident = 25
+    num_confident = min(25, num_queries)
     class_logits = torch.randn(num_queries, num_classes + 1, generator=generator)
     confident = torch.randperm(num_queries, generator=generator)[:num_confident]
     classes = torch.randint(num_classes, (num_confident,), generator=generator)
@@ -194,7 +244,9 @@ def synthetic_predictions(num_queries: int, num_classes: int, mask_size, seed: i
 
 
 def straightforward_postprocess(model, class_logits, mask_logits, padded, image_size, output):
-    """The official release's post-processing of one image (real boxes aside: zero there)."""
+    """The official release's post-processing of one image (real boxes aside: zero there), on
+    the device of the predictions."""
+    device = mask_logits.device
     masks = F.interpolate(mask_logits[None], size=padded, mode="bilinear", align_corners=False)[0]
     masks = sem_seg_postprocess(masks, image_size, *output)
     num_classes = class_logits.shape[-1] - 1
@@ -207,7 +259,7 @@ def straightforward_postprocess(model, class_logits, mask_logits, padded, image_
     probs = masks.sigmoid()
     keep = labels.ne(num_classes) & (scores > model.object_mask_threshold)
     cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], probs[keep]
-    panoptic_seg = torch.zeros(output, dtype=torch.int32)
+    panoptic_seg = torch.zeros(output, dtype=torch.int32, device=device)
     segments_info, stuff, segment_id = [], {}, 0
     if len(cur_masks):
         cur_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
@@ -233,14 +285,18 @@ def straightforward_postprocess(model, class_logits, mask_logits, padded, image_
     result["panoptic_seg"] = (panoptic_seg, segments_info)
 
     class_probs = class_logits.softmax(-1)[:, :-1]
-    top_scores, top = class_probs.flatten().topk(model.test_topk_per_image, sorted=True)
+    # (the release fails on a model with fewer query-class pairs than that; ours keeps them all)
+    topk = min(model.test_topk_per_image, class_probs.numel())
+    top_scores, top = class_probs.flatten().topk(topk, sorted=True)
     top_labels, top_queries = top % num_classes, top // num_classes
-    is_thing = torch.tensor([label in things for label in top_labels.tolist()], dtype=torch.bool)
+    is_thing = torch.tensor(
+        [label in things for label in top_labels.tolist()], dtype=torch.bool, device=device
+    )
     top_scores, top_labels = top_scores[is_thing], top_labels[is_thing]
     top_masks = masks[top_queries[is_thing]]
     instances = Instances(output)
     instances.pred_masks = (top_masks > 0).float()
-    instances.pred_boxes = Boxes(torch.zeros(len(top_masks), 4))
+    instances.pred_boxes = Boxes(torch.zeros(len(top_masks), 4, device=device))
     flat = instances.pred_masks.flatten(1)
     mask_scores = (top_masks.sigmoid().flatten(1) * flat).sum(1) / (flat.sum(1) + 1e-6)
     instances.scores = top_scores * mask_scores
@@ -250,15 +306,20 @@ def straightforward_postprocess(model, class_logits, mask_logits, padded, image_
 
 
 def time_postprocessing(model, padded, image_size, output, repeats: int, official: bool) -> Dict:
-    """Seconds of one post-processing on realistic predictions (median of ``repeats``).
+    """Seconds of one post-processing on realistic predictions (median of ``repeats``), on the
+    model's device (waiting for the GPU before each reading of the clock).
 
     For ours, also how far its results are from the straightforward post-processing's.
     """
     num_classes = model.sem_seg_head.predictor.class_embed.out_features - 1
     mask_size = (padded[0] // 4, padded[1] // 4)
-    class_logits, mask_logits = synthetic_predictions(
-        model.sem_seg_head.predictor.num_queries, num_classes, mask_size
+    class_logits, mask_logits = (
+        prediction.to(model.device)
+        for prediction in synthetic_predictions(
+            model.sem_seg_head.predictor.num_queries, num_classes, mask_size
+        )
     )
+    clock = device_clock(model.device)
     if official:
         postprocess = functools.partial(straightforward_postprocess, model)
     else:
@@ -266,10 +327,10 @@ def time_postprocessing(model, padded, image_size, output, repeats: int, officia
     wall, cpu = [], []
     with torch.no_grad():
         for run in range(repeats + 1):
-            start, start_cpu = time.perf_counter(), time.process_time()
+            start, start_cpu = clock(), time.process_time()
             result = postprocess(class_logits, mask_logits, padded, image_size, output)
             if run > 0:
-                wall.append(time.perf_counter() - start)
+                wall.append(clock() - start)
                 cpu.append(time.process_time() - start_cpu)
         report = {
             "wall_s": statistics.median(wall),
@@ -326,6 +387,46 @@ VARIANTS["onnxruntime"] = {**VARIANTS["ours"], "backend": "onnxruntime"}
 VARIANTS["ours-compiled"] = {**VARIANTS["ours"], "compile": True}
 STAGES = ["backbone", "pixel_decoder", "transformer_decoder"]
 
+HF_VARIANTS = ("transformers", "ours-from-hf")
+# Why a variant cannot run with a --device, --precision or --batch-size other than the default.
+NOT_ON_CUDA = {
+    "ours-default-malloc": "glibc's allocator setting is a CPU matter",
+    "onnxruntime": "the ONNX Runtime backend runs on the CPU",
+    "transformers": "the Hugging Face comparison runs on the CPU",
+    "ours-from-hf": "the Hugging Face comparison runs on the CPU",
+}
+FP32_ONLY = {
+    "onnxruntime": "the ONNX Runtime backend runs the exported fp32 model",
+    "transformers": "the Hugging Face comparison runs in fp32",
+    "ours-from-hf": "the Hugging Face comparison runs in fp32",
+}
+ONE_IMAGE_ONLY = {
+    "transformers": "the Hugging Face comparison times one image",
+    "ours-from-hf": "the Hugging Face comparison times one image",
+}
+
+
+def why_not(name: str, device: str, precision: str, batch_size: int) -> Optional[str]:
+    """Why variant ``name`` cannot run with these settings (None: it can)."""
+    if device == "cuda" and name in NOT_ON_CUDA:
+        return f"--device cuda: {NOT_ON_CUDA[name]}"
+    if precision != "fp32" and name in FP32_ONLY:
+        return f"--precision {precision}: {FP32_ONLY[name]}"
+    if batch_size != 1 and name in ONE_IMAGE_ONLY:
+        return f"--batch-size {batch_size}: {ONE_IMAGE_ONLY[name]}"
+    return None
+
+
+def variant_settings(name: str, device: torch.device) -> Dict:
+    """What variant ``name`` changes, on ``device``. On a GPU the allocator setting does not
+    apply, and "official-style" keeps our CUDA kernel: the official release runs its own CUDA
+    kernel there, not the PyTorch deformable attention."""
+    variant = dict(VARIANTS[name])
+    if device.type == "cuda":
+        variant["keep_memory"] = False
+        variant["reference_op"] = False
+    return variant
+
 
 def onnxruntime_model(model, cfg: CfgNode, folder: str, threads: Optional[int]):
     """``model`` exported to ONNX (not timed) and opened in ONNX Runtime (CPU)."""
@@ -340,7 +441,8 @@ def onnxruntime_model(model, cfg: CfgNode, folder: str, threads: Optional[int]):
 
 def run_variant(name: str, args) -> Dict:
     """Time one variant in this process (the allocator setting cannot be undone)."""
-    variant = VARIANTS[name]
+    device = torch.device(args.device)
+    variant = variant_settings(name, device)
     if variant["keep_memory"]:
         if not keep_freed_memory():
             raise SystemExit(
@@ -353,7 +455,7 @@ def run_variant(name: str, args) -> Dict:
             ms_deform_attn_functional.REFERENCE
         )
     aux_outputs = ["MODEL.MASK_FORMER.TEST.AUX_OUTPUTS_IN_EVAL", str(variant["full_size_aux"])]
-    model = build_benchmark_model(args.config_file, [*aux_outputs, *args.opts])
+    model = build_benchmark_model(args.config_file, [*aux_outputs, *args.opts], args.device)
     # the model whose forwards are timed; post-processing is timed on `model` (same code)
     timed, stages = model, True
     with tempfile.TemporaryDirectory() as folder:
@@ -366,8 +468,17 @@ def run_variant(name: str, args) -> Dict:
         generator = torch.Generator().manual_seed(0)
         height, width = args.image_size
         image = torch.randint(0, 256, (3, height, width), generator=generator).float()
-        inputs = [{"image": image, "height": args.output_size[0], "width": args.output_size[1]}]
-        runs, warmup_s = time_forwards(timed, inputs, args.repeats, stages)
+        # already on the device, as the Predictor hands it over; N copies in one forward
+        image = image.to(device)
+        inputs = [
+            {"image": image, "height": args.output_size[0], "width": args.output_size[1]}
+        ] * args.batch_size
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        runs, warmup_s, network_output = time_forwards(
+            timed, inputs, args.repeats, stages, device=device, precision=args.precision
+        )
+        peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     medians = {
         stage: statistics.median(run[stage] for run in runs)
         for stage in STAGES + ["network"]
@@ -382,21 +493,28 @@ def run_variant(name: str, args) -> Dict:
         args.repeats,
         official=variant["official_post"],
     )
-    return {
+    # the batch: one forward of N images, then N post-processings
+    end_to_end = medians["network"] + args.batch_size * postprocessing["wall_s"]
+    report = {
         "variant": name,
         **variant,
         "padded_size": list(padded),
         "forward_runs_s": runs,
         "warmup_forward_s": warmup_s,
+        "network_output": network_output,
         "stages_median_s": medians,
         "postprocessing_realistic": postprocessing,
-        "end_to_end_s": medians["network"] + postprocessing["wall_s"],
+        "end_to_end_s": end_to_end,
+        "network_per_image_s": medians["network"] / args.batch_size,
+        "end_to_end_per_image_s": end_to_end / args.batch_size,
+        "images_per_s": args.batch_size / end_to_end,
     }
+    if peak_memory is not None:
+        report["forward_peak_memory_mib"] = peak_memory / 2**20
+    return report
 
 
 # ----- transformers vs ours on a Hub-format model (variants "transformers", "ours-from-hf") --
-
-HF_VARIANTS = ("transformers", "ours-from-hf")
 
 
 def write_hub_swin_tiny_coco_panoptic(folder: str) -> None:
@@ -550,13 +668,28 @@ def main(argv=None) -> None:
         "--variants",
         nargs="+",
         choices=sorted(VARIANTS) + list(HF_VARIANTS),
-        default=list(VARIANTS) + list(HF_VARIANTS),
-        help="what to time, each in its own process (default: all)",
+        default=None,
+        help="what to time, each in its own process (default: all that run with the device, "
+        "precision and batch size asked for)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="fp32",
+        help="autocast dtype of the forwards, as Predictor(precision=...) (default: fp32)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="copies of the image in one forward; times are also given per image (default: 1)",
     )
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--hf-folder", help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
+    check_settings(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -580,11 +713,15 @@ def main(argv=None) -> None:
             command += ["--config-file", args.config_file, "--repeats", str(args.repeats)]
             command += ["--image-size", *map(str, args.image_size)]
             command += ["--output-size", *map(str, args.output_size)]
+            command += ["--device", args.device, "--precision", args.precision]
+            command += ["--batch-size", str(args.batch_size)]
             if args.threads:
                 command += ["--threads", str(args.threads)]
             if name in HF_VARIANTS:
                 command += ["--hf-folder", hf_folder]
-            subprocess.run(command + list(args.opts), check=True)
+            status = subprocess.run(command + list(args.opts)).returncode
+            if status != 0:
+                sys.exit(f"timing {name} failed (exit status {status}): its error is above.")
             with open(path) as f:
                 reports[name] = json.load(f)
 
@@ -595,6 +732,11 @@ def main(argv=None) -> None:
         "threads": args.threads or torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "repeats": args.repeats,
+        "device": args.device,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "torch_version": torch.__version__,
+        **cuda_description(args.device),
         "variants": reports,
     }
     if "ours" in reports and "official-style" in reports:
@@ -612,12 +754,57 @@ def main(argv=None) -> None:
             json.dump(report, f, indent=2)
     detectron2_reports = {name: r for name, r in reports.items() if name not in HF_VARIANTS}
     if detectron2_reports:
-        print_table(detectron2_reports)
+        print_table(detectron2_reports, report)
     if set(HF_VARIANTS) & set(reports):
         print_hf_table(reports)
 
 
-def print_table(reports: Dict[str, Dict]) -> None:
+def check_settings(parser: argparse.ArgumentParser, args) -> None:
+    """Stop with a usage error (no traceback) when the settings cannot run here; fill in the
+    default variants: all that run with them."""
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device cuda: CUDA is not available here (torch {torch.__version__}, built "
+            f"with CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s) visible). "
+            "Run on a machine with a GPU, or use --device cpu."
+        )
+    if args.variants is None:
+        args.variants = [
+            name
+            for name in [*VARIANTS, *HF_VARIANTS]
+            if why_not(name, args.device, args.precision, args.batch_size) is None
+        ]
+        return
+    refused = {
+        name: why_not(name, args.device, args.precision, args.batch_size) for name in args.variants
+    }
+    refused = {name: reason for name, reason in refused.items() if reason}
+    if refused:
+        parser.error(
+            "cannot time "
+            + "; ".join(f"{name} with {reason}" for name, reason in refused.items())
+            + ". Leave them out of --variants."
+        )
+
+
+def cuda_description(device: str) -> Dict:
+    """The GPU and the settings that change its float32 results, for the report (nothing on
+    the CPU)."""
+    if device != "cuda":
+        return {}
+    return {
+        "gpu_name": torch.cuda.get_device_name(),
+        "cuda_version": torch.version.cuda,
+        "tf32": {
+            "matmul": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn": torch.backends.cudnn.allow_tf32,
+        },
+    }
+
+
+def print_table(reports: Dict[str, Dict], report: Dict) -> None:
     names = list(reports)
     rows = [
         (stage, [reports[n]["stages_median_s"].get(stage) for n in names])
@@ -627,11 +814,22 @@ def print_table(reports: Dict[str, Dict]) -> None:
         ("post-processing", [reports[n]["postprocessing_realistic"]["wall_s"] for n in names])
     )
     rows.append(("end to end", [reports[n]["end_to_end_s"] for n in names]))
-    print("\nseconds" + "".join(f"{n:>22}" for n in names))
+    batch_size = report["batch_size"]
+    if batch_size > 1:
+        rows.append(("per image", [reports[n]["end_to_end_per_image_s"] for n in names]))
+    # a GPU's times are milliseconds: three decimals of a second would hide them
+    unit, scale = ("ms", 1000.0) if report["device"] == "cuda" else ("seconds", 1.0)
+    if report["device"] != "cpu" or report["precision"] != "fp32" or batch_size > 1:
+        where = report.get("gpu_name", report["device"])
+        print(f"\n{where}, {report['precision']}, batch {batch_size}")
+    print(f"\n{unit}" + "".join(f"{n:>22}" for n in names))
     for stage, values in rows:
         print(
-            f"{stage:<20}" + "".join(f"{'-':>22}" if v is None else f"{v:>22.3f}" for v in values)
+            f"{stage:<20}"
+            + "".join(f"{'-':>22}" if v is None else f"{v * scale:>22.3f}" for v in values)
         )
+    if batch_size > 1:
+        print(f"{'images/s':<20}" + "".join(f"{reports[n]['images_per_s']:>22.2f}" for n in names))
     if "ours" in reports:
         base = reports["ours"]["end_to_end_s"]
         print(

@@ -1,0 +1,96 @@
+"""tools/benchmark_inference.py on a tiny model: the device, precision and batch-size options
+and the JSON report the GPU measurements of issue 9 rely on; its CUDA run is marked cuda."""
+
+import json
+import math
+
+import pytest
+import torch
+from helpers import TINY_CONFIG, load_script
+
+benchmark_inference = load_script("tools/benchmark_inference.py")
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# (device, precision): the CPU run proves the logic here, the CUDA one runs on a GPU machine
+DEVICE_PRECISION = [
+    ("cpu", "bf16"),
+    pytest.param("cuda", "fp16", marks=[pytest.mark.cuda, needs_cuda]),
+]
+TINY_RUN = [
+    "--config-file", TINY_CONFIG,
+    "--image-size", "64", "96",
+    "--output-size", "48", "72",
+    "--repeats", "1",
+    "--threads", "1",
+]  # fmt: skip
+
+
+def _positive(value):
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize("device, precision", DEVICE_PRECISION)
+def test_inference_benchmark_report(tmp_path, capsys, device, precision):
+    path = tmp_path / "report.json"
+    benchmark_inference.main(
+        [*TINY_RUN, "--device", device, "--precision", precision, "--batch-size", "2"]
+        + ["--variants", "ours", "official-style", "--json-out", str(path)]
+    )
+    report = json.loads(path.read_text())
+    assert json.loads(capsys.readouterr().out.split("\n\n")[0]) == report
+    assert report["device"] == device
+    assert report["precision"] == precision
+    assert report["batch_size"] == 2
+    assert report["torch_version"] == torch.__version__
+    assert ("gpu_name" in report) == (device == "cuda")
+    assert sorted(report["variants"]) == ["official-style", "ours"]
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    for name, variant in report["variants"].items():
+        # the forward saw both copies of the image, under autocast
+        assert variant["network_output"] == {"batch_size": 2, "dtype": dtype}, name
+        [run] = variant["forward_runs_s"]
+        stages = ["backbone", "pixel_decoder", "transformer_decoder", "network"]
+        assert all(_positive(run[stage]) for stage in [*stages, "postprocessing", "total"])
+        # the stages run inside the network's forward, the network inside the total
+        assert (
+            run["backbone"] + run["pixel_decoder"] + run["transformer_decoder"] <= (run["network"])
+        )
+        assert run["network"] + run["postprocessing"] <= run["total"]
+        assert all(_positive(variant["stages_median_s"][stage]) for stage in stages)
+        postprocessing = variant["postprocessing_realistic"]["wall_s"]
+        assert _positive(postprocessing)
+        network = variant["stages_median_s"]["network"]
+        assert variant["end_to_end_s"] == pytest.approx(network + 2 * postprocessing)
+        assert variant["network_per_image_s"] == pytest.approx(network / 2)
+        assert variant["end_to_end_per_image_s"] == pytest.approx(variant["end_to_end_s"] / 2)
+        assert variant["images_per_s"] == pytest.approx(2 / variant["end_to_end_s"])
+        assert ("forward_peak_memory_mib" in variant) == (device == "cuda")
+    # ours and the straightforward post-processing agree on the device too
+    differences = report["variants"]["ours"]["postprocessing_realistic"]
+    differences = differences["differences_from_straightforward"]
+    assert differences["sem_seg_max_abs"] < 1e-4
+    assert differences["panoptic_pixels"] == differences["instance_mask_pixels"] == 0
+
+
+def test_cuda_without_a_gpu_and_cpu_only_variants_are_refused(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_inference.main([*TINY_RUN, "--device", "cuda"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: CUDA is not available" in err and "--device cpu" in err
+    assert "Traceback" not in err
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for variant, reason in [
+        ("onnxruntime", "runs on the CPU"),
+        ("ours-default-malloc", "CPU matter"),
+        ("transformers", "runs on the CPU"),
+    ]:
+        with pytest.raises(SystemExit):
+            benchmark_inference.main([*TINY_RUN, "--device", "cuda", "--variants", variant])
+        err = capsys.readouterr().err
+        assert f"cannot time {variant} with --device cuda: " in err and reason in err
+    with pytest.raises(SystemExit):
+        benchmark_inference.main([*TINY_RUN, "--precision", "fp16", "--variants", "onnxruntime"])
+    assert "exported fp32 model" in capsys.readouterr().err
