@@ -11,6 +11,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+import torch
 from detectron2.data import MetadataCatalog
 from PIL import Image
 
@@ -67,6 +68,22 @@ SHRINK = [
     "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64",
     "MODEL.SWIN.EMBED_DIM", "24",  # divisible by every official NUM_HEADS[0] (3, 4, 6)
 ]  # fmt: skip
+
+# How far a prediction may be from the float32 one on the CPU (Predictor and demo tests):
+# float32 elsewhere (CUDA with TF32 off, conftest.no_tf32) within the logit tolerance of the
+# export tests; bfloat16 / float16 autocast within the 0.05 on class probabilities of
+# test_head's CUDA autocast test, applied to instance scores and to each pixel's class
+# distribution (its semantic probabilities normalised over the classes).
+PRECISION_TOLERANCE = {"fp32": 1e-4, "bf16": 0.05, "fp16": 0.05}
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def on_cuda(*values):
+    """A ``pytest.param`` for a CUDA case of a parametrised test: marked ``cuda`` (what
+    ``pytest -m cuda`` runs on a GPU machine) and skipped without a GPU."""
+    return pytest.param(*values, marks=[pytest.mark.cuda, needs_cuda])
+
 
 # cv2.VideoCapture as imported, for reading clips while a test replaces it (a fake webcam).
 _VIDEO_CAPTURE = cv2.VideoCapture

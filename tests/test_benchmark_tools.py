@@ -6,15 +6,14 @@ import math
 
 import pytest
 import torch
-from helpers import TINY_CONFIG, load_script
+from helpers import TINY_CONFIG, load_script, on_cuda
 
 benchmark_inference = load_script("tools/benchmark_inference.py")
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 # (device, precision): the CPU run proves the logic here, the CUDA one runs on a GPU machine
 DEVICE_PRECISION = [
     ("cpu", "bf16"),
-    pytest.param("cuda", "fp16", marks=[pytest.mark.cuda, needs_cuda]),
+    on_cuda("cuda", "fp16"),
 ]
 TINY_RUN = [
     "--config-file", TINY_CONFIG,

@@ -11,7 +11,15 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-from helpers import ROOT, load_script, read_video, write_clip, write_random_png
+from helpers import (
+    PRECISION_TOLERANCE,
+    ROOT,
+    load_script,
+    on_cuda,
+    read_video,
+    write_clip,
+    write_random_png,
+)
 from helpers import TINY_CONFIG as CONFIG
 from panopticapi.utils import rgb2id
 from PIL import Image
@@ -303,3 +311,49 @@ def test_the_demo_script_tunes_the_cpu_allocator(weights, images, tmp_path, caps
     argv = ["--config-file", CONFIG, "--input", images["good"][0], "--output", str(tmp_path)]
     status, _, _ = _run(argv + ["--opts", "MODEL.WEIGHTS", weights], capsys)
     assert status == 0 and calls == [1]
+
+
+# The CPU case proves the test here; `pytest -m cuda` runs the others on a GPU.
+@pytest.mark.parametrize(
+    "device, precision",
+    [
+        ("cpu", "bf16"),
+        on_cuda("cuda", "fp32"),
+        on_cuda("cuda", "bf16"),
+        on_cuda("cuda", "fp16"),
+    ],
+)
+def test_device_and_precision_options(
+    weights, images, tmp_path, capsys, monkeypatch, no_tf32, device, precision
+):
+    """--device and --precision reach the predictor, and its results written to files agree
+    with float32 on the CPU (helpers.PRECISION_TOLERANCE)."""
+    ran_with = []
+    predict_arrays = Predictor.predict_arrays
+
+    def spy(self, arrays):
+        ran_with.append((next(self.model.parameters()).device.type, self.precision))
+        return predict_arrays(self, arrays)
+
+    monkeypatch.setattr(Predictor, "predict_arrays", spy)
+    output = tmp_path / "out"
+    status, _, err = _run(
+        ["--config-file", CONFIG, "--input", *images["good"], "--output", str(output)]
+        + ["--device", device, "--precision", precision, "--confidence-threshold", "0"]
+        + ["--opts", "MODEL.WEIGHTS", weights],
+        capsys,
+    )
+    assert status == 0, err
+    assert set(ran_with) == {(device, precision)}
+    monkeypatch.undo()
+    reference = Predictor(CONFIG, weights, device="cpu", score_threshold=0.0)
+    for path in images["good"]:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        for suffix in [".png", ".panoptic.png", ".panoptic.json", ".semantic.png"]:
+            assert (output / f"{stem}{suffix}").is_file(), suffix
+        expected = reference(path).instances.scores
+        scores = [entry["score"] for entry in _instances_json(output, stem)]
+        assert len(scores) == len(expected) > 0
+        np.testing.assert_allclose(
+            sorted(scores, reverse=True), expected, atol=PRECISION_TOLERANCE[precision]
+        )

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from helpers import PRECISION_TOLERANCE, on_cuda, random_picture
 from helpers import TINY_CONFIG as CONFIG
-from helpers import random_picture
 from PIL import Image
 
 from mask2former import predictor as predictor_module
@@ -25,7 +25,7 @@ def _image(height=48, width=72, seed=0):
     return random_picture(height, width, seed)
 
 
-def _check_prediction(prediction, height, width):
+def _check_prediction(prediction, height, width, *, probabilities=False):
     assert isinstance(prediction, Prediction)
     assert prediction.image_size == (height, width)
     assert prediction.available_tasks() == ["panoptic", "instance", "semantic"]
@@ -60,7 +60,10 @@ def _check_prediction(prediction, height, width):
     assert semantic.label_map.shape == (height, width)
     assert semantic.label_map.min() >= 0 and semantic.label_map.max() < len(SHAPES_CLASSES)
     assert semantic.class_names == SHAPES_CLASSES
-    assert semantic.probabilities is None
+    if probabilities:
+        assert semantic.probabilities.shape == (len(SHAPES_CLASSES), height, width)
+    else:
+        assert semantic.probabilities is None
 
 
 def _assert_same(first: Prediction, second: Prediction):
@@ -155,19 +158,53 @@ def test_probabilities_and_score_threshold(weights):
     np.testing.assert_array_equal(unfiltered.filter(threshold).masks, kept.masks)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_on_cpu(weights, precision):
-    prediction = Predictor(CONFIG, weights, precision=precision, device="cpu")(_image())
-    _check_prediction(prediction, 48, 72)
+def _class_distribution(probabilities):
+    """Each pixel's semantic probabilities normalised over the classes."""
+    return probabilities / probabilities.sum(axis=0, keepdims=True)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_cuda(weights, precision):
-    predictor = Predictor(CONFIG, weights, device="cuda", precision=precision)
-    assert next(predictor.model.parameters()).is_cuda
-    _check_prediction(predictor([_image(), _image(seed=1)])[1], 48, 72)
+def assert_agrees_with_float32(actual: Prediction, expected: Prediction, precision: str):
+    """``actual`` (run in ``precision``) is ``expected`` (float32 on the CPU) within
+    helpers.PRECISION_TOLERANCE: instance scores and, in float32, the semantic probabilities;
+    in reduced precision, each pixel's class distribution."""
+    tolerance = PRECISION_TOLERANCE[precision]
+    if precision != "fp32":  # it did run in reduced precision
+        assert not np.array_equal(actual.semantic.probabilities, expected.semantic.probabilities)
+    # the same query-class pairs are kept; close scores may swap places
+    np.testing.assert_allclose(actual.instances.scores, expected.instances.scores, atol=tolerance)
+    if precision == "fp32":
+        np.testing.assert_allclose(
+            actual.semantic.probabilities, expected.semantic.probabilities, atol=tolerance
+        )
+    else:
+        np.testing.assert_allclose(
+            _class_distribution(actual.semantic.probabilities),
+            _class_distribution(expected.semantic.probabilities),
+            atol=tolerance,
+        )
+
+
+# The CPU cases prove the comparison here; `pytest -m cuda` runs the others on a GPU.
+@pytest.mark.parametrize(
+    "device, precision",
+    [
+        ("cpu", "bf16"),
+        ("cpu", "fp16"),
+        on_cuda("cuda", "fp32"),
+        on_cuda("cuda", "bf16"),
+        on_cuda("cuda", "fp16"),
+    ],
+)
+def test_device_and_precision_agree_with_float32_on_the_cpu(weights, no_tf32, device, precision):
+    options = {"return_probabilities": True, "score_threshold": 0.0}
+    images = [_image(), _image(seed=1)]
+    expected = Predictor(CONFIG, weights, device="cpu", **options)(images)
+    predictor = Predictor(CONFIG, weights, device=device, precision=precision, **options)
+    assert next(predictor.model.parameters()).device.type == device
+    for actual, reference in zip(predictor(images), expected):  # one batch of two
+        _check_prediction(actual, 48, 72, probabilities=True)
+        assert len(actual.instances) == len(reference.instances) > 0
+        assert_agrees_with_float32(actual, reference, precision)
 
 
 def test_tasks_switch_outputs(weights):

@@ -5,6 +5,7 @@ The models are the configs/shapes ones with overrides that shrink the heads; ima
 synthetic set's 128 x 128 ones (generated under $DETECTRON2_DATASETS/shapes when missing).
 """
 
+import json
 import math
 import os
 import subprocess
@@ -14,7 +15,7 @@ import warnings
 import pytest
 import torch
 from detectron2.engine import AMPTrainer
-from helpers import TINY_TRAINING
+from helpers import TINY_TRAINING, on_cuda
 
 import mask2former.data  # noqa: F401  only registration
 from mask2former import modeling as _modeling  # noqa: F401  only registration
@@ -197,3 +198,45 @@ def test_amp_config_on_a_cpu_builds_without_grad_scaler_warnings(tmp_path, preci
         str(w.message) for w in caught
     ]
     assert not isinstance(trainer._trainer, AMPTrainer)
+
+
+def _metrics_lines(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f]
+
+
+# The CPU run (bfloat16 under CPU autocast) proves the test here; the CUDA ones run on a GPU.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "device, precision",
+    [
+        ("cpu", "bfloat16"),
+        on_cuda("cuda", "float16"),
+        on_cuda("cuda", "bfloat16"),
+    ],
+)
+def test_train_net_with_amp_learns_then_evaluates(tmp_path, device, precision):
+    """train_net.py, mixed precision, 40 iterations: the loss falls, and the real evaluators
+    score every output of the panoptic config."""
+    config = os.path.join(SHAPES, "maskformer2_R18_panoptic.yaml")
+    command = [
+        sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config,
+        *TINY_TRAINING, "MODEL.DEVICE", device, "SOLVER.MAX_ITER", "40",
+        "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", precision,
+        "OUTPUT_DIR", str(tmp_path),
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "CUDA is not available" not in (tmp_path / "log.txt").read_text()
+
+    lines = _metrics_lines(tmp_path)
+    # Detectron2 writes the losses every 20 iterations (medians over the last 20)
+    losses = [line["total_loss"] for line in lines if "total_loss" in line]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses), losses
+    assert losses[-1] < losses[0], f"the loss did not fall: {losses}"
+    [evaluation] = [line for line in lines if "sem_seg/mIoU" in line]
+    for name in ["panoptic_seg/PQ", "panoptic_seg/SQ", "panoptic_seg/RQ", "segm/AP"]:
+        assert _in_range(evaluation[name]), (name, evaluation)
+    assert _in_range(evaluation["sem_seg/mIoU"]) and evaluation["sem_seg/mIoU"] > 0
+    assert (tmp_path / "model_final.pth").is_file()
