@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The measurements of issue 9 (GPU speed), prepared for a session on the GPU machine. Run from
+# the project root there, after the install that begins every command (../shared/gpu/README.md):
+#
+#   bash .gpu/install.sh && bash tools/gpu_session.sh [STEP ...]
+#
+# Steps, in this order (default: all four):
+#   tests  pytest -m cuda: the CUDA kernel tests, train_net.py with AMP (float16, bfloat16),
+#          the Predictor and the CLI demo on CUDA against float32 on the CPU, the inference
+#          benchmark's CUDA run
+#   op     tools/benchmark_ms_deform_attn.py --device cuda
+#   infer  tools/benchmark_inference.py --device cuda, ours vs official-style, for fp32, bf16
+#          and fp16 at batch 1 and 8 (one run each, JSON in $OUT/inference_cuda_*.json)
+#   sbs    bash .gpu/side_by_side.sh: the project against the official release (~4 minutes)
+#
+# Each step (each inference run) logs to $OUT/<name>.log through tee and runs under its own
+# timeout, so a failure or a hang costs only that step; the script goes on past failures and
+# ends with a summary (also in $OUT/summary.txt). Exit status: the number of failed steps.
+#
+# One command of the GPU tool runs at most 10 minutes, install included. The steps share
+# BUDGET_S seconds (default 540) from the start of this script: each step's timeout is cut to
+# what is left, and a step with under 20 s left is skipped. On a fresh machine (install about
+# 2-3 minutes) split the work, e.g.:
+#   bash .gpu/install.sh && BUDGET_S=400 bash tools/gpu_session.sh tests op infer
+#   bash .gpu/install.sh && bash tools/gpu_session.sh sbs       # warm: install takes seconds
+# Timeouts per step (seconds) can be set: T_TESTS, T_OP, T_INFER (each run), T_SBS.
+# INFER_VARIANTS (default "ours official-style") and INFER_REPEATS (default "10 5": batch 1,
+# batch 8) change the inference runs; PYTHON (default python3) the interpreter.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+OUT=${OUT:-output/gpu_session}
+PYTHON=${PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-540}
+INFER_VARIANTS=${INFER_VARIANTS:-ours official-style}
+read -r REPEATS_BATCH_1 REPEATS_BATCH_8 <<<"${INFER_REPEATS:-10 5}"
+mkdir -p "$OUT"
+summary=()
+failed=0
+
+# run_step NAME TIMEOUT_S COMMAND...: COMMAND under a timeout (cut to the budget left),
+# logged to $OUT/NAME.log; one summary line.
+run_step() {
+  local name=$1 limit=$2 log="$OUT/$1.log" start=$SECONDS status result
+  shift 2
+  local left=$((BUDGET_S - SECONDS))
+  if ((left < 20)); then
+    summary+=("$(printf '%-24s %-22s %5s  %s' "$name" "SKIPPED (budget)" "-" "BUDGET_S=$BUDGET_S")")
+    return
+  fi
+  ((limit > left)) && limit=$left
+  echo "=== $name $(date +%T), timeout ${limit}s: $*" | tee "$log"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+  case $status in
+    0) result=ok ;;
+    124 | 137) result="TIMED OUT (${limit}s)" ;;
+    *) result="FAILED (exit $status)" ;;
+  esac
+  ((status == 0)) || failed=$((failed + 1))
+  summary+=("$(printf '%-24s %-22s %4ds  %s' "$name" "$result" $((SECONDS - start)) "$log")")
+}
+
+if ! "$PYTHON" -c "import detectron2, mask2former" 2>/dev/null; then
+  echo "detectron2 or mask2former cannot be imported: begin the command with bash .gpu/install.sh"
+  exit 1
+fi
+{
+  echo "date: $(date -Is)"
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi -L 2>&1
+  "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+} | tee "$OUT/environment.log"
+
+for step in "${@:-tests op infer sbs}"; do
+  for part in $step; do
+    case $part in
+      tests)
+        run_step tests "${T_TESTS:-300}" "$PYTHON" -m pytest -q -m cuda -rfEs tests \
+          --junitxml "$OUT/pytest_cuda.xml" ;;
+      op)
+        run_step op "${T_OP:-120}" "$PYTHON" tools/benchmark_ms_deform_attn.py --device cuda ;;
+      infer)
+        for batch in 1 8; do
+          repeats=$REPEATS_BATCH_1
+          ((batch == 1)) || repeats=$REPEATS_BATCH_8
+          for precision in fp32 bf16 fp16; do
+            name=inference_cuda_${precision}_b$batch
+            # shellcheck disable=SC2086  # INFER_VARIANTS is a list of words
+            run_step "$name" "${T_INFER:-150}" "$PYTHON" tools/benchmark_inference.py \
+              --device cuda --precision "$precision" --batch-size "$batch" \
+              --repeats "$repeats" --variants $INFER_VARIANTS --json-out "$OUT/$name.json"
+          done
+        done ;;
+      sbs)
+        if [ -f .gpu/side_by_side.sh ]; then
+          run_step side_by_side "${T_SBS:-330}" bash .gpu/side_by_side.sh
+        else
+          summary+=("$(printf '%-24s %-22s' side_by_side "FAILED (no .gpu/)")")
+          failed=$((failed + 1))
+          echo "no .gpu/side_by_side.sh: run ../shared/gpu/stage.sh on the development machine"
+        fi ;;
+      *)
+        echo "unknown step $part (tests, op, infer, sbs)"
+        exit 2 ;;
+    esac
+  done
+done
+
+{
+  echo
+  echo "=== summary ($((SECONDS))s, $failed failed; logs in $OUT)"
+  printf '%s\n' "${summary[@]}"
+} | tee "$OUT/summary.txt"
+exit "$failed"
