@@ -163,7 +163,7 @@ def _class_distribution(probabilities):
     return probabilities / probabilities.sum(axis=0, keepdims=True)
 
 
-def assert_agrees_with_float32(actual: Prediction, expected: Prediction, precision: str):
+def _assert_agrees_with_float32(actual: Prediction, expected: Prediction, precision: str):
     """``actual`` (run in ``precision``) is ``expected`` (float32 on the CPU) within
     helpers.PRECISION_TOLERANCE: instance scores and, in float32, the semantic probabilities;
     in reduced precision, each pixel's class distribution."""
@@ -204,7 +204,7 @@ def test_device_and_precision_agree_with_float32_on_the_cpu(weights, no_tf32, de
     for actual, reference in zip(predictor(images), expected):  # one batch of two
         _check_prediction(actual, 48, 72, probabilities=True)
         assert len(actual.instances) == len(reference.instances) > 0
-        assert_agrees_with_float32(actual, reference, precision)
+        _assert_agrees_with_float32(actual, reference, precision)
 
 
 def test_tasks_switch_outputs(weights):
