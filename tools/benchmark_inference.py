@@ -31,7 +31,9 @@ matter), and ``official-style`` uses our CUDA kernel for the deformable attentio
 official release uses its own CUDA kernel there (``bash .gpu/side_by_side.sh`` times the
 release itself). ``--precision bf16`` / ``fp16`` runs the forwards under autocast, as
 ``Predictor(precision=...)`` does; ``--batch-size N`` runs N copies of the image in one
-forward, and the report gives the time per image and images per second.
+forward, and the report gives the time per image and images per second. On CUDA each
+variant also reports the peak memory allocated during its forwards, weights included
+(``forward_peak_memory_mib``).
 
 A randomly initialised model has no confident query, so post-processing is timed on
 synthetic predictions with realistic structure (blob-shaped masks, 25 confident queries);
