@@ -25,7 +25,12 @@ from detectron2.utils.logger import setup_logger
 from mask2former import modeling as _modeling  # noqa: F401  only registration
 from mask2former.config import load_config
 from mask2former.data.bad_samples import TooManyBadSamplesError
-from mask2former.engine import AtomicDetectionCheckpointer, MaskFormerTrainer
+from mask2former.engine import (
+    AtomicDetectionCheckpointer,
+    EvaluationDependencyError,
+    MaskFormerTrainer,
+    check_evaluation_dependencies,
+)
 from mask2former.engine.train_loops import NonFiniteLossError
 from mask2former.utils.cpu_memory import keep_freed_memory
 from mask2former.utils.device import runnable_device
@@ -68,8 +73,10 @@ def main(args):
 
 
 def check_args(args) -> None:
-    """Fail before starting any process when the config or the weights to evaluate are wrong."""
+    """Fail before starting any process when the config or the weights to evaluate are wrong,
+    or when the test data sets cannot be evaluated (e.g. an evaluator's package is missing)."""
     cfg = load_config(args.config_file, args.opts)
+    check_evaluation_dependencies(cfg)
     weights = cfg.MODEL.WEIGHTS
     if args.eval_only and not args.resume and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(
@@ -82,7 +89,13 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
         check_args(args)
-    except (FileNotFoundError, KeyError, ValueError) as error:
+    except (
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+        NotImplementedError,
+        EvaluationDependencyError,
+    ) as error:
         sys.exit(f"error: {error}")
     print("Command Line Args:", args)
     try:

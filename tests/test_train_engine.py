@@ -1,8 +1,12 @@
 """Unit tests of mask2former.engine: optimizer groups, gradient clipping, evaluator selection,
 atomic checkpoints and semantic test-time augmentation."""
 
+import importlib.machinery
 import logging
 import os
+import subprocess
+import sys
+import types
 
 import pytest
 import torch
@@ -31,12 +35,15 @@ from mask2former.data.synthetic import (
 from mask2former.engine import (
     OUTPUT_FLAGS,
     AtomicDetectionCheckpointer,
+    EvaluationDependencyError,
     InstanceSegEvaluator,
+    MaskFormerTrainer,
     SemanticSegmentorWithTTA,
     add_full_model_gradient_clipping,
     build_evaluator,
     build_optimizer,
     build_train_loop,
+    check_evaluation_dependencies,
 )
 from mask2former.engine import evaluation as evaluation_module
 from mask2former.engine import optimizer as optimizer_module
@@ -241,7 +248,7 @@ def registered_shapes():
     ensure_synthetic_dataset(os.path.join(get_datasets_root(), "shapes"))
 
 
-def test_evaluators_by_evaluator_type(registered_shapes, tmp_path, caplog):
+def test_evaluators_by_evaluator_type(registered_shapes, tmp_path, caplog, monkeypatch):
     out = str(tmp_path)
     cfg = _cfg()  # semantic, instance and panoptic outputs on
     assert _evaluator_types(build_evaluator(cfg, "shapes_val_panoptic", out)) == sorted(
@@ -256,6 +263,10 @@ def test_evaluators_by_evaluator_type(registered_shapes, tmp_path, caplog):
         sorted([PartialCOCOPanopticEvaluator.__name__, SemSegEvaluator.__name__])
     )
     MetadataCatalog.get("test_engine_cityscapes_sem").set(evaluator_type="cityscapes_sem_seg")
+    # the Cityscapes scripts are an optional package: as if installed
+    cityscapes_scripts = types.ModuleType("cityscapesscripts")
+    cityscapes_scripts.__spec__ = importlib.machinery.ModuleSpec("cityscapesscripts", None)
+    monkeypatch.setitem(sys.modules, "cityscapesscripts", cityscapes_scripts)
     with caplog.at_level(logging.WARNING, logger=evaluation_module.__name__):
         assert _evaluator_types(build_evaluator(cfg, "shapes_val", out)) == [
             PartialCOCOEvaluator.__name__
@@ -283,6 +294,57 @@ def test_evaluators_by_evaluator_type(registered_shapes, tmp_path, caplog):
     MetadataCatalog.get("test_engine_unknown").set(evaluator_type="no_such_type")
     with pytest.raises(NotImplementedError, match="test_engine_unknown"):
         build_evaluator(cfg, "test_engine_unknown", out)
+
+
+def test_evaluator_packages_are_checked_before_any_work(tmp_path, monkeypatch):
+    """The Cityscapes and LVIS evaluators import packages this project does not install: a
+    missing one stops training or evaluation at the start, saying what to install, instead of
+    after all the inference."""
+    monkeypatch.setitem(sys.modules, "cityscapesscripts", None)  # not installed
+    monkeypatch.setitem(sys.modules, "lvis", None)
+    cfg = _cfg("DATASETS.TEST", "('shapes_val_panoptic', 'cityscapes_fine_instance_seg_val')")
+    with pytest.raises(EvaluationDependencyError) as error:
+        check_evaluation_dependencies(cfg)
+    message = str(error.value)
+    assert "'cityscapes_fine_instance_seg_val'" in message and "instance output" in message
+    assert "pip install cityscapesscripts" in message and "INSTANCE_ON False" in message
+    with pytest.raises(EvaluationDependencyError, match="pip install cityscapesscripts"):
+        MaskFormerTrainer(cfg)  # before the model, the data or any iteration
+    with pytest.raises(EvaluationDependencyError, match="pip install lvis"):
+        build_evaluator(_cfg(), "lvis_v1_val", str(tmp_path))
+    # with the outputs that need the scripts turned off, Cityscapes panoptic needs nothing
+    check_evaluation_dependencies(
+        _cfg(
+            "DATASETS.TEST",
+            "('cityscapes_fine_panoptic_val',)",
+            "MODEL.MASK_FORMER.TEST.INSTANCE_ON",
+            "False",
+            "MODEL.MASK_FORMER.TEST.SEMANTIC_ON",
+            "False",
+        )  # fmt: skip
+    )
+
+
+def test_train_net_names_a_missing_evaluator_package_before_starting(tmp_path):
+    config = os.path.join(
+        REPO, "configs/cityscapes/instance-segmentation/maskformer2_R50_bs16_90k.yaml"
+    )
+    weights = tmp_path / "model_final.pth"
+    weights.write_bytes(b"")
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['cityscapesscripts'] = None\n"  # not installed, wherever this runs
+        f"sys.argv = ['train_net.py', '--config-file', {config!r}, '--eval-only', "
+        f"'MODEL.WEIGHTS', {str(weights)!r}]\n"
+        "runpy.run_path('train_net.py', run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1, result.stderr
+    assert "error: Evaluating the instance output" in result.stderr
+    assert "pip install cityscapesscripts" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_registered_evaluator_type_is_evaluated(tmp_path, monkeypatch):

@@ -4,9 +4,11 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .evaluation import (
     EVALUATOR_REGISTRY,
     OUTPUT_FLAGS,
+    EvaluationDependencyError,
     InstanceSegEvaluator,
     OutputEvaluation,
     build_evaluator,
+    check_evaluation_dependencies,
 )
 from .optimizer import add_full_model_gradient_clipping, build_optimizer
 from .trainer import MaskFormerTrainer, build_train_loop
@@ -15,6 +17,7 @@ from .tta import SemanticSegmentorWithTTA
 __all__ = [
     "EVALUATOR_REGISTRY",
     "AtomicDetectionCheckpointer",
+    "EvaluationDependencyError",
     "InstanceSegEvaluator",
     "MaskFormerTrainer",
     "OUTPUT_FLAGS",
@@ -22,6 +25,7 @@ __all__ = [
     "SemanticSegmentorWithTTA",
     "add_full_model_gradient_clipping",
     "build_evaluator",
+    "check_evaluation_dependencies",
     "build_optimizer",
     "build_train_loop",
 ]

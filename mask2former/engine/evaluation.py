@@ -3,8 +3,10 @@
 ``EVALUATOR_REGISTRY`` holds, for each ``evaluator_type``, the model outputs that data sets of
 that type can score, one :class:`OutputEvaluation` each: the ``MODEL.MASK_FORMER.TEST`` flag that
 turns the output on, a builder called as ``build(cfg, dataset_name, output_folder)`` that
-returns a list of ``DatasetEvaluator``, and, where only some data sets of the type have that
-ground truth, the metadata field that says a data set has it.
+returns a list of ``DatasetEvaluator``, where only some data sets of the type have that
+ground truth, the metadata field that says a data set has it, and the optional packages its
+evaluators import (the Cityscapes scripts, the LVIS API), which
+:func:`check_evaluation_dependencies` checks before any training or inference.
 
 An output is evaluated when its flag is on and the data set has its ground truth. An output
 that is on but has no ground truth in the data set (the semantic and panoptic outputs of the
@@ -12,6 +14,7 @@ official ADE20K instance configs on ``ade20k_instance_val``, say) is skipped, an
 says so.
 """
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -120,6 +123,13 @@ def _lvis(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEv
 # The MODEL.MASK_FORMER.TEST flags that turn the model's outputs on, and the outputs' names.
 OUTPUT_FLAGS = {flag: task for task, flag in TASK_CONFIG_KEYS.items()}
 
+# Packages that some of Detectron2's evaluators import, which this project does not install
+# (as in Detectron2 and the official release): module -> what to run to install it.
+OPTIONAL_PACKAGES = {
+    "cityscapesscripts": "pip install cityscapesscripts",
+    "lvis": "pip install lvis",
+}
+
 
 @dataclass(frozen=True)
 class OutputEvaluation:
@@ -130,11 +140,15 @@ class OutputEvaluation:
         build: returns the evaluators, called as ``build(cfg, dataset_name, output_folder)``.
         ground_truth: metadata field (a path) that a data set of this type sets when it has
             this ground truth; None when every data set of the type has it.
+        requires: optional Python packages the evaluators import (keys of
+            ``OPTIONAL_PACKAGES``), checked before any inference
+            (:func:`check_evaluation_dependencies`).
     """
 
     flag: str
     build: EvaluatorBuilder
     ground_truth: Optional[str] = None
+    requires: Tuple[str, ...] = ()
 
 
 def _panoptic_type(instances: EvaluatorBuilder) -> Tuple[OutputEvaluation, ...]:
@@ -169,7 +183,7 @@ def coco() -> Tuple[OutputEvaluation, ...]:
 
 @EVALUATOR_REGISTRY.register()
 def lvis() -> Tuple[OutputEvaluation, ...]:
-    return (OutputEvaluation("INSTANCE_ON", _lvis),)
+    return (OutputEvaluation("INSTANCE_ON", _lvis, requires=("lvis",)),)
 
 
 @EVALUATOR_REGISTRY.register()
@@ -189,20 +203,22 @@ def mapillary_vistas_panoptic_seg() -> Tuple[OutputEvaluation, ...]:
 
 @EVALUATOR_REGISTRY.register()
 def cityscapes_sem_seg() -> Tuple[OutputEvaluation, ...]:
-    return (OutputEvaluation("SEMANTIC_ON", _cityscapes_semantic),)
+    return (OutputEvaluation("SEMANTIC_ON", _cityscapes_semantic, requires=("cityscapesscripts",)),)
 
 
 @EVALUATOR_REGISTRY.register()
 def cityscapes_instance() -> Tuple[OutputEvaluation, ...]:
-    return (OutputEvaluation("INSTANCE_ON", _cityscapes_instances),)
+    return (
+        OutputEvaluation("INSTANCE_ON", _cityscapes_instances, requires=("cityscapesscripts",)),
+    )
 
 
 @EVALUATOR_REGISTRY.register()
 def cityscapes_panoptic_seg() -> Tuple[OutputEvaluation, ...]:
     return (
         OutputEvaluation("PANOPTIC_ON", _panoptic),
-        OutputEvaluation("SEMANTIC_ON", _cityscapes_semantic),
-        OutputEvaluation("INSTANCE_ON", _cityscapes_instances),
+        OutputEvaluation("SEMANTIC_ON", _cityscapes_semantic, requires=("cityscapesscripts",)),
+        OutputEvaluation("INSTANCE_ON", _cityscapes_instances, requires=("cityscapesscripts",)),
     )
 
 
@@ -211,22 +227,18 @@ def _outputs(flags: Iterable[str]) -> str:
     return ", ".join(OUTPUT_FLAGS[flag] for flag in flags)
 
 
-def build_evaluator(
-    cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
-) -> DatasetEvaluator:
-    """Build the evaluators for ``dataset_name`` from its metadata's ``evaluator_type``.
+class EvaluationDependencyError(ImportError):
+    """An evaluator of a test data set needs a package that is not installed."""
 
-    Args:
-        cfg: the full config.
-        dataset_name: a name registered in ``MetadataCatalog``.
-        output_folder: where evaluators write their files; default
-            ``{OUTPUT_DIR}/inference``.
 
-    Returns:
-        One evaluator, or a ``DatasetEvaluators`` combining several.
+def _evaluations(cfg: CfgNode, dataset_name: str) -> Tuple[List[OutputEvaluation], List[str], str]:
+    """The outputs evaluated on ``dataset_name``, the flags that are on but skipped (no ground
+    truth), and the data set's ``evaluator_type``.
+
+    Raises:
+        NotImplementedError: no evaluation is registered for its ``evaluator_type``.
+        ValueError: the config turns off every output the data set can score.
     """
-    if output_folder is None:
-        output_folder = f"{cfg.OUTPUT_DIR}/inference"
     metadata = MetadataCatalog.get(dataset_name)
     evaluator_type = metadata.get("evaluator_type", None)
     if evaluator_type not in EVALUATOR_REGISTRY:
@@ -254,6 +266,60 @@ def build_evaluator(
         )
     scorable_flags = {evaluation.flag for evaluation in scorable}
     skipped = [flag for flag in OUTPUT_FLAGS if flags[flag] and flag not in scorable_flags]
+    return evaluated, skipped, evaluator_type
+
+
+def _check_packages(
+    evaluations: Iterable[OutputEvaluation], dataset_name: str, evaluator_type: str
+) -> None:
+    for evaluation in evaluations:
+        for module in evaluation.requires:
+            if importlib.util.find_spec(module) is None:
+                raise EvaluationDependencyError(
+                    f"Evaluating the {OUTPUT_FLAGS[evaluation.flag]} output on data set "
+                    f"{dataset_name!r} ({evaluator_type}) needs the Python package {module!r}, "
+                    f"which is not installed: {OPTIONAL_PACKAGES.get(module, 'install it')}. "
+                    f"Or turn the output off (MODEL.MASK_FORMER.TEST.{evaluation.flag} False)."
+                )
+
+
+def check_evaluation_dependencies(cfg: CfgNode) -> None:
+    """Fail now, not after training or inference, when an evaluator of ``DATASETS.TEST`` needs
+    a package that is not installed (the Cityscapes scripts, the LVIS API: see
+    ``OPTIONAL_PACKAGES``), or when a test data set cannot be evaluated at all.
+
+    Raises:
+        EvaluationDependencyError: the package is missing; the message says what to install.
+        NotImplementedError, ValueError: see :func:`build_evaluator`.
+    """
+    for dataset_name in cfg.DATASETS.TEST:
+        evaluated, _, evaluator_type = _evaluations(cfg, dataset_name)
+        _check_packages(evaluated, dataset_name, evaluator_type)
+
+
+def build_evaluator(
+    cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+) -> DatasetEvaluator:
+    """Build the evaluators for ``dataset_name`` from its metadata's ``evaluator_type``.
+
+    Args:
+        cfg: the full config.
+        dataset_name: a name registered in ``MetadataCatalog``.
+        output_folder: where evaluators write their files; default
+            ``{OUTPUT_DIR}/inference``.
+
+    Returns:
+        One evaluator, or a ``DatasetEvaluators`` combining several.
+
+    Raises:
+        NotImplementedError: no evaluation is registered for its ``evaluator_type``.
+        ValueError: the config turns off every output the data set can score.
+        EvaluationDependencyError: an evaluator needs a package that is not installed.
+    """
+    if output_folder is None:
+        output_folder = f"{cfg.OUTPUT_DIR}/inference"
+    evaluated, skipped, evaluator_type = _evaluations(cfg, dataset_name)
+    _check_packages(evaluated, dataset_name, evaluator_type)
     if skipped:
         logger.warning(
             "Data set %r has no ground truth for the outputs %s that the config turns on "

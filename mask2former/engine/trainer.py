@@ -19,7 +19,7 @@ from detectron2.utils import comm
 from mask2former.data import bad_samples, build_dataset_mapper
 
 from .checkpoint import AtomicDetectionCheckpointer
-from .evaluation import build_evaluator
+from .evaluation import build_evaluator, check_evaluation_dependencies
 from .hooks import BadSampleHook
 from .optimizer import build_optimizer
 from .train_loops import CheckedAMPTrainer, CheckedSimpleTrainer, NonFiniteLossCheck
@@ -147,6 +147,8 @@ class MaskFormerTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
+        # an evaluator that cannot run fails now, not after training (an uninstalled package)
+        check_evaluation_dependencies(cfg)
         with _ddp_for_cpu_processes(cfg), warnings.catch_warnings():
             # With SOLVER.AMP.ENABLED, DefaultTrainer builds an AMPTrainer whose
             # torch.cuda.amp.GradScaler warns (deprecated; no CUDA on a CPU machine); that
