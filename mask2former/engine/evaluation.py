@@ -215,10 +215,11 @@ def cityscapes_instance() -> Tuple[OutputEvaluation, ...]:
 
 @EVALUATOR_REGISTRY.register()
 def cityscapes_panoptic_seg() -> Tuple[OutputEvaluation, ...]:
+    """COCO-style panoptic evaluation, and the Cityscapes semantic and instance ones."""
     return (
         OutputEvaluation("PANOPTIC_ON", _panoptic),
-        OutputEvaluation("SEMANTIC_ON", _cityscapes_semantic, requires=("cityscapesscripts",)),
-        OutputEvaluation("INSTANCE_ON", _cityscapes_instances, requires=("cityscapesscripts",)),
+        *cityscapes_sem_seg(),
+        *cityscapes_instance(),
     )
 
 
