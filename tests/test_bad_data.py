@@ -56,6 +56,7 @@ from mask2former.modeling.criterion import SetCriterion
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PANOPTIC_CONFIG = os.path.join(REPO, "configs", "shapes", "maskformer2_R18_panoptic.yaml")
 SIZE = 64
+SHAPES_STUFF_CLASSES = panoptic_category_metadata(SHAPES_CATEGORIES)["stuff_classes"]
 # the tiny training of helpers.TINY_TRAINING, on 64 x 64 images without cropping
 TINY = [
     *TINY_TRAINING,
@@ -540,6 +541,16 @@ class _OracleByFileName(nn.Module):
         )
 
 
+def _evaluate_semantic_folder(val, name, tmp_path):
+    """Register ``val``'s images and semantic PNGs as a folder semantic data set ``name`` and
+    evaluate it on the ground truth (see _evaluate)."""
+    register_sem_seg_folder(
+        name, val["image_root"], val["sem_seg_root"], SHAPES_STUFF_CLASSES, IGNORE_LABEL
+    )
+    oracle = _OracleByFileName(_Oracle("planted_val_panoptic"))
+    return _evaluate(name, tmp_path / "output", oracle)
+
+
 def test_evaluation_leaves_out_an_image_whose_semantic_png_is_broken(planted, tmp_path, caplog):
     # holds without a change of ours: Detectron2's inference DatasetMapper reads the semantic
     # PNG that SemSegEvaluator reads again, so a broken one makes its sample bad in the loader
@@ -547,12 +558,7 @@ def test_evaluation_leaves_out_an_image_whose_semantic_png_is_broken(planted, tm
     _root, val = _planted_copy(planted, tmp_path)
     image = {i: os.path.join(val["image_root"], f"{i:06d}.jpg") for i in range(6)}
     _truncate(os.path.join(val["sem_seg_root"], "000001.png"))
-    classes = panoptic_category_metadata(SHAPES_CATEGORIES)["stuff_classes"]
-    register_sem_seg_folder(
-        "broken_png_val_sem_seg", val["image_root"], val["sem_seg_root"], classes, IGNORE_LABEL
-    )
-    oracle = _OracleByFileName(_Oracle("planted_val_panoptic"))
-    results, seen = _evaluate("broken_png_val_sem_seg", tmp_path / "output", oracle)
+    results, seen = _evaluate_semantic_folder(val, "broken_png_val_sem_seg", tmp_path)
     assert seen == {image[i] for i in (0, 3, 4, 5)}
     assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
     reasons, left_out = _evaluation_reports(caplog, "broken_png_val_sem_seg")
@@ -571,22 +577,18 @@ def test_evaluation_leaves_out_an_image_whose_semantic_labels_are_out_of_range(
     caplog.set_level(logging.WARNING, logger="mask2former.data.bad_samples")
     _root, val = _planted_copy(planted, tmp_path)
     image = {i: os.path.join(val["image_root"], f"{i:06d}.jpg") for i in range(6)}
-    classes = panoptic_category_metadata(SHAPES_CATEGORIES)["stuff_classes"]
     png = os.path.join(val["sem_seg_root"], "000003.png")
     labels = np.array(Image.open(png))
-    labels[:4, :4] = len(classes) + 2  # neither a class nor the ignore label
+    bad_value = len(SHAPES_STUFF_CLASSES) + 2  # neither a class nor the ignore label
+    labels[:4, :4] = bad_value
     Image.fromarray(labels).save(png)
-    register_sem_seg_folder(
-        "bad_values_val_sem_seg", val["image_root"], val["sem_seg_root"], classes, IGNORE_LABEL
-    )
-    oracle = _OracleByFileName(_Oracle("planted_val_panoptic"))
-    results, seen = _evaluate("bad_values_val_sem_seg", tmp_path / "output", oracle)
+    results, seen = _evaluate_semantic_folder(val, "bad_values_val_sem_seg", tmp_path)
     assert seen == {image[i] for i in (0, 1, 4, 5)}
     assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
     reasons, left_out = _evaluation_reports(caplog, "bad_values_val_sem_seg")
     assert reasons.keys() == {image[2], image[3]}
     (reason,) = reasons[image[3]]
-    assert png in reason and f"the values {len(classes) + 2}," in reason
+    assert png in reason and f"the values {bad_value}," in reason
     (warning,) = left_out
     assert warning.startswith("Evaluation on bad_values_val_sem_seg: 2 of the 6 images")
 
