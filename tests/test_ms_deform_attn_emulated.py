@@ -219,6 +219,44 @@ def test_emulated_kernels_match(
         )
 
 
+@pytest.mark.parametrize(
+    "sizes,index32",
+    [
+        # N, S, M, D, Q, L, P: Mask2Former's pixel decoder at 1024 px, batch 16
+        ((16, 21504, 8, 32, 21504, 3, 4), True),
+        # value has 2^31 elements: too many for 32-bit offsets
+        ((2, 2**20, 32, 32, 100, 1, 1), False),
+        # small value, but 2^31 location values (N * Q * M * L * P * 2)
+        ((1, 16, 8, 32, 2**22, 4, 8), False),
+        # just under both limits
+        ((1, 2**24, 4, 31, 2**22, 4, 8), True),
+    ],
+)
+def test_launch_plan_uses_32_bit_offsets_only_when_they_fit(emulator, sizes, index32):
+    plan = (ctypes.c_int64 * 4)()
+    sizes_array = (ctypes.c_int64 * 7)(*sizes)
+    emulator.m2f_plan(sizes_array, ctypes.c_int(4), ctypes.c_int(1), plan)
+    assert bool(plan[1]) == index32
+    # threads are capped by the grid size, never by the index type
+    assert plan[3] >= 1
+
+
+def test_launch_plan_vectorises_only_aligned_divisible_channels(emulator):
+    plan = (ctypes.c_int64 * 4)()
+
+    def vectorized(channels, element_bytes, aligned):
+        sizes = (ctypes.c_int64 * 7)(2, 100, 8, channels, 50, 3, 4)
+        emulator.m2f_plan(sizes, ctypes.c_int(element_bytes), ctypes.c_int(aligned), plan)
+        return bool(plan[0]), 1 << plan[2]
+
+    assert vectorized(32, 4, True) == (True, 8)  # float32: 4 per vector, 8 threads
+    assert vectorized(32, 2, True) == (True, 4)  # half types: 8 per vector
+    assert vectorized(32, 8, True) == (True, 16)  # float64: 2 per vector
+    assert vectorized(32, 4, False) == (False, 32)  # unaligned: scalar loads
+    assert vectorized(36, 2, True) == (False, 32)  # 36 channels are not whole vectors of 8
+    assert vectorized(256, 4, True) == (True, 32)  # 64 chunks: 32 threads, two passes
+
+
 def test_emulation_reports_a_divergent_shuffle(emulator):
     """The harness itself: a kernel whose odd lanes skip a shuffle must be reported."""
     error = ctypes.create_string_buffer(1024)

@@ -54,6 +54,21 @@ __global__ void divergent_shuffle_kernel(float* out) {
 
 }  // namespace
 
+// The launch plan for these sizes (value / output pointers 16-byte aligned or not), without
+// launching: plan_out as in m2f_emulate, less the shuffle count.
+extern "C" void m2f_plan(
+    const int64_t* sizes_in, int element_bytes, int aligned, int64_t* plan_out) {
+  const Sizes<int64_t> sizes{sizes_in[0], sizes_in[1], sizes_in[2], sizes_in[3],
+                             sizes_in[4], sizes_in[5], sizes_in[6]};
+  const void* pointer = reinterpret_cast<const void*>(aligned ? 4096 : 4098);
+  const void* vectors[] = {pointer};
+  const LaunchPlan plan = mask2former::kernels::plan_launch(sizes, element_bytes, vectors, 1);
+  plan_out[0] = plan.vectorized;
+  plan_out[1] = plan.index32;
+  plan_out[2] = plan.group_shift;
+  plan_out[3] = plan.blocks;
+}
+
 // Runs divergent_shuffle_kernel; returns 1 with the error text when the emulation reports it.
 extern "C" int m2f_emulation_self_test(char* error, int error_size) {
   cuda_emulation::reset();
