@@ -24,11 +24,11 @@ The network is timed as a whole for every variant, and per stage (forward hooks)
 uncompiled PyTorch ones.
 
 ``--device cuda`` runs the model on the GPU (``ours``, ``official-style``,
-``ours-compiled`` and ``ours-cuda-graphs``; the other variants are CPU comparisons and are refused there). The clock
-then waits for the GPU (``torch.cuda.synchronize``) at every stage boundary, so that kernels
-launched asynchronously are charged to the stage that launched them; these waits keep the
-host from queueing the next stage early, so the stage times add up to slightly more than an
-unhooked forward. On the GPU the allocator setting of ``ours`` does not apply (it is a CPU
+``ours-compiled`` and ``ours-cuda-graphs``; the other variants are CPU comparisons and are
+refused there). The clock then waits for the GPU (``torch.cuda.synchronize``) at every
+stage boundary, so that kernels launched asynchronously are charged to the stage that
+launched them; these waits keep the host from queueing the next stage early, so the stage
+times add up to slightly more than an unhooked forward. On the GPU the allocator setting of ``ours`` does not apply (it is a CPU
 matter), and ``official-style`` uses our CUDA kernel for the deformable attention, as the
 official release uses its own CUDA kernel there (``bash .gpu/side_by_side.sh`` times the
 release itself). ``--precision bf16`` / ``fp16`` runs the forwards under autocast, as
