@@ -23,18 +23,18 @@ on. The variants are timed each in its own process, one after the other:
 The network is timed as a whole for every variant, and per stage (forward hooks) for the
 uncompiled PyTorch ones.
 
-``--device cuda`` runs the model on the GPU (``ours``, ``official-style``,
-``ours-compiled`` and ``ours-cuda-graphs``; the other variants are CPU comparisons and are
-refused there). The clock then waits for the GPU (``torch.cuda.synchronize``) at every
-stage boundary, so that kernels launched asynchronously are charged to the stage that
-launched them; these waits keep the host from queueing the next stage early, so the stage
-times add up to slightly more than an unhooked forward. On the GPU the allocator setting of ``ours`` does not apply (it is a CPU
-matter), and ``official-style`` uses our CUDA kernel for the deformable attention, as the
-official release uses its own CUDA kernel there (``bash .gpu/side_by_side.sh`` times the
+``--device cuda`` runs the model on the GPU (``ours``, ``official-style``, ``ours-compiled``
+and ``ours-cuda-graphs``; the other variants are CPU comparisons and are refused there). The
+clock then waits for the GPU (``torch.cuda.synchronize``) at every stage boundary, so that
+kernels launched asynchronously are charged to the stage that launched them; these waits
+keep the host from queueing the next stage early, so the stage times add up to slightly more
+than an unhooked forward. On the GPU the allocator setting of ``ours`` does not apply (it is
+a CPU matter), and ``official-style`` uses our CUDA kernel for the deformable attention, as
+the official release uses its own CUDA kernel there (``bash .gpu/side_by_side.sh`` times the
 release itself). ``--precision bf16`` / ``fp16`` runs the forwards under autocast, as
 ``Predictor(precision=...)`` does; ``--batch-size N`` runs N copies of the image in one
-forward, and the report gives the time per image and images per second. On CUDA each
-variant also reports the peak memory allocated during its forwards, weights included
+forward, and the report gives the time per image and images per second. On CUDA each variant
+also reports the peak memory allocated during its forwards, weights included
 (``forward_peak_memory_mib``).
 
 A randomly initialised model has no confident query, so post-processing is timed on
