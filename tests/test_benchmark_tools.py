@@ -93,3 +93,7 @@ def test_cuda_without_a_gpu_and_cpu_only_variants_are_refused(monkeypatch, capsy
     with pytest.raises(SystemExit):
         benchmark_inference.main([*TINY_RUN, "--precision", "fp16", "--variants", "onnxruntime"])
     assert "exported fp32 model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark_inference.main([*TINY_RUN, "--variants", "ours-cuda-graphs"])
+    err = capsys.readouterr().err
+    assert "cannot time ours-cuda-graphs with --device cpu: CUDA graphs need a GPU" in err

@@ -12,6 +12,9 @@
 #   infer  tools/benchmark_inference.py --device cuda, ours vs official-style, for fp32, bf16
 #          and fp16 at batch 1 and 8 (one run each, JSON in $OUT/inference_cuda_*.json)
 #   sbs    bash .gpu/side_by_side.sh: the project against the official release (~4 minutes)
+# and, only when named:
+#   graphs tools/benchmark_inference.py --device cuda, ours vs ours-cuda-graphs (torch.compile
+#          with CUDA graphs; compiling takes minutes), bf16 at batch 1
 #
 # Each step (each inference run) logs to $OUT/<name>.log through tee and runs under its own
 # timeout, so a failure or a hang costs only that step; the script goes on past failures and
@@ -23,7 +26,7 @@
 # 2-3 minutes) split the work, e.g.:
 #   bash .gpu/install.sh && BUDGET_S=400 bash tools/gpu_session.sh tests op infer
 #   bash .gpu/install.sh && bash tools/gpu_session.sh sbs       # warm: install takes seconds
-# Timeouts per step (seconds) can be set: T_TESTS, T_OP, T_INFER (each run), T_SBS.
+# Timeouts per step (seconds) can be set: T_TESTS, T_OP, T_INFER (each run), T_SBS, T_GRAPHS.
 # INFER_VARIANTS (default "ours official-style") and INFER_REPEATS (default "10 5": batch 1,
 # batch 8) change the inference runs; PYTHON (default python3) the interpreter.
 set -uo pipefail
@@ -92,6 +95,10 @@ for step in "${@:-tests op infer sbs}"; do
               --repeats "$repeats" --variants $INFER_VARIANTS --json-out "$OUT/$name.json"
           done
         done ;;
+      graphs)
+        run_step inference_cuda_graphs "${T_GRAPHS:-300}" "$PYTHON" tools/benchmark_inference.py \
+          --device cuda --precision bf16 --batch-size 1 --repeats "$REPEATS_BATCH_1" \
+          --variants ours ours-cuda-graphs --json-out "$OUT/inference_cuda_graphs.json" ;;
       sbs)
         if [ -f .gpu/side_by_side.sh ]; then
           run_step side_by_side "${T_SBS:-330}" bash .gpu/side_by_side.sh
@@ -101,7 +108,7 @@ for step in "${@:-tests op infer sbs}"; do
           echo "no .gpu/side_by_side.sh: run ../shared/gpu/stage.sh on the development machine"
         fi ;;
       *)
-        echo "unknown step $part (tests, op, infer, sbs)"
+        echo "unknown step $part (tests, op, infer, sbs, graphs)"
         exit 2 ;;
     esac
   done

@@ -191,9 +191,13 @@ class HungarianMatcher(nn.Module):
         point_coords = torch.rand(
             batch_size, self.num_points, 2, device=outputs["pred_logits"].device
         )
+        costs = self.cost_matrices(outputs, targets, point_coords)
+        # one copy to the host for the whole batch: one wait for the device, not one per image
+        host_costs = torch.cat([cost.reshape(-1) for cost in costs]).cpu()
+        host_costs = host_costs.split([cost.numel() for cost in costs])
         indices = []
-        for cost in self.cost_matrices(outputs, targets, point_coords):
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
+        for cost, host_cost in zip(costs, host_costs):
+            rows, cols = linear_sum_assignment(host_cost.view(cost.shape).numpy())
             indices.append(
                 (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
             )
