@@ -37,7 +37,15 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["DATA_DEPENDENT_OPS", "HostSync", "HostSyncRecorder", "OTHER_STAGE", "format_table"]
+__all__ = [
+    "DATA_DEPENDENT_OPS",
+    "HostSync",
+    "HostSyncRecorder",
+    "OTHER_STAGE",
+    "format_table",
+    "on_host",
+    "to_device",
+]
 
 _aten = torch.ops.aten
 
@@ -105,6 +113,36 @@ def _call_site() -> str:
                 fallback = f"{path}:{where}"
         frame = frame.f_back
     return fallback or "<unknown>"
+
+
+@contextmanager
+def on_host() -> Iterator[None]:
+    """Mark a block that computes with host (CPU) tensors on purpose, whatever the device.
+
+    Reading such tensors costs no synchronisation, but on the CPU a :class:`HostSyncRecorder`
+    cannot tell them from tensors that would be on a GPU: it records nothing inside the block
+    when its device is the CPU (on a GPU it still checks each tensor's device).
+    """
+    depth = getattr(_local, "on_host", 0)
+    _local.on_host = depth + 1
+    try:
+        yield
+    finally:
+        _local.on_host = depth
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to ``device`` without making the host wait.
+
+    A plain copy from pageable host memory to a GPU waits for the work queued on the device;
+    this one goes through pinned memory, asynchronously (the pinned buffer is kept until the
+    copy has run). On the CPU, ``tensor`` itself.
+    """
+    if device.type == "cpu":
+        return tensor
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 class _SyncDispatchMode(TorchDispatchMode):
@@ -239,6 +277,8 @@ class HostSyncRecorder:
     # ----- recording
 
     def _record(self, operation: str) -> None:
+        if getattr(_local, "on_host", 0) and self.device.type == "cpu":
+            return
         self.events.append(HostSync(self.current_stage, operation, _call_site()))
 
     def _on_device(self, tensor_or_device: Union[torch.Tensor, torch.device]) -> bool:
