@@ -148,9 +148,12 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 class _SyncDispatchMode(TorchDispatchMode):
     """Records the synchronising aten operations into ``record``."""
 
-    def __init__(self, record: Callable[[str], None]):
+    def __init__(
+        self, record: Callable[[str], None], on_device: Callable[[torch.Tensor], bool]
+    ) -> None:
         super().__init__()
         self._record = record
+        self._on_device = on_device
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -159,15 +162,16 @@ class _SyncDispatchMode(TorchDispatchMode):
             self._record(name)
         return func(*args, **kwargs)
 
-    @staticmethod
-    def _synchronising(func, args, kwargs) -> Optional[str]:
+    def _synchronising(self, func, args, kwargs) -> Optional[str]:
         packet = func.overloadpacket
-        if packet in DATA_DEPENDENT_OPS:
+        first = args[0] if args else None
+        on_device = isinstance(first, torch.Tensor) and self._on_device(first)
+        if packet in DATA_DEPENDENT_OPS and on_device:
             return f"aten.{packet.__name__}"
-        if packet is _aten.repeat_interleave and func is _aten.repeat_interleave.Tensor:
+        if func is _aten.repeat_interleave.Tensor and on_device:
             if kwargs.get("output_size") is None and (len(args) < 2 or args[1] is None):
                 return "aten.repeat_interleave (no output_size)"
-        if packet in (_aten.index, _aten.index_put, _aten.index_put_):
+        if packet in (_aten.index, _aten.index_put, _aten.index_put_) and on_device:
             if any(_is_bool_index(index) for index in args[1]):
                 return f"aten.{packet.__name__} (boolean mask)"
         if packet is _aten._to_copy and isinstance(args[0], torch.Tensor):
@@ -345,7 +349,7 @@ class HostSyncRecorder:
         for (owner, name), replacement in patches.items():
             self._saved[(owner, name)] = owner.__dict__.get(name)
             setattr(owner, name, replacement)
-        self._mode = _SyncDispatchMode(self._record)
+        self._mode = _SyncDispatchMode(self._record, self._on_device)
         self._mode.__enter__()
         return self
 
