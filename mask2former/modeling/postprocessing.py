@@ -8,6 +8,11 @@ weights, applied as banded matrix products, with no padded-size intermediate); t
 once, takes the sigmoid once and shares the probabilities between the outputs, and can restrict
 both to the queries the enabled outputs read (see ``panoptic_queries``, ``instance_queries``).
 
+On a GPU, the functions read back from the device only what sets a shape or goes into the
+Python results, once each: panoptic inference the kept queries and the segment table, instance
+inference the selected queries; resizing and semantic inference read nothing (the resampling
+weights are computed on the host). ``tests/test_host_syncs.py`` holds them to that.
+
 Every function computes in float32 with autocast off, whatever the caller's autocast state and
 input dtypes: mask probabilities are compared with thresholds, and bfloat16 products would
 move pixels across them.
@@ -317,8 +322,7 @@ def _strictly_lower(size: int, device: torch.device) -> Tensor:
 def _class_mask(classes: Collection[int], num_classes: int, device: torch.device) -> Tensor:
     """(num_classes,) bool on ``device``, True at ``classes``; copied without making the host
     wait for the device."""
-    with on_host():
-        mask = torch.tensor([index in classes for index in range(num_classes)])
+    mask = torch.tensor([index in classes for index in range(num_classes)])
     return to_device(mask, device)
 
 
