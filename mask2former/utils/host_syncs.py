@@ -22,6 +22,9 @@ Two mechanisms, both active inside ``with HostSyncRecorder(...)``:
 
 Not seen: what compiled code does inside an operation (a custom kernel's own reads) and
 ``torch.cuda.synchronize`` calls.
+
+Library code uses :func:`to_device` to copy host data to the device without waiting, and marks
+deliberate host-side tensor work with :func:`on_host`.
 """
 
 import functools
@@ -213,6 +216,9 @@ class HostSyncRecorder:
             with recorder.stage("post-processing"):
                 ...
         recorder.counts()  # {HostSync(stage, operation, location): count}
+
+    While active, the wrappers replace the ``Tensor`` methods and ``torch`` factories for the
+    whole process (removed on exit): one recorder at a time, for diagnostics and tests.
 
     Args:
         device: the device the code would run on. Tensor reads (``tolist``, ``cpu``, ...) are
