@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 from helpers import ROOT, TINY_CONFIG, load_script, on_cuda, shrunk_config
 
 from mask2former.config import load_config
+from mask2former.modeling.pixel_decoder.ops import functional
 from mask2former.modeling.postprocessing import (
     instance_inference,
     instance_queries,
@@ -100,6 +101,18 @@ def test_network_forward_makes_no_host_sync(config, size):
         recorder, outputs = _record(model.network, images)
     assert recorder.events == [], recorder.counts()
     assert outputs["pred_masks"].shape[-2:] == (size[0] // 4, size[1] // 4)
+
+
+def test_network_forward_on_the_reference_op_makes_no_host_sync(monkeypatch):
+    """Without the compiled op (or with the official-style benchmark variant), the PyTorch
+    reference splits value by the level sizes: known on the host, not read back."""
+    monkeypatch.setattr(functional, "implementation_for", lambda *_: functional.REFERENCE)
+    model, images = _network_inputs(load_config(TINY_CONFIG), (64, 96))
+    with torch.no_grad():
+        expected = model.network(images)["pred_masks"]
+        recorder, outputs = _record(model.network, images)
+    assert recorder.events == [], recorder.counts()
+    assert torch.equal(outputs["pred_masks"], expected)
 
 
 def _realistic(num_queries=30, num_classes=6, size=(24, 32), seed=0):

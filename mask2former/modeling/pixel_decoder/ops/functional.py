@@ -17,16 +17,16 @@ import importlib
 import importlib.util
 import logging
 from types import ModuleType
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
+from .levels import level_values, tracing
 from .reference import ms_deform_attn_reference
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["implementation_for", "kernel_available", "level_tensors", "ms_deform_attn"]
+__all__ = ["implementation_for", "kernel_available", "ms_deform_attn"]
 
 REFERENCE = "reference"
 CPU_KERNEL = "cpu_kernel"
@@ -124,61 +124,6 @@ def _log_choice_once(device_type: str, dtype: torch.dtype, implementation: str) 
     )
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
-# The level tensors made by level_tensors(), with the values they hold as Python ints and
-# their version counter then (None for inference tensors, which have none): ms_deform_attn
-# checks those without reading the tensors back from the device.
-_KNOWN_LEVELS = WeakIdKeyDictionary()
-
-
-def _version(tensor: torch.Tensor) -> Optional[int]:
-    return None if tensor.is_inference() else tensor._version
-
-
-def level_tensors(
-    shapes: Sequence[Tuple[int, int]], device: torch.device
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``spatial_shapes`` and ``level_start_index`` for levels of the given sizes.
-
-    Made on ``device`` without copying from the host (each size is written by its own fill,
-    so sizes that are symbolic under ``torch.export`` stay symbolic). :func:`ms_deform_attn`
-    knows the values of tensors made here and checks them against ``value`` without reading
-    them back, which on a GPU would make the host wait for the device at every call.
-
-    Args:
-        shapes: (H_l, W_l) of each level.
-        device: where to make the tensors.
-
-    Returns:
-        spatial_shapes (L, 2) int64 and level_start_index (L,) int64.
-    """
-    rows = [
-        torch.stack([torch.scalar_tensor(size, dtype=torch.long, device=device) for size in shape])
-        for shape in shapes
-    ]
-    spatial_shapes = torch.stack(rows)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.cumsum(0)[:-1]))
-    if not _tracing():
-        shapes = [(int(height), int(width)) for height, width in shapes]
-        starts = [sum(h * w for h, w in shapes[:level]) for level in range(len(shapes))]
-        _KNOWN_LEVELS[spatial_shapes] = (_version(spatial_shapes), shapes)
-        _KNOWN_LEVELS[level_start_index] = (_version(level_start_index), starts)
-    return spatial_shapes, level_start_index
-
-
-def _values(tensor: torch.Tensor) -> List:
-    """The values of a level tensor as Python ints: known if level_tensors() made it (and it
-    was not modified since), else read from the tensor."""
-    known = _KNOWN_LEVELS.get(tensor)
-    if known is not None and known[0] == _version(tensor):
-        return known[1]
-    return tensor.tolist()
-
-
 def _check_inputs(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -244,12 +189,12 @@ def _check_inputs(
             f"ms_deform_attn: level_start_index must be (L,) with L = {levels} levels, got "
             f"{tuple(level_start_index.shape)}"
         )
-    if _tracing():
+    if tracing():
         # The values of spatial_shapes are data: checking them would stop graph capture.
         return
     # Read back from the device (a host synchronisation) only for tensors not made by
     # level_tensors().
-    shapes = [(int(h), int(w)) for h, w in _values(spatial_shapes)]
+    shapes = [(int(h), int(w)) for h, w in level_values(spatial_shapes)]
     sizes = [h * w for h, w in shapes]
     if any(h < 0 or w < 0 for h, w in shapes):
         raise ValueError(f"ms_deform_attn: spatial_shapes {shapes} has a negative size")
@@ -259,7 +204,7 @@ def _check_inputs(
             f"{shapes} cover {sum(sizes)}"
         )
     starts = [sum(sizes[:level]) for level in range(levels)]
-    given_starts = _values(level_start_index)
+    given_starts = level_values(level_start_index)
     if given_starts != starts:
         raise ValueError(
             f"ms_deform_attn: level_start_index {given_starts} is inconsistent "
@@ -298,7 +243,7 @@ def ms_deform_attn(
     """
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     implementation = implementation_for(value.device.type, value.dtype)
-    if not _tracing():
+    if not tracing():
         _log_choice_once(value.device.type, value.dtype, implementation)
     if implementation == REFERENCE:
         return ms_deform_attn_reference(
