@@ -161,12 +161,13 @@ def _banded_resampling(
     """The matrix of :func:`_resampling_matrix` and its blocks of ``block_size`` outputs.
 
     Computed on the host (the band limits are Python ints: on a GPU, finding them there would
-    make the host wait for the device) and cached per size; do not modify the matrix.
+    make the host wait for the device) and cached per size; do not modify the matrix. Made
+    outside inference mode, so that calls which record gradients can use it too.
 
     Returns:
         (out_size, in_size) float32 matrix on the CPU, and its blocks.
     """
-    with on_host():
+    with on_host(), torch.inference_mode(False):
         matrix = _resampling_matrix(in_size, padded_size, valid_size, out_size, torch.device("cpu"))
         nonzero = matrix != 0
         positions = torch.arange(in_size)
