@@ -14,7 +14,8 @@ is confident and panoptic and instance inference have little to do) and
 tools/benchmark_inference.py: 25 confident queries). Pre-processing is left out: detectron2's
 padding computes with small host tensors, which a CPU run cannot tell from device tensors.
 
-The run is on the CPU, where nothing waits: the counts are what the same code would do on a GPU.
+On the CPU (the default) nothing waits: the counts are what the same code would do on a GPU,
+where ``--device cuda`` records the reads of tensors that really are on the device.
 
 Example:
     python tools/count_host_syncs.py --json-out output/host_syncs.json
@@ -107,11 +108,14 @@ def main(argv=None) -> Dict:
         metavar=("H", "W"),
         help="original image size the results are returned at (a typical COCO image)",
     )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json-out", default=None, help="also write the JSON report here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here; use --device cpu.")
 
-    model = build_benchmark_model(args.config_file, list(args.opts))
+    model = build_benchmark_model(args.config_file, list(args.opts), args.device)
     generator = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, *args.image_size), generator=generator).float()
     recorder = count_host_syncs(model, image, tuple(args.output_size))
@@ -119,6 +123,7 @@ def main(argv=None) -> Dict:
         "config": args.config_file,
         "image_size": list(args.image_size),
         "output_size": list(args.output_size),
+        "device": args.device,
         "torch_version": torch.__version__,
         **report(recorder),
     }
