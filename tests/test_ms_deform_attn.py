@@ -13,9 +13,11 @@ from ms_deform_attn_bounds import RESULT_NAMES, float64_bounds
 from mask2former.modeling.pixel_decoder.ops import (
     MSDeformAttn,
     functional,
+    level_tensors,
     ms_deform_attn,
     ms_deform_attn_reference,
 )
+from mask2former.utils.host_syncs import HostSyncRecorder
 
 OPS_PACKAGE = "mask2former.modeling.pixel_decoder.ops"
 needs_cpu_kernel = pytest.mark.skipif(
@@ -342,6 +344,26 @@ def test_bad_inputs_raise(build, error, fragment):
     inputs = make_inputs(dtype=torch.float32)
     with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         ms_deform_attn(*build(inputs))
+
+
+def test_level_tensors_are_checked_without_reading_them_back():
+    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float32)
+    made_shapes, made_starts = level_tensors([(3, 4), (2, 2)], torch.device("cpu"))
+    assert torch.equal(made_shapes, shapes) and torch.equal(made_starts, starts)
+    with HostSyncRecorder("cpu") as recorder:
+        output = ms_deform_attn(value, made_shapes, made_starts, locations, weights)
+    assert recorder.events == [], recorder.counts()
+    torch.testing.assert_close(output, ms_deform_attn(value, shapes, starts, locations, weights))
+    # the same checks and messages as for tensors read back
+    with pytest.raises(ValueError, match="value has S = 15 positions"):
+        ms_deform_attn(value[:, :-1], made_shapes, made_starts, locations, weights)
+    other_shapes, other_starts = level_tensors([(2, 2), (3, 4)], torch.device("cpu"))
+    with pytest.raises(ValueError, match="inconsistent"):
+        ms_deform_attn(value, made_shapes, other_starts, locations, weights)
+    # modified in place after it was made: read back and checked again
+    other_shapes[1, 0] = 2
+    with pytest.raises(ValueError, match=r"spatial_shapes \[\(2, 2\), \(2, 4\)\] cover 12"):
+        ms_deform_attn(value, other_shapes, made_starts, locations, weights)
 
 
 def test_int32_shapes_accepted():

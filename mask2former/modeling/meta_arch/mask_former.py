@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..criterion import SetCriterion
 from ..postprocessing import (
     instance_inference,
-    instance_queries,
+    instance_query_mask,
     panoptic_inference,
     panoptic_queries,
     resize_mask_logits,
@@ -267,6 +267,7 @@ class MaskFormer(nn.Module):
         """Sorted indices of the queries whose masks the enabled outputs read; None for all.
 
         Panoptic and instance results computed on this subset equal those on all queries.
+        Finding it reads one tensor back from the device (its length).
         """
         if self.semantic_on:
             return None
@@ -275,8 +276,7 @@ class MaskFormer(nn.Module):
             needed |= panoptic_queries(class_logits, self.object_mask_threshold)
         if self.instance_on:
             thing_classes = self._thing_classes() if self.panoptic_on else None
-            _, _, queries = instance_queries(class_logits, self.test_topk_per_image, thing_classes)
-            needed[queries] = True
+            needed |= instance_query_mask(class_logits, self.test_topk_per_image, thing_classes)
         return needed.nonzero().squeeze(1)
 
     def _thing_classes(self) -> Set[int]:
