@@ -16,6 +16,8 @@ from detectron2.projects.point_rend.point_features import point_sample
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from ..utils.host_syncs import on_host
+
 __all__ = ["HungarianMatcher", "pairwise_sigmoid_ce", "pairwise_dice", "sanitize_cost"]
 
 # Replacement for inf/NaN entries of a cost matrix; finite so linear_sum_assignment can run.
@@ -196,11 +198,15 @@ class HungarianMatcher(nn.Module):
         host_costs = torch.cat([cost.reshape(-1) for cost in costs]).cpu()
         host_costs = host_costs.split([cost.numel() for cost in costs])
         indices = []
-        for cost, host_cost in zip(costs, host_costs):
-            rows, cols = linear_sum_assignment(host_cost.view(cost.shape).numpy())
-            indices.append(
-                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
-            )
+        with on_host():
+            for cost, host_cost in zip(costs, host_costs):
+                rows, cols = linear_sum_assignment(host_cost.view(cost.shape).numpy())
+                indices.append(
+                    (
+                        torch.as_tensor(rows, dtype=torch.int64),
+                        torch.as_tensor(cols, dtype=torch.int64),
+                    )
+                )
         return indices
 
     def extra_repr(self) -> str:
