@@ -21,7 +21,7 @@ from mask2former.modeling.postprocessing import (
     resize_mask_logits,
     semantic_inference,
 )
-from mask2former.utils.host_syncs import HostSyncRecorder, on_host
+from mask2former.utils.host_syncs import HostSyncRecorder, on_host, to_device
 
 THINGS = {0, 1, 2}
 
@@ -223,3 +223,16 @@ def test_network_forward_does_not_synchronise_on_cuda(device):
             model.network(images)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("device", ["cpu", on_cuda("cuda")])
+def test_to_device_copies_host_tensors_and_keeps_device_ones(device):
+    image = torch.arange(24, dtype=torch.uint8).view(2, 3, 4)
+    copied = to_device(image, torch.device(device))
+    assert copied.device.type == device and copied.dtype == torch.uint8
+    assert torch.equal(copied.cpu(), image)
+    # a tensor already there is returned as it is (pinning a device tensor would fail)
+    assert to_device(copied, device) is copied
+    # another device type goes through Tensor.to
+    on_meta = to_device(image, torch.device("meta"))
+    assert on_meta.device.type == "meta" and on_meta.shape == image.shape

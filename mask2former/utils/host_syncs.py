@@ -139,11 +139,13 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
     A plain copy from pageable host memory to a GPU waits for the work queued on the device;
     this one goes through pinned memory, asynchronously (the pinned buffer is kept until the
-    copy has run). On the CPU, ``tensor`` itself.
+    copy has run). A tensor already on ``device`` is returned as it is; one on another
+    accelerator is copied with ``Tensor.to``.
     """
-    if device.type == "cpu":
+    device = torch.device(device)
+    if tensor.device == device or (device.type == "cpu" and tensor.device.type == "cpu"):
         return tensor
-    if device.type == "cuda":
+    if device.type == "cuda" and tensor.device.type == "cpu":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
 

@@ -16,6 +16,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList, Instances
 from torch import Tensor, nn
 
+from ...utils.host_syncs import to_device
 from ..criterion import SetCriterion
 from ..postprocessing import (
     instance_inference,
@@ -155,7 +156,8 @@ class MaskFormer(nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and pad the images into one (N, 3, H_pad, W_pad) batch."""
-        images = [x["image"].to(self.device) for x in batched_inputs]
+        # images from a data loader are on the host: copied without waiting for the device
+        images = [to_device(x["image"], self.device) for x in batched_inputs]
         images = [(x - self.pixel_mean) / self.pixel_std for x in images]
         return ImageList.from_tensors(images, self.size_divisibility)
 
