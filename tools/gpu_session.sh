@@ -4,10 +4,12 @@
 #
 #   bash .gpu/install.sh && bash tools/gpu_session.sh [STEP ...]
 #
-# Steps, in this order (default: all four):
+# Steps, in this order (default: all five):
 #   tests  pytest -m cuda: the CUDA kernel tests, train_net.py with AMP (float16, bfloat16),
 #          the Predictor and the CLI demo on CUDA against float32 on the CPU, the inference
 #          benchmark's CUDA run
+#   syncs  tools/count_host_syncs.py --device cuda: the operations that wait for the GPU, by
+#          stage (the CPU tests hold the count; this lists them on the real device)
 #   op     tools/benchmark_ms_deform_attn.py --device cuda
 #   infer  tools/benchmark_inference.py --device cuda, ours vs official-style, for fp32, bf16
 #          and fp16 at batch 1 and 8 (one run each, JSON in $OUT/inference_cuda_*.json)
@@ -24,9 +26,10 @@
 # BUDGET_S seconds (default 540) from the start of this script: each step's timeout is cut to
 # what is left, and a step with under 20 s left is skipped. On a fresh machine (install about
 # 2-3 minutes) split the work, e.g.:
-#   bash .gpu/install.sh && BUDGET_S=400 bash tools/gpu_session.sh tests op infer
+#   bash .gpu/install.sh && BUDGET_S=400 bash tools/gpu_session.sh tests syncs op infer
 #   bash .gpu/install.sh && bash tools/gpu_session.sh sbs       # warm: install takes seconds
-# Timeouts per step (seconds) can be set: T_TESTS, T_OP, T_INFER (each run), T_SBS, T_GRAPHS.
+# Timeouts per step (seconds) can be set: T_TESTS, T_SYNCS, T_OP, T_INFER (each run), T_SBS,
+# T_GRAPHS.
 # INFER_VARIANTS (default "ours official-style") and INFER_REPEATS (default "10 5": batch 1,
 # batch 8) change the inference runs; PYTHON (default python3) the interpreter.
 set -uo pipefail
@@ -75,12 +78,15 @@ fi
   "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 } | tee "$OUT/environment.log"
 
-for step in "${@:-tests op infer sbs}"; do
+for step in "${@:-tests syncs op infer sbs}"; do
   for part in $step; do
     case $part in
       tests)
         run_step tests "${T_TESTS:-300}" "$PYTHON" -m pytest -q -m cuda -rfEs tests \
           --junitxml "$OUT/pytest_cuda.xml" ;;
+      syncs)
+        run_step host_syncs "${T_SYNCS:-90}" "$PYTHON" tools/count_host_syncs.py --device cuda \
+          --json-out "$OUT/host_syncs.json" ;;
       op)
         run_step op "${T_OP:-120}" "$PYTHON" tools/benchmark_ms_deform_attn.py --device cuda ;;
       infer)
@@ -108,7 +114,7 @@ for step in "${@:-tests op infer sbs}"; do
           echo "no .gpu/side_by_side.sh: run ../shared/gpu/stage.sh on the development machine"
         fi ;;
       *)
-        echo "unknown step $part (tests, op, infer, sbs, graphs)"
+        echo "unknown step $part (tests, syncs, op, infer, sbs, graphs)"
         exit 2 ;;
     esac
   done
