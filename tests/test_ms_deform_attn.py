@@ -366,6 +366,30 @@ def test_level_tensors_are_checked_without_reading_them_back():
         ms_deform_attn(value, other_shapes, made_starts, locations, weights)
 
 
+def test_level_tensors_made_elsewhere_are_read_back_once():
+    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float32)
+    reads = []
+    for _ in range(3):
+        with HostSyncRecorder("cpu") as recorder:
+            ms_deform_attn(value, shapes, starts, locations, weights)
+        reads.append(recorder.count())
+    assert reads == [2, 0, 0]  # spatial_shapes and level_start_index, the first time only
+    # changed in place: read and checked again
+    shapes[1, 0] = 3
+    with HostSyncRecorder("cpu") as recorder:
+        with pytest.raises(ValueError, match=r"spatial_shapes \[\(3, 4\), \(3, 2\)\] cover 18"):
+            ms_deform_attn(value, shapes, starts, locations, weights)
+    assert recorder.count() == 1
+    # inference tensors have no version counter: read at every call
+    with torch.inference_mode():
+        inference_shapes, inference_starts = shapes.clone(), starts.clone()
+        inference_shapes[1, 0] = 2
+    for _ in range(2):
+        with HostSyncRecorder("cpu") as recorder:
+            ms_deform_attn(value, inference_shapes, inference_starts, locations, weights)
+        assert recorder.count() == 2
+
+
 def test_int32_shapes_accepted():
     value, shapes, starts, locations, weights = make_inputs(dtype=torch.float64)
     expected = ms_deform_attn_reference(value, shapes, starts, locations, weights)

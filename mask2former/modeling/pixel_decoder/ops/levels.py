@@ -61,9 +61,15 @@ def level_tensors(
 
 def level_values(tensor: torch.Tensor) -> List:
     """The values of ``spatial_shapes`` or ``level_start_index`` as Python ints (nested like
-    ``tolist()``): known if :func:`level_tensors` made the tensor and it was not modified
-    since, else read from it (a host synchronisation on a GPU)."""
+    ``tolist()``): known if :func:`level_tensors` made the tensor, or if this function read it
+    before, and it was not modified since; else read from it (a host synchronisation on a
+    GPU). A tensor made elsewhere and passed again at every call is so read once.
+    Inference-mode tensors from elsewhere are read every time: they have no version counter
+    to tell an in-place change."""
     known = _KNOWN_LEVELS.get(tensor)
     if known is not None and known[0] == _version(tensor):
         return known[1]
-    return tensor.tolist()
+    values = tensor.tolist()
+    if not tensor.is_inference() and not tracing():
+        _KNOWN_LEVELS[tensor] = (_version(tensor), values)
+    return values
