@@ -17,6 +17,9 @@
 # and, only when named:
 #   graphs tools/benchmark_inference.py --device cuda, ours vs ours-cuda-graphs (torch.compile
 #          with CUDA graphs; compiling takes minutes), bf16 at batch 1
+#   swin   tools/benchmark_inference.py --device cuda --variants ours on Swin-T COCO panoptic,
+#          fp32 and bf16 at batch 1: stage times of the backbone whose windows are cut by an
+#          index gather (for torch.export), never timed on a GPU before
 #
 # Each step (each inference run) logs to $OUT/<name>.log through tee and runs under its own
 # timeout, so a failure or a hang costs only that step; the script goes on past failures and
@@ -105,6 +108,14 @@ for step in "${@:-tests syncs op infer sbs}"; do
         run_step inference_cuda_graphs "${T_GRAPHS:-300}" "$PYTHON" tools/benchmark_inference.py \
           --device cuda --precision bf16 --batch-size 1 --repeats "$REPEATS_BATCH_1" \
           --variants ours ours-cuda-graphs --json-out "$OUT/inference_cuda_graphs.json" ;;
+      swin)
+        for precision in fp32 bf16; do
+          name=inference_cuda_swin_t_$precision
+          run_step "$name" "${T_INFER:-150}" "$PYTHON" tools/benchmark_inference.py \
+            --config-file configs/coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml \
+            --device cuda --precision "$precision" --repeats "$REPEATS_BATCH_1" --variants ours \
+            --json-out "$OUT/$name.json"
+        done ;;
       sbs)
         if [ -f .gpu/side_by_side.sh ]; then
           run_step side_by_side "${T_SBS:-330}" bash .gpu/side_by_side.sh
@@ -114,7 +125,7 @@ for step in "${@:-tests syncs op infer sbs}"; do
           echo "no .gpu/side_by_side.sh: run ../shared/gpu/stage.sh on the development machine"
         fi ;;
       *)
-        echo "unknown step $part (tests, syncs, op, infer, sbs, graphs)"
+        echo "unknown step $part (tests, syncs, op, infer, sbs, graphs, swin)"
         exit 2 ;;
     esac
   done
