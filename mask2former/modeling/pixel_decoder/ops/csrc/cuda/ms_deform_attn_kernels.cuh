@@ -42,6 +42,51 @@ struct Sizes {
   index_t batch, num_values, heads, channels, queries, levels, points;
 };
 
+// What thread t of the grid works on: (n, q, m) and its place in its group.
+template <typename index_t>
+struct GroupThread {
+  index_t nqm;          // (n * Q + q) * M + m
+  index_t lane;         // 0 .. G - 1 within the group
+  index_t n, m;
+  index_t first_point;  // index of (n, q, m, level 0, point 0) in the locations / weights
+};
+
+template <typename index_t>
+__device__ __forceinline__ GroupThread<index_t> group_thread(
+    index_t t, int group_shift, const Sizes<index_t>& s) {
+  GroupThread<index_t> task;
+  task.nqm = t >> group_shift;
+  task.lane = t & ((index_t(1) << group_shift) - 1);
+  task.m = task.nqm % s.heads;
+  task.n = task.nqm / (s.heads * s.queries);
+  task.first_point = task.nqm * s.levels * s.points;
+  return task;
+}
+
+// One level as a thread sees it: its size, and the offset in value of its first pixel at the
+// thread's head and first channel.
+template <typename index_t>
+struct Level {
+  index_t height, width, offset;
+};
+
+template <typename index_t>
+__device__ __forceinline__ Level<index_t> level_at(
+    index_t l,
+    const int64_t* __restrict__ spatial_shapes,
+    const int64_t* __restrict__ level_start_index,
+    const GroupThread<index_t>& task,
+    index_t channel,
+    const Sizes<index_t>& s) {
+  const index_t row_stride = s.heads * s.channels;
+  const index_t first_row = task.n * s.num_values + static_cast<index_t>(level_start_index[l]);
+  Level<index_t> level;
+  level.height = static_cast<index_t>(spatial_shapes[2 * l]);
+  level.width = static_cast<index_t>(spatial_shapes[2 * l + 1]);
+  level.offset = first_row * row_stride + task.m * s.channels + channel;
+  return level;
+}
+
 // Bilinear corners of one sampling point on one level (align_corners=False, zero padding).
 template <typename acc_t, typename index_t>
 struct Corners {
@@ -152,28 +197,23 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
   for (index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
        t += stride) {
-    const index_t nqm = t >> group_shift;  // (n * Q + q) * M + m
-    const index_t lane = t & (group - 1);
-    const index_t m = nqm % s.heads;
-    const index_t n = nqm / (s.heads * s.queries);
-    const index_t first_point = nqm * s.levels * s.points;
-    for (index_t chunk = lane; chunk < chunks; chunk += group) {
+    const GroupThread<index_t> task = group_thread(t, group_shift, s);
+    for (index_t chunk = task.lane; chunk < chunks; chunk += group) {
       const index_t channel = chunk * V;
       acc_t acc[V];
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         acc[i] = acc_t(0);
       }
-      index_t point = first_point;
+      index_t point = task.first_point;
       for (index_t l = 0; l < s.levels; ++l) {
-        const index_t height = static_cast<index_t>(spatial_shapes[2 * l]);
-        const index_t width = static_cast<index_t>(spatial_shapes[2 * l + 1]);
-        const scalar_t* level_value = value +
-            (n * s.num_values + static_cast<index_t>(level_start_index[l])) * row_stride +
-            m * s.channels + channel;
+        const Level<index_t> level =
+            level_at(l, spatial_shapes, level_start_index, task, channel, s);
+        const scalar_t* level_value = value + level.offset;
         for (index_t p = 0; p < s.points; ++p, ++point) {
           const Corners<acc_t, index_t> c = corners_at<acc_t, index_t>(
-              height, width, sampling_locations[2 * point], sampling_locations[2 * point + 1]);
+              level.height, level.width, sampling_locations[2 * point],
+              sampling_locations[2 * point + 1]);
           if (!c.any) {
             continue;
           }
@@ -205,7 +245,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
       for (int i = 0; i < V; ++i) {
         out.v[i] = static_cast<scalar_t>(acc[i]);
       }
-      *reinterpret_cast<ValuePack*>(output + nqm * s.channels + channel) = out;
+      *reinterpret_cast<ValuePack*>(output + task.nqm * s.channels + channel) = out;
     }
   }
 }
@@ -236,18 +276,14 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   // together through the loop.
   for (index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
        t += stride) {
-    const index_t nqm = t >> group_shift;
-    const index_t lane = t & (group - 1);
-    const index_t m = nqm % s.heads;
-    const index_t n = nqm / (s.heads * s.queries);
-    const index_t first_point = nqm * s.levels * s.points;
+    const GroupThread<index_t> task = group_thread(t, group_shift, s);
     for (index_t pass = 0; pass < passes; ++pass) {
-      const index_t channel = (pass * group + lane) * V;
+      const index_t channel = (pass * group + task.lane) * V;
       const bool active = channel < s.channels;
       acc_t g[V];
       if (active) {
         const ValuePack go =
-            *reinterpret_cast<const ValuePack*>(grad_output + nqm * s.channels + channel);
+            *reinterpret_cast<const ValuePack*>(grad_output + task.nqm * s.channels + channel);
 #pragma unroll
         for (int i = 0; i < V; ++i) {
           g[i] = static_cast<acc_t>(go.v[i]);
@@ -258,19 +294,17 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
           g[i] = acc_t(0);
         }
       }
-      index_t point = first_point;
+      index_t point = task.first_point;
       for (index_t l = 0; l < s.levels; ++l) {
-        const index_t height = static_cast<index_t>(spatial_shapes[2 * l]);
-        const index_t width = static_cast<index_t>(spatial_shapes[2 * l + 1]);
-        const index_t level_offset =
-            (n * s.num_values + static_cast<index_t>(level_start_index[l])) * row_stride +
-            m * s.channels + channel;
+        const Level<index_t> level =
+            level_at(l, spatial_shapes, level_start_index, task, channel, s);
         for (index_t p = 0; p < s.points; ++p, ++point) {
           const Corners<acc_t, index_t> c = corners_at<acc_t, index_t>(
-              height, width, sampling_locations[2 * point], sampling_locations[2 * point + 1]);
+              level.height, level.width, sampling_locations[2 * point],
+              sampling_locations[2 * point + 1]);
           if (!c.any) {
             // the same for the whole group: the point reads zeros, its gradients are zero
-            if (lane == 0 && pass == 0) {
+            if (task.lane == 0 && pass == 0) {
               grad_locations[2 * point] = acc_t(0);
               grad_locations[2 * point + 1] = acc_t(0);
               grad_weights[point] = acc_t(0);
@@ -286,7 +320,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
               if (c.offset[k] >= 0) {
-                const index_t element = level_offset + c.offset[k] * row_stride;
+                const index_t element = level.offset + c.offset[k] * row_stride;
                 const ValuePack v = *reinterpret_cast<const ValuePack*>(value + element);
                 acc_t add[V];
 #pragma unroll
@@ -304,9 +338,9 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
           sum_sample = group_sum(sum_sample, group, mask);
           sum_h = group_sum(sum_h, group, mask);
           sum_w = group_sum(sum_w, group, mask);
-          if (lane == 0) {
-            const acc_t d_x = a * sum_w * static_cast<acc_t>(width);
-            const acc_t d_y = a * sum_h * static_cast<acc_t>(height);
+          if (task.lane == 0) {
+            const acc_t d_x = a * sum_w * static_cast<acc_t>(level.width);
+            const acc_t d_y = a * sum_h * static_cast<acc_t>(level.height);
             if (pass == 0) {
               grad_weights[point] = sum_sample;
               grad_locations[2 * point] = d_x;
