@@ -658,8 +658,9 @@ def print_hf_table(reports: Dict[str, Dict]) -> None:
         print(f"ours-from-hf is {ratio:.2f}x faster than transformers")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config-file, --image-size and --output-size: the model and the input it is timed on
+    (shared with tools/count_host_syncs.py)."""
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
     parser.add_argument("--image-size", type=int, nargs=2, default=(800, 1199), metavar=("H", "W"))
     parser.add_argument(
@@ -670,6 +671,11 @@ def main(argv=None) -> None:
         metavar=("H", "W"),
         help="original image size the results are returned at (a typical COCO image)",
     )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--json-out", default=None, help="also write the JSON report here")

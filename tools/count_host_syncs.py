@@ -27,7 +27,7 @@ import os
 from typing import Dict, List
 
 import torch
-from benchmark_inference import DEFAULT_CONFIG, build_benchmark_model, synthetic_predictions
+from benchmark_inference import add_model_arguments, build_benchmark_model, synthetic_predictions
 
 from mask2former.utils.host_syncs import HostSyncRecorder, format_table
 
@@ -98,16 +98,7 @@ def report(recorder: HostSyncRecorder) -> Dict:
 
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG)
-    parser.add_argument("--image-size", type=int, nargs=2, default=(800, 1199), metavar=("H", "W"))
-    parser.add_argument(
-        "--output-size",
-        type=int,
-        nargs=2,
-        default=(427, 640),
-        metavar=("H", "W"),
-        help="original image size the results are returned at (a typical COCO image)",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json-out", default=None, help="also write the JSON report here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
