@@ -236,3 +236,35 @@ def test_to_device_copies_host_tensors_and_keeps_device_ones(device):
     # another device type goes through Tensor.to
     on_meta = to_device(image, torch.device("meta"))
     assert on_meta.device.type == "meta" and on_meta.shape == image.shape
+
+
+def test_training_forward_reads_back_only_the_matching_costs(monkeypatch):
+    """A training step waits for the device once per matched decoder layer (the Hungarian
+    assignment runs on the host), not for the mask count, the targets or the matches."""
+    from test_meta_arch import _cfg, _training_inputs
+
+    from mask2former.modeling.matcher import HungarianMatcher
+
+    model = build_model(_cfg("MaskFormerHead"))
+    model.train()
+    calls = []
+    original = HungarianMatcher.forward
+    monkeypatch.setattr(
+        HungarianMatcher, "forward", lambda *args: calls.append(1) or original(*args)
+    )
+    with HostSyncRecorder("cpu") as recorder:
+        losses = model(_training_inputs())
+    assert calls and all(torch.isfinite(loss) for loss in losses.values())
+    # On the CPU, .to(device) of a tensor already on the device is listed too (a no-op on a
+    # GPU); everything else in the loss code is a real wait.
+    waits = {
+        sync: count
+        for sync, count in recorder.counts().items()
+        if ("criterion.py" in sync.location or "matcher.py" in sync.location)
+        and sync.operation != "Tensor.to (cpu)"
+    }
+    assert [(sync.operation, count) for sync, count in waits.items()] == [
+        ("Tensor.cpu", len(calls))
+    ]
+    targets = [sync for sync in recorder.counts() if "prepare_targets" in sync.location]
+    assert targets == []

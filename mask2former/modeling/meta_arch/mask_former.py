@@ -187,11 +187,13 @@ class MaskFormer(nn.Module):
             gt_masks = instances.gt_masks
             if isinstance(gt_masks, BitMasks):
                 gt_masks = gt_masks.tensor
-            gt_masks = gt_masks.to(self.device)
+            # from the data loader, on the host: copied without waiting for the device
+            gt_masks = to_device(gt_masks, self.device)
             height, width = gt_masks.shape[-2:]
             padded = gt_masks.new_zeros((len(gt_masks), padded_h, padded_w))
             padded[:, :height, :width] = gt_masks
-            targets.append({"labels": instances.gt_classes.to(self.device), "masks": padded})
+            labels = to_device(instances.gt_classes, self.device)
+            targets.append({"labels": labels, "masks": padded})
         return targets
 
     def inference(
