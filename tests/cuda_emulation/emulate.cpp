@@ -6,7 +6,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <cstring>
+#include <cstdio>
 
 #include "cuda_emulation.h"
 #include "ms_deform_attn_kernels.cuh"
