@@ -30,14 +30,15 @@ needs_cpu_kernel = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
+def build_emulator(folder, sm90):
+    """The emulation library: the kernels' compute capability 9.x path (float4 / float2
+    atomics) when ``sm90``, else the path of the older GPUs (one atomic per value)."""
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         pytest.skip("no C++ compiler (g++) to build the CUDA emulation")
     from torch.utils.cpp_extension import include_paths
 
-    library = tmp_path_factory.mktemp("cuda_emulation") / "emulate.so"
+    library = folder / ("emulate_sm90.so" if sm90 else "emulate.so")
     command = [
         compiler,
         "-std=c++20",
@@ -46,6 +47,7 @@ def emulator(tmp_path_factory):
         "-fPIC",
         "-pthread",
         "-DMASK2FORMER_CUDA_EMULATION",
+        *(["-DMASK2FORMER_EMULATE_SM90"] if sm90 else []),
         f"-I{include_paths()[0]}",
         f"-I{KERNELS}",
         f"-I{HERE}",
@@ -57,6 +59,17 @@ def emulator(tmp_path_factory):
     lib = ctypes.CDLL(str(library))
     lib.m2f_emulate.restype = ctypes.c_int
     return lib
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """Emulating an H200 (compute capability 9.0), the GPU this project is measured on."""
+    return build_emulator(tmp_path_factory.mktemp("cuda_emulation"), sm90=True)
+
+
+@pytest.fixture(scope="module")
+def emulator_sm80(tmp_path_factory):
+    return build_emulator(tmp_path_factory.mktemp("cuda_emulation_sm80"), sm90=False)
 
 
 def placed(tensor, offset=0, fill=float("nan")):
@@ -103,7 +116,7 @@ def emulate(emulator, inputs, grad_output=None, offset=0, max_blocks=1 << 20, in
         ]
     placed_outputs = [placed(t, fill=sentinel) for t in outputs]
     pointers = [t.data_ptr() for _, t in placed_outputs] + [None] * (3 - len(outputs))
-    plan = (ctypes.c_int64 * 5)()
+    plan = (ctypes.c_int64 * 6)()
     error = ctypes.create_string_buffer(1024)
     status = emulator.m2f_emulate(
         ctypes.c_int(grad_output is not None),
@@ -126,7 +139,7 @@ def emulate(emulator, inputs, grad_output=None, offset=0, max_blocks=1 << 20, in
     assert value_buffer.isnan().sum() == 2 * GUARD + offset  # inputs untouched
     for buffer, view in placed_outputs:
         assert guards_intact(buffer, view, sentinel), "a write outside an output array"
-    keys = ("vectorized", "index32", "group_shift", "blocks", "shuffles")
+    keys = ("vectorized", "index32", "group_shift", "blocks", "shuffles", "vector_atomics")
     return [view.clone() for _, view in placed_outputs], dict(zip(keys, plan))
 
 
@@ -169,17 +182,11 @@ def tolerances(dtype):
     }[dtype]
 
 
-@needs_cpu_kernel
-@pytest.mark.parametrize("launch", LAUNCHES)
-@pytest.mark.parametrize(
-    "dtype",
-    [torch.float32, torch.float64, torch.float16, torch.bfloat16],
-    ids=["float32", "float64", "float16", "bfloat16"],
-)
-@pytest.mark.parametrize("batch,heads,channels,queries,shapes,points", CASES)
-def test_emulated_kernels_match(
+def check_emulated_kernels(
     emulator, batch, heads, channels, queries, shapes, points, dtype, launch
 ):
+    """Runs the emulated forward and backward, checks the launch plans and the results;
+    returns the backward's plan."""
     inputs = make_inputs(batch, heads, channels, queries, shapes, points, dtype=dtype)
     # a few points exactly on pixel centres, edges and borders, and far outside
     locations = inputs[3]
@@ -217,6 +224,39 @@ def test_emulated_kernels_match(
             atol=tol[1],
             msg=lambda m, name=name: f"{name}: {m}",
         )
+    return backward_plan
+
+
+DTYPES = pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+    ids=["float32", "float64", "float16", "bfloat16"],
+)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("launch", LAUNCHES)
+@DTYPES
+@pytest.mark.parametrize("batch,heads,channels,queries,shapes,points", CASES)
+def test_emulated_kernels_match(
+    emulator, batch, heads, channels, queries, shapes, points, dtype, launch
+):
+    plan = check_emulated_kernels(
+        emulator, batch, heads, channels, queries, shapes, points, dtype, launch
+    )
+    # float accumulators (float32 and the half types) of whole vectors: float4 / float2 atomics
+    vector_atomics = plan["vectorized"] and dtype != torch.float64
+    assert (plan["vector_atomics"] > 0) == vector_atomics
+
+
+@needs_cpu_kernel
+@DTYPES
+def test_emulated_kernels_match_without_vector_atomics(emulator_sm80, dtype):
+    """The path of GPUs before compute capability 9.0: one atomic per value."""
+    plan = check_emulated_kernels(
+        emulator_sm80, 2, 8, 32, 37, ((6, 5), (3, 3), (2, 1)), 4, dtype, launch={}
+    )
+    assert plan["vectorized"] and plan["vector_atomics"] == 0
 
 
 @pytest.mark.parametrize(

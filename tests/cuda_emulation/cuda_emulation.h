@@ -55,6 +55,7 @@ struct State {
   bool failed = false;
   std::string error;
   int64_t shuffles = 0;  // shuffle calls, over all lanes
+  int64_t vector_atomics = 0;  // float2 / float4 atomicAdd calls (MASK2FORMER_EMULATE_SM90)
   int64_t progress = 0;  // deposits, reads and finished lanes: a pass without any is a deadlock
   ucontext_t scheduler;
   ucontext_t* lane_context = nullptr;
@@ -75,6 +76,7 @@ inline void reset() {
   s.failed = false;
   s.error.clear();
   s.shuffles = 0;
+  s.vector_atomics = 0;
   s.progress = 0;
 }
 
@@ -118,6 +120,42 @@ inline double atomicAdd(double* address, double value) {
   *address = old + value;
   return old;
 }
+
+#ifdef MASK2FORMER_EMULATE_SM90
+// The vector atomics of compute capability 9.x (global memory, 8- / 16-byte aligned).
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
+inline void check_vector_alignment(const void* address, int bytes) {
+  if (reinterpret_cast<uintptr_t>(address) % bytes != 0) {
+    cuda_emulation::fail(
+        cuda_emulation::where() + ": vector atomicAdd on a misaligned address");
+  }
+}
+
+inline float2 atomicAdd(float2* address, float2 value) {
+  check_vector_alignment(address, 8);
+  ++cuda_emulation::state().vector_atomics;
+  const float2 old = *address;
+  *address = {old.x + value.x, old.y + value.y};
+  return old;
+}
+
+inline float4 atomicAdd(float4* address, float4 value) {
+  check_vector_alignment(address, 16);
+  ++cuda_emulation::state().vector_atomics;
+  const float4 old = *address;
+  *address = {old.x + value.x, old.y + value.y, old.z + value.z, old.w + value.w};
+  return old;
+}
+#endif
 
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {

@@ -1,7 +1,9 @@
 // C entry point of the emulated CUDA kernels, loaded with ctypes by
 // tests/test_ms_deform_attn_emulated.py. Built there with
 //   g++ -std=c++20 -O2 -shared -fPIC -pthread -DMASK2FORMER_CUDA_EMULATION
-//       -I<torch include> -I<ops/csrc/cuda> -I<this folder>
+//       [-DMASK2FORMER_EMULATE_SM90] -I<torch include> -I<ops/csrc/cuda> -I<this folder>
+// (with MASK2FORMER_EMULATE_SM90 the kernels take their compute capability 9.x path: float4 /
+// float2 atomics).
 // Half types use c10::Half / c10::BFloat16 (header-only), as the real kernels do.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -55,7 +57,7 @@ __global__ void divergent_shuffle_kernel(float* out) {
 }  // namespace
 
 // The launch plan for these sizes (value / output pointers 16-byte aligned or not), without
-// launching: plan_out as in m2f_emulate, less the shuffle count.
+// launching: the first four entries of m2f_emulate's plan_out.
 extern "C" void m2f_plan(
     const int64_t* sizes_in, int element_bytes, int aligned, int64_t* plan_out) {
   const Sizes<int64_t> sizes{sizes_in[0], sizes_in[1], sizes_in[2], sizes_in[3],
@@ -84,7 +86,8 @@ extern "C" int m2f_emulation_self_test(char* error, int error_size) {
 // sizes: batch, num_values, heads, channels, queries, levels, points.
 // forward: output (N, Q, M*D) of value's type. backward: output is grad_value (N, S, M, D)
 // in the accumulation type, zero-filled by the caller.
-// plan_out: vectorized, index32, group_shift, blocks. Returns 0, or 1 with the error text.
+// plan_out: vectorized, index32, group_shift, blocks, shuffle calls, vector atomic calls.
+// Returns 0, or 1 with the error text.
 extern "C" int m2f_emulate(
     int backward, int dtype, const void* value, const int64_t* shapes, const int64_t* starts,
     const void* locations, const void* weights, const void* grad_output, void* output,
@@ -125,6 +128,7 @@ extern "C" int m2f_emulate(
   plan_out[2] = plan.group_shift;
   plan_out[3] = plan.blocks;
   plan_out[4] = s.shuffles;
+  plan_out[5] = s.vector_atomics;
   if (s.failed) {
     std::snprintf(error, error_size, "%s", s.error.c_str());
     return 1;

@@ -147,7 +147,8 @@ __device__ __forceinline__ unsigned group_mask(int group) {
 }
 
 // grad[i] += add[i] for V consecutive accumulators. On compute capability 9.x, float
-// accumulators take one float4 / float2 atomic per 4 / 2 values.
+// accumulators take one float4 / float2 atomic per 4 / 2 values (the emulation builds this
+// path with MASK2FORMER_EMULATE_SM90).
 template <typename acc_t, int V>
 __device__ __forceinline__ void atomic_add_each(acc_t* grad, const acc_t (&add)[V]) {
 #pragma unroll
@@ -158,7 +159,7 @@ __device__ __forceinline__ void atomic_add_each(acc_t* grad, const acc_t (&add)[
 
 template <typename acc_t, int V>
 __device__ __forceinline__ void atomic_add_pack(acc_t* grad, const acc_t (&add)[V]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(MASK2FORMER_EMULATE_SM90)
   if constexpr (sizeof(acc_t) == 4 && V % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < V; i += 4) {
