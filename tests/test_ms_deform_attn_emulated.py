@@ -31,8 +31,8 @@ needs_cpu_kernel = pytest.mark.skipif(
 
 
 def build_emulator(folder, sm90):
-    """The emulation library: the kernels' compute capability 9.x path (float4 / float2
-    atomics) when ``sm90``, else the path of the older GPUs (one atomic per value)."""
+    """The emulation library: the kernels' compute capability 9.x path (float4 atomics) when
+    ``sm90``, else the path of the older GPUs (one atomic per value)."""
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         pytest.skip("no C++ compiler (g++) to build the CUDA emulation")
@@ -244,7 +244,7 @@ def test_emulated_kernels_match(
     plan = check_emulated_kernels(
         emulator, batch, heads, channels, queries, shapes, points, dtype, launch
     )
-    # float accumulators (float32 and the half types) of whole vectors: float4 / float2 atomics
+    # float accumulators (float32 and the half types) in whole vectors: float4 atomics
     vector_atomics = plan["vectorized"] and dtype != torch.float64
     assert (plan["vector_atomics"] > 0) == vector_atomics
 

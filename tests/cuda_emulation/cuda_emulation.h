@@ -55,7 +55,7 @@ struct State {
   bool failed = false;
   std::string error;
   int64_t shuffles = 0;  // shuffle calls, over all lanes
-  int64_t vector_atomics = 0;  // float2 / float4 atomicAdd calls (MASK2FORMER_EMULATE_SM90)
+  int64_t vector_atomics = 0;  // float4 atomicAdd calls (MASK2FORMER_EMULATE_SM90)
   int64_t progress = 0;  // deposits, reads and finished lanes: a pass without any is a deadlock
   ucontext_t scheduler;
   ucontext_t* lane_context = nullptr;
@@ -122,15 +122,11 @@ inline double atomicAdd(double* address, double value) {
 }
 
 #ifdef MASK2FORMER_EMULATE_SM90
-// The vector atomics of compute capability 9.x (global memory, 8- / 16-byte aligned).
-struct alignas(8) float2 {
-  float x, y;
-};
+// The float4 atomic of compute capability 9.x (global memory, 16-byte aligned).
 struct alignas(16) float4 {
   float x, y, z, w;
 };
 
-inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 inline void check_vector_alignment(const void* address, int bytes) {
@@ -138,14 +134,6 @@ inline void check_vector_alignment(const void* address, int bytes) {
     cuda_emulation::fail(
         cuda_emulation::where() + ": vector atomicAdd on a misaligned address");
   }
-}
-
-inline float2 atomicAdd(float2* address, float2 value) {
-  check_vector_alignment(address, 8);
-  ++cuda_emulation::state().vector_atomics;
-  const float2 old = *address;
-  *address = {old.x + value.x, old.y + value.y};
-  return old;
 }
 
 inline float4 atomicAdd(float4* address, float4 value) {

@@ -2,8 +2,8 @@
 // tests/test_ms_deform_attn_emulated.py. Built there with
 //   g++ -std=c++20 -O2 -shared -fPIC -pthread -DMASK2FORMER_CUDA_EMULATION
 //       [-DMASK2FORMER_EMULATE_SM90] -I<torch include> -I<ops/csrc/cuda> -I<this folder>
-// (with MASK2FORMER_EMULATE_SM90 the kernels take their compute capability 9.x path: float4 /
-// float2 atomics).
+// (with MASK2FORMER_EMULATE_SM90 the kernels take their compute capability 9.x path: float4
+// atomics).
 // Half types use c10::Half / c10::BFloat16 (header-only), as the real kernels do.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>

@@ -147,8 +147,8 @@ __device__ __forceinline__ unsigned group_mask(int group) {
 }
 
 // grad[i] += add[i] for V consecutive accumulators. On compute capability 9.x, float
-// accumulators take one float4 / float2 atomic per 4 / 2 values (the emulation builds this
-// path with MASK2FORMER_EMULATE_SM90).
+// accumulators in whole vectors (V = 4 for float32 values, 8 for half types) take one float4
+// atomic per 4 values (the emulation builds this path with MASK2FORMER_EMULATE_SM90).
 template <typename acc_t, int V>
 __device__ __forceinline__ void atomic_add_each(acc_t* grad, const acc_t (&add)[V]) {
 #pragma unroll
@@ -166,11 +166,6 @@ __device__ __forceinline__ void atomic_add_pack(acc_t* grad, const acc_t (&add)[
       atomicAdd(
           reinterpret_cast<float4*>(grad + i),
           make_float4(add[i], add[i + 1], add[i + 2], add[i + 3]));
-    }
-  } else if constexpr (sizeof(acc_t) == 4 && V % 2 == 0) {
-#pragma unroll
-    for (int i = 0; i < V; i += 2) {
-      atomicAdd(reinterpret_cast<float2*>(grad + i), make_float2(add[i], add[i + 1]));
     }
   } else {
     atomic_add_each<acc_t, V>(grad, add);
