@@ -215,13 +215,10 @@ def _level_bounds(rows, grad_output, size, coordinates, deltas, weights):
     dot = (corners @ grad).view(queries, heads, points, 4).double()
     dot_abs = (corners_abs @ grad_abs).view(queries, heads, points, 4).double()
 
+    sums_eps = SUM_ULPS * torch.finfo(torch.float32).eps
     # output and grad_value sum a * weight * v and a * weight * g over points and corners
     a = weights[..., None]
-    corner_bound = a * (
-        SUM_ULPS * torch.finfo(torch.float32).eps * weight
-        + delta_h * d_h.abs()
-        + delta_w * d_w.abs()
-    )
+    corner_bound = a * (sums_eps * weight + delta_h * d_h.abs() + delta_w * d_w.abs())
     corner_bound = corner_bound.float().view(queries * heads, 1, points * 4)
     output = (corner_bound @ corners_abs).view(queries, heads, channels)
     added = corner_bound.view(queries * heads, points * 4, 1) * grad_abs.view(-1, 1, channels)
@@ -229,7 +226,6 @@ def _level_bounds(rows, grad_output, size, coordinates, deltas, weights):
 
     # grad_locations: a * size * sum(g * d(sample)); it moves with the other coordinate
     # through the cross term a * size * sum(g * (v00 - v01 - v10 + v11))
-    sums_eps = SUM_ULPS * torch.finfo(torch.float32).eps
     cross = (dot * dot.new_tensor([1.0, -1.0, -1.0, 1.0])).sum(-1).abs()
     a = weights
     grad_x = a * width * (sums_eps * (d_w.abs() * dot_abs).sum(-1) + cross * delta_h[..., 0])

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import needs_cuda, on_cuda
 from ms_deform_attn_bounds import RESULT_NAMES, float64_bounds
 
 from mask2former.modeling.pixel_decoder.ops import (
@@ -23,7 +24,6 @@ OPS_PACKAGE = "mask2former.modeling.pixel_decoder.ops"
 needs_cpu_kernel = pytest.mark.skipif(
     not functional.kernel_available("cpu"), reason="the _C extension is not built"
 )
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def make_inputs(
@@ -136,7 +136,7 @@ KERNEL_CASES = [
 # The kernels of each device, their tests skipped where the kernel is not built or no GPU.
 DEVICES = [
     pytest.param("cpu", marks=needs_cpu_kernel),
-    pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda]),
+    on_cuda("cuda"),
 ]
 KERNELS = {"cpu": functional.CPU_KERNEL, "cuda": functional.CUDA_KERNEL}
 
@@ -163,9 +163,7 @@ def test_kernel_matches_reference(device, dtype, batch, heads, channels, queries
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(
-    "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])]
-)
+@pytest.mark.parametrize("device", ["cpu", on_cuda("cuda")])
 def test_half_types_within_float32_bounds(device, dtype):
     """Half-precision values and gradients, float32 arithmetic (the CUDA kernel; the reference
     on the CPU): within float32 rounding of float64, plus the final rounding to dtype."""
@@ -424,9 +422,7 @@ REALISTIC_SHAPES = ((128, 256), (64, 128), (32, 64))
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(
-    "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])]
-)
+@pytest.mark.parametrize("device", ["cpu", on_cuda("cuda")])
 def test_half_precision_matches_float64_on_realistic_maps(device, dtype, autocast):
     """Half-precision values: the only error left is the rounding of the output."""
     value, shapes, starts, locations, weights = make_inputs(
