@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_ms_deform_attn import make_inputs
+from test_ms_deform_attn import make_inputs, needs_cpu_kernel
 
 from mask2former.modeling.pixel_decoder.ops import functional, ms_deform_attn
 from mask2former.modeling.pixel_decoder.ops import ms_deform_attn_reference as reference
@@ -25,9 +25,6 @@ HERE = Path(__file__).parent / "cuda_emulation"
 KERNELS = Path(functional.__file__).parent / "csrc" / "cuda"
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 GUARD = 64  # elements of guard before and after every array
-needs_cpu_kernel = pytest.mark.skipif(
-    not functional.kernel_available("cpu"), reason="the _C extension is not built"
-)
 
 
 def build_emulator(folder, sm90):
