@@ -388,6 +388,21 @@ def test_level_tensors_made_elsewhere_are_read_back_once():
         assert recorder.count() == 2
 
 
+def test_reference_compiles_with_level_tensors_of_both_kinds():
+    """torch.compile traces the reference (the implementation without the extension) with
+    level tensors read before and with ones made by level_tensors(): the values the tracer
+    reads are not taken from the host-side record, which it cannot follow."""
+    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float32)
+    made_shapes, made_starts = level_tensors([(3, 4), (2, 2)], torch.device("cpu"))
+    ms_deform_attn_reference(value, shapes, starts, locations, weights)  # recorded
+    expected = ms_deform_attn_reference(value, shapes, starts, locations, weights)
+    torch._dynamo.reset()
+    compiled = torch.compile(ms_deform_attn_reference, fullgraph=True, backend="aot_eager")
+    for level_shapes, level_starts in ((shapes, starts), (made_shapes, made_starts)):
+        actual = compiled(value, level_shapes, level_starts, locations, weights)
+        torch.testing.assert_close(actual, expected)
+
+
 def test_int32_shapes_accepted():
     value, shapes, starts, locations, weights = make_inputs(dtype=torch.float64)
     expected = ms_deform_attn_reference(value, shapes, starts, locations, weights)

@@ -65,11 +65,14 @@ def level_values(tensor: torch.Tensor) -> List:
     before, and it was not modified since; else read from it (a host synchronisation on a
     GPU). A tensor made elsewhere and passed again at every call is so read once.
     Inference-mode tensors from elsewhere are read every time: they have no version counter
-    to tell an in-place change."""
+    to tell an in-place change. Under torch.compile / torch.export the tensor is read (what
+    the tracer does with data), without the cache, which the tracer cannot follow."""
+    if tracing():
+        return tensor.tolist()
     known = _KNOWN_LEVELS.get(tensor)
     if known is not None and known[0] == _version(tensor):
         return known[1]
     values = tensor.tolist()
-    if not tensor.is_inference() and not tracing():
+    if not tensor.is_inference():
         _KNOWN_LEVELS[tensor] = (_version(tensor), values)
     return values
