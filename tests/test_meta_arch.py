@@ -8,10 +8,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Instances
+from helpers import shrunk_config
 from torch import nn
 
 import mask2former.modeling  # noqa: F401  (registers MaskFormer and its head)
 from mask2former.config import add_maskformer2_config
+from mask2former.modeling.pixel_decoder.ops import kernel_available
 
 SHAPES_CONFIG = "configs/shapes/maskformer2_R18_panoptic.yaml"
 DATASET = "mask2former_test_meta_arch"
@@ -225,3 +227,63 @@ def test_inference_with_gradients_enabled(fake_model):
     assert result["sem_seg"].shape == (NUM_CLASSES, 90, 111)
     result["sem_seg"].sum().backward()
     assert fake_model.sem_seg_head.class_embed.weight.grad is not None
+
+
+def _flat_outputs(outputs):
+    """The head's dict as a flat {name: tensor}, aux_outputs' layers included."""
+    flat = {name: outputs[name] for name in ("pred_logits", "pred_masks")}
+    for layer, aux in enumerate(outputs["aux_outputs"]):
+        flat.update({f"aux_outputs[{layer}].{name}": tensor for name, tensor in aux.items()})
+    return flat
+
+
+R50_COCO_PANOPTIC = "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
+
+
+@pytest.mark.skipif(
+    not kernel_available("cpu"), reason="the PyTorch reference op reads the level sizes back"
+)
+@pytest.mark.parametrize(
+    "config, training, autocast",
+    [
+        (R50_COCO_PANOPTIC, False, None),
+        (R50_COCO_PANOPTIC, True, None),
+        (R50_COCO_PANOPTIC, False, torch.bfloat16),
+        ("coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml", False, None),
+    ],
+)
+def test_network_compiles_to_one_graph(config, training, autocast):
+    """torch.compile(model.network, fullgraph=True) traces backbone, pixel decoder (through the
+    deformable attention op's fake implementation) and transformer decoder as one graph, also
+    under autocast: a graph break fails here with its reason. One graph is what
+    mode="reduce-overhead" replays as CUDA graphs. The compiled network gives the eager
+    outputs and, in training, gradients."""
+    torch.manual_seed(0)
+    model = build_model(shrunk_config(config)).train(training)
+    images = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    torch._dynamo.reset()
+    compiled = torch.compile(model.network, fullgraph=True, backend="aot_eager")
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    parameters = [p for _, p in named]
+    results = []
+    for network in (model.network, compiled):
+        with (
+            torch.set_grad_enabled(training),
+            torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None),
+        ):
+            outputs = _flat_outputs(network(images))
+        gradients = []
+        if training:
+            loss = sum(tensor.float().square().mean() for tensor in outputs.values())
+            gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
+        results.append((outputs, gradients))
+    (eager, eager_gradients), (traced, traced_gradients) = results
+    assert list(traced) == list(eager)
+    # training: the final prediction and DEC_LAYERS - 1 = 2 auxiliary ones; eval: no aux
+    assert len(eager) == (6 if training else 2)
+    for name in eager:
+        torch.testing.assert_close(traced[name], eager[name], rtol=1e-5, atol=1e-5, msg=name)
+    for (name, _), expected, actual in zip(named, eager_gradients, traced_gradients):
+        assert (expected is None) == (actual is None), name
+        if expected is not None:
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=name)

@@ -165,10 +165,13 @@ def test_kernel_matches_reference(device, dtype, batch, heads, channels, queries
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("device", ["cpu", on_cuda("cuda")])
 def test_half_types_within_float32_bounds(device, dtype):
-    """Half-precision values and gradients, float32 arithmetic (the CUDA kernel; the reference
-    on the CPU): within float32 rounding of float64, plus the final rounding to dtype."""
-    implementation = functional.CUDA_KERNEL if device == "cuda" else functional.REFERENCE
-    assert functional.implementation_for(device, dtype) == implementation
+    """Half-precision values and gradients, float32 arithmetic (the CUDA kernel; the float32
+    CPU kernel on a float32 copy on the CPU, the reference without the extension): within
+    float32 rounding of float64, plus the final rounding to dtype."""
+    built = device == "cuda" or functional.kernel_available("cpu")
+    assert functional.implementation_for(device, dtype) == (
+        KERNELS[device] if built else functional.REFERENCE
+    )
     inputs = make_inputs(3, 8, 32, 50, ((16, 12), (8, 6), (4, 3)), 4, dtype=dtype, device=device)
     actual = outputs_and_grads(ms_deform_attn, inputs)
     assert [t.dtype for t in actual] == [dtype, dtype, torch.float32, torch.float32]
@@ -423,8 +426,9 @@ def test_dispatch_without_extension(monkeypatch):
 def test_dispatch_with_extension():
     assert functional.implementation_for("cpu", torch.float32) == functional.CPU_KERNEL
     assert functional.implementation_for("cpu", torch.float64) == functional.CPU_KERNEL
-    # no CPU kernel for half types: the reference handles them
-    assert functional.implementation_for("cpu", torch.bfloat16) == functional.REFERENCE
+    # half types on the CPU: the float32 kernel on a float32 copy
+    assert functional.implementation_for("cpu", torch.bfloat16) == functional.CPU_KERNEL
+    assert functional.implementation_for("cpu", torch.float16) == functional.CPU_KERNEL
     assert functional.implementation_for("cuda", torch.bfloat16) == (
         functional.CUDA_KERNEL if functional._C.cuda_built() else functional.REFERENCE
     )

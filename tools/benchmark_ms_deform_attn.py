@@ -3,7 +3,8 @@
 Shapes: batch 2, 8 heads, 32 channels per head, 3 levels of a 1024x1024 image at strides
 8/16/32 (128x128, 64x64, 32x32), 4 points per level, one query per value position
 (Q = S = 21504). For every implementation available on the machine (reference and CPU
-kernel on CPU; CUDA kernel in float32 / float16 / bfloat16 and the reference on CUDA), it
+kernel on CPU, in float32 and bfloat16, which the CPU kernel computes on a float32 copy; CUDA
+kernel in float32 / float16 / bfloat16 and the reference on CUDA), it
 measures the median time of the forward pass and of forward + backward, and peak memory:
 
 - CUDA: ``torch.cuda.max_memory_allocated`` above the memory held before the call.
@@ -16,7 +17,8 @@ measures the median time of the forward pass and of forward + backward, and peak
 Sampling locations (``--locations``): ``encoder`` (default) puts them where the pixel
 decoder's encoder puts them, around each query's own pixel on every level (so neighbouring
 queries read neighbouring memory); ``uniform`` spreads them uniformly over the maps, a
-worst case for caches. Speed-ups are relative to the reference on the same device.
+worst case for caches. Speed-ups are relative to the reference on the same device, in the
+same dtype where it is measured (CPU), else in float32 (CUDA).
 
 Prints a table and, at the end, the results as JSON.
 
@@ -145,9 +147,11 @@ def cases_for(device: torch.device) -> List[Dict]:
     """(name, dtype, function) of every implementation available on ``device``."""
     cases = []
     if device.type == "cpu":
-        if implementation_for("cpu", torch.float32) != "reference":
-            cases.append({"name": "cpu kernel", "dtype": torch.float32, "fn": ms_deform_attn})
-        cases.append({"name": "reference", "dtype": torch.float32, "fn": ms_deform_attn_reference})
+        # bfloat16 (CPU autocast): the float32 kernel on a float32 copy against the reference
+        for dtype in (torch.float32, torch.bfloat16):
+            if implementation_for("cpu", dtype) != "reference":
+                cases.append({"name": "cpu kernel", "dtype": dtype, "fn": ms_deform_attn})
+            cases.append({"name": "reference", "dtype": dtype, "fn": ms_deform_attn_reference})
     else:
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             if implementation_for("cuda", dtype) != "reference":
@@ -208,8 +212,9 @@ def main() -> None:
             results.append(run_case(case, device, args.repeats, args.locations))
     for device in devices:
         rows = [r for r in results if r["device"] == device.type]
-        reference = next(r for r in rows if r["implementation"] == "reference")
+        references = {r["dtype"]: r for r in rows if r["implementation"] == "reference"}
         for row in rows:
+            reference = references.get(row["dtype"], references["float32"])
             row["forward_speedup"] = round(reference["forward_ms"] / row["forward_ms"], 2)
             row["forward_backward_speedup"] = round(
                 reference["forward_backward_ms"] / row["forward_backward_ms"], 2

@@ -6,7 +6,9 @@ kernel (float32, float64) and, when built with CUDA, a CUDA kernel (float32, flo
 float16, bfloat16). This module adds their fake (meta) implementations and autograd formula,
 so ``torch.compile`` and ``torch.export`` trace through the op, and picks an implementation
 at call time from the device and dtype of ``value``: the kernel when the extension is built
-and supports them, else the pure-PyTorch reference.
+and supports them, else the pure-PyTorch reference. Half-precision values on the CPU run the
+float32 CPU kernel on a float32 copy and come back rounded to their dtype (every
+implementation computes half types in float32).
 
 Shape legend:
     N: batch, S: total number of value positions over all levels (sum of H_l * W_l),
@@ -39,6 +41,12 @@ _KERNEL_DTYPES: Dict[str, Tuple[torch.dtype, ...]] = {
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
 _KERNEL_NAMES = {"cpu": CPU_KERNEL, "cuda": CUDA_KERNEL}
+# value dtypes a device's kernel runs on a copy in another dtype: the CPU kernel has no half
+# types, and computes them in float32 as the CUDA kernel does
+_COMPUTE_DTYPES: Dict[Tuple[str, torch.dtype], torch.dtype] = {
+    ("cpu", torch.float16): torch.float32,
+    ("cpu", torch.bfloat16): torch.float32,
+}
 _OP_NAMESPACE = "mask2former"
 
 
@@ -66,14 +74,20 @@ _C = _load_extension()
 _logged_choices: Set[Tuple[str, torch.dtype, str]] = set()
 
 
+def _compute_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernel of ``device_type`` computes ``value`` tensors of ``dtype`` in."""
+    return _COMPUTE_DTYPES.get((device_type, dtype), dtype)
+
+
 def kernel_available(device_type: str, dtype: torch.dtype = torch.float32) -> bool:
-    """Whether a compiled kernel exists for ``value`` tensors of this device type and dtype.
+    """Whether a compiled kernel exists for ``value`` tensors of this device type and dtype
+    (directly, or on a float32 copy for half types on the CPU).
 
     Args:
         device_type: ``"cpu"``, ``"cuda"``, ...
         dtype: dtype of ``value``.
     """
-    if _C is None or dtype not in _KERNEL_DTYPES.get(device_type, ()):
+    if _C is None or _compute_dtype(device_type, dtype) not in _KERNEL_DTYPES.get(device_type, ()):
         return False
     return device_type != "cuda" or _C.cuda_built()
 
@@ -116,11 +130,15 @@ def _log_choice_once(device_type: str, dtype: torch.dtype, implementation: str) 
             _CUDA_REBUILD_COMMAND,
         )
         return
+    compute_dtype = _compute_dtype(device_type, dtype)
     logger.info(
-        "multi-scale deformable attention on %s/%s uses the %s",
+        "multi-scale deformable attention on %s/%s uses the %s%s",
         device_type,
         dtype_name,
         implementation.replace("_", " "),
+        ""
+        if implementation == REFERENCE or compute_dtype == dtype
+        else f" on a {str(compute_dtype).replace('torch.', '')} copy",
     )
 
 
@@ -225,7 +243,9 @@ def ms_deform_attn(
     :func:`implementation_for`), else the reference. Differentiable with respect to
     ``value``, ``sampling_locations`` and ``attention_weights``. Non-contiguous inputs are
     accepted; ``sampling_locations`` and ``attention_weights`` are cast to value's dtype
-    (float32 for float16 / bfloat16 values, where the kernels accumulate in float32).
+    (float32 for float16 / bfloat16 values, where the kernels accumulate in float32). On the
+    CPU, float16 / bfloat16 values run the float32 kernel on a float32 copy; the output is
+    rounded to their dtype.
 
     Args:
         value: (N, S, M, D) values of all levels, flattened level by level.
@@ -250,13 +270,14 @@ def ms_deform_attn(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
     location_dtype = torch.float32 if value.dtype in _HALF_TYPES else value.dtype
-    return torch.ops.mask2former.ms_deform_attn_forward(
-        value.contiguous(),
+    output = torch.ops.mask2former.ms_deform_attn_forward(
+        value.to(_compute_dtype(value.device.type, value.dtype)).contiguous(),
         spatial_shapes.to(torch.int64).contiguous(),
         level_start_index.to(torch.int64).contiguous(),
         sampling_locations.to(location_dtype).contiguous(),
         attention_weights.to(location_dtype).contiguous(),
     )
+    return output.to(value.dtype)
 
 
 def _forward_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
