@@ -114,13 +114,20 @@ def dataset_inputs(cfg, count: int) -> Iterable[List[Dict]]:
     return itertools.islice(loader, count)
 
 
+def _quiet(analysis):
+    """``analysis`` without fvcore's warnings: the operators it cannot count are reported once
+    for all inputs (``not_counted_per_input``), and the attention layers read their output
+    projection's weights without calling it (an "uncalled module")."""
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return analysis
+
+
 def _count(analyses, unit: float) -> Dict:
     """Mean, min and max totals of fvcore analyses (one per input) in ``unit``s, the mean by
     operator, and the operators left out (no formula: elementwise, indexing, ...)."""
     totals, by_operator, left_out = [], Counter(), Counter()
     for analysis in analyses:
-        analysis.unsupported_ops_warnings(False)  # reported below, once for all inputs
-        analysis.uncalled_modules_warnings(False)  # attention reads out_proj's weights itself
         totals.append(analysis.total() / unit)
         by_operator.update({k: v / unit for k, v in analysis.by_operator().items()})
         left_out.update(analysis.unsupported_ops())
@@ -139,22 +146,16 @@ def _count(analyses, unit: float) -> Dict:
 
 def count_flops(model, inputs: Iterable[List[Dict]], depth: int) -> Dict:
     """GFLOPs over ``inputs``; the per-module table of the first."""
-    tables = []
-
-    def analyses():
-        for batch in inputs:
-            analysis = flop_count_analysis(model, batch)
-            if not tables:
-                tables.append(flop_count_table(analysis, max_depth=depth))
-            yield analysis
-
-    report = _count(analyses(), 1e9)
-    return {**report, "table_first_input": tables[0]}
+    analyses = (_quiet(flop_count_analysis(model, batch)) for batch in inputs)
+    first = next(analyses, None)
+    table = None if first is None else flop_count_table(first, max_depth=depth)
+    report = _count(itertools.chain([] if first is None else [first], analyses), 1e9)
+    return {**report, "table_first_input": table}
 
 
 def count_activations(model, inputs: Iterable[List[Dict]]) -> Dict:
     """Millions of activations (elements output by the counted operators) over ``inputs``."""
-    return _count((activation_count_analysis(model, batch) for batch in inputs), 1e6)
+    return _count((_quiet(activation_count_analysis(model, batch)) for batch in inputs), 1e6)
 
 
 def main(argv=None) -> int:
@@ -165,8 +166,9 @@ def main(argv=None) -> int:
         return 2
     try:
         cfg = load_config(args.config_file, args.opts)
-        device = torch.device(args.device) if args.device else runnable_device(cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = str(device)
+        # the counts are the same on any device: CUDA asked for but missing falls back to the
+        # CPU with a warning, as in train_net.py
+        cfg.MODEL.DEVICE = str(runnable_device(args.device or cfg.MODEL.DEVICE))
         model = build_model(cfg).eval()
         if args.weights:
             if not os.path.isfile(args.weights):

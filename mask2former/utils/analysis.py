@@ -18,6 +18,7 @@ Operators without a formula (elementwise, indexing, reductions) are left out, as
 Detectron2; :func:`flop_count_analysis`'s ``unsupported_ops()`` lists them.
 """
 
+import math
 from typing import Any, List
 
 from detectron2.export import TracingAdapter
@@ -41,10 +42,7 @@ def sdpa_flops(inputs: List[Any], outputs: List[Any]) -> int:
     attention·values product (softmax and scaling are not counted, as for matmul + softmax)."""
     query, key, value = (get_shape(v) for v in inputs[:3])
     *batch, length, embed = query
-    batch_size = 1
-    for size in batch:
-        batch_size *= size
-    return batch_size * length * key[-2] * (embed + value[-1])
+    return math.prod(batch) * length * key[-2] * (embed + value[-1])
 
 
 # Multiply-adds per sampled point and channel: 4 bilinear taps and the attention weight.

@@ -131,14 +131,15 @@ def _log_choice_once(device_type: str, dtype: torch.dtype, implementation: str) 
         )
         return
     compute_dtype = _compute_dtype(device_type, dtype)
+    copy = ""
+    if implementation != REFERENCE and compute_dtype != dtype:
+        copy = f" on a {str(compute_dtype).replace('torch.', '')} copy"
     logger.info(
         "multi-scale deformable attention on %s/%s uses the %s%s",
         device_type,
         dtype_name,
         implementation.replace("_", " "),
-        ""
-        if implementation == REFERENCE or compute_dtype == dtype
-        else f" on a {str(compute_dtype).replace('torch.', '')} copy",
+        copy,
     )
 
 
