@@ -53,6 +53,7 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     _add_input_config(declared)
     _add_data_config(declared)
     _add_solver_config(declared)
+    _add_test_config(declared)
     _add_mask_former_config(declared)
     _add_pixel_decoder_config(declared)
     _add_swin_config(declared)
@@ -123,6 +124,16 @@ def _add_solver_config(cfg: CfgNode) -> None:
     # Not in the official release: train_net.py and the quickstart also save the final model's
     # weights as OUTPUT_DIR/model_final.safetensors (the format to share weights in).
     cfg.SOLVER.SAVE_SAFETENSORS = False
+
+
+def _add_test_config(cfg: CfgNode) -> None:
+    # Not in the official release (whose tools/evaluate_coco_boundary_ap.py scores a saved
+    # results file): COCO-style instance evaluation also reports boundary AP, mask AP with
+    # min(mask IoU, Boundary IoU) as the IoU, under "boundary" (mask2former/engine/boundary_ap.py).
+    cfg.TEST.BOUNDARY_AP = CfgNode()
+    cfg.TEST.BOUNDARY_AP.ENABLED = False
+    # Width of the boundary region, as a fraction of the image diagonal (0.02: Boundary IoU's).
+    cfg.TEST.BOUNDARY_AP.DILATION_RATIO = 0.02
 
 
 def _add_mask_former_config(cfg: CfgNode) -> None:

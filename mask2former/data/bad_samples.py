@@ -47,6 +47,7 @@ __all__ = [
     "BAD_SAMPLES_KEY",
     "BadSample",
     "BadSampleLog",
+    "MarkBadSamples",
     "TooManyBadSamplesError",
     "build_test_loader",
     "build_train_loader",
@@ -317,7 +318,7 @@ class _CheckGroundTruth:
         return sample
 
 
-class _MarkBadSamples:
+class MarkBadSamples:
     """Evaluation mapper wrapper: a sample the mapper fails on becomes a :class:`BadSample`
     (not None, which ``MapDataset`` would replace by another image)."""
 
@@ -463,7 +464,7 @@ def build_test_loader(
         num_semantic_classes=None if classes is None else len(classes),
         ignore_label=metadata.get("ignore_label", None),
     )
-    loader = build_detection_test_loader(cfg, dataset_name, mapper=_MarkBadSamples(mapper))
+    loader = build_detection_test_loader(cfg, dataset_name, mapper=MarkBadSamples(mapper))
     log = BadSampleLog(
         f"evaluation on {dataset_name}",
         outcome="left out of the metrics",

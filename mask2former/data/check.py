@@ -514,7 +514,21 @@ def exclude_entries(reports: List[DatasetReport]) -> List[Tuple[str, str]]:
     return [(entry, f"{image}: {'; '.join(kinds)}") for entry, (image, kinds) in entries.items()]
 
 
-def _import(module_or_file: str) -> None:
+def unregistered_dataset_message(name: str) -> Optional[str]:
+    """None when data set ``name`` is registered; else a message that suggests close names and
+    how to register one (the ``--import`` option of this module's and other tools)."""
+    registered = DatasetCatalog.list()
+    if name in registered:
+        return None
+    close = difflib.get_close_matches(name, registered, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    return (
+        f"data set {name!r} is not registered.{hint} Register your own with --import "
+        "MODULE_OR_FILE (see datasets/README.md)."
+    )
+
+
+def import_registrations(module_or_file: str) -> None:
     """Run a registration module (``pkg.module``) or file (``path/to/file.py``)."""
     if module_or_file.endswith(".py"):
         runpy.run_path(module_or_file, run_name="__registration__")
@@ -554,16 +568,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     for module_or_file in args.imports:
-        _import(module_or_file)
-    registered = DatasetCatalog.list()
+        import_registrations(module_or_file)
     for name in args.names:
-        if name not in registered:
-            close = difflib.get_close_matches(name, registered, n=3, cutoff=0.6)
-            hint = f" Did you mean {' or '.join(close)}?" if close else ""
-            parser.error(
-                f"data set {name!r} is not registered.{hint} Register your own with --import "
-                "MODULE_OR_FILE (see datasets/README.md)."
-            )
+        problem = unregistered_dataset_message(name)
+        if problem:
+            parser.error(problem)
     reports = [check_dataset(name, num_workers=args.workers) for name in args.names]
     logger.info("%s", format_reports(reports, args.max_listed))
     if args.write_exclude:

@@ -90,14 +90,49 @@ def _semantic(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[Datas
     return [SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)]
 
 
+def _boundary_dilation_ratio(cfg: CfgNode) -> Optional[float]:
+    """TEST.BOUNDARY_AP.DILATION_RATIO when TEST.BOUNDARY_AP.ENABLED, else None."""
+    boundary_ap = cfg.TEST.BOUNDARY_AP
+    if not boundary_ap.ENABLED:
+        return None
+    if not boundary_ap.DILATION_RATIO > 0:
+        raise ValueError(
+            f"TEST.BOUNDARY_AP.DILATION_RATIO must be > 0 (0.02 is Boundary IoU's), got "
+            f"{boundary_ap.DILATION_RATIO!r}"
+        )
+    return float(boundary_ap.DILATION_RATIO)
+
+
+def _no_boundary_ap(cfg: CfgNode, dataset_name: str, evaluator: str) -> None:
+    if cfg.TEST.BOUNDARY_AP.ENABLED:
+        logger.warning(
+            "TEST.BOUNDARY_AP.ENABLED: boundary AP is computed by the COCO-style instance "
+            "evaluation only; data set %r is scored by the %s, which reports none.",
+            dataset_name,
+            evaluator,
+        )
+
+
 def _coco_instances(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEvaluator]:
-    return [PartialCOCOEvaluator(dataset_name, output_dir=output_folder)]
+    return [
+        PartialCOCOEvaluator(
+            dataset_name,
+            output_dir=output_folder,
+            boundary_dilation_ratio=_boundary_dilation_ratio(cfg),
+        )
+    ]
 
 
 def _mapped_instances(
     cfg: CfgNode, dataset_name: str, output_folder: str
 ) -> List[DatasetEvaluator]:
-    return [InstanceSegEvaluator(dataset_name, output_dir=output_folder)]
+    return [
+        InstanceSegEvaluator(
+            dataset_name,
+            output_dir=output_folder,
+            boundary_dilation_ratio=_boundary_dilation_ratio(cfg),
+        )
+    ]
 
 
 def _panoptic(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEvaluator]:
@@ -113,10 +148,12 @@ def _cityscapes_semantic(
 def _cityscapes_instances(
     cfg: CfgNode, dataset_name: str, output_folder: str
 ) -> List[DatasetEvaluator]:
+    _no_boundary_ap(cfg, dataset_name, "Cityscapes instance scripts")
     return [CityscapesInstanceEvaluator(dataset_name)]
 
 
 def _lvis(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEvaluator]:
+    _no_boundary_ap(cfg, dataset_name, "LVIS API")
     return [LVISEvaluator(dataset_name, output_dir=output_folder)]
 
 

@@ -12,16 +12,22 @@ Cityscapes scripts stop when an image has no prediction.)
 
 Both contain a collective call in ``evaluate``, which, as in Detectron2, every process must
 make.
+
+``PartialCOCOEvaluator`` also scores boundary AP when given ``boundary_dilation_ratio``
+(:mod:`mask2former.engine.boundary_ap`, ``TEST.BOUNDARY_AP``).
 """
 
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Optional, Set
 
 from detectron2.data.catalog import Metadata
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import create_small_table
+
+from .boundary_ap import COCO_METRICS, boundary_width, evaluate_mask_ap
 
 __all__ = ["PartialCOCOEvaluator", "PartialCOCOPanopticEvaluator"]
 
@@ -36,7 +42,17 @@ def _evaluated_image_ids(predictions: List[Dict[str, Any]], *, distributed: bool
 
 
 class PartialCOCOEvaluator(COCOEvaluator):
-    """``COCOEvaluator`` that scores only the images it processed (see the module docstring)."""
+    """``COCOEvaluator`` that scores only the images it processed (see the module docstring).
+
+    With ``boundary_dilation_ratio``, the results also hold "boundary": boundary AP with that
+    dilation ratio, under the metric names of "segm", whenever masks are evaluated.
+    """
+
+    def __init__(self, *args, boundary_dilation_ratio: Optional[float] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if boundary_dilation_ratio is not None:
+            boundary_width(1, 1, boundary_dilation_ratio)  # a ratio <= 0 fails here, not later
+        self._boundary_dilation_ratio = boundary_dilation_ratio
 
     def evaluate(self, img_ids=None):
         """Like ``COCOEvaluator.evaluate``; ``img_ids`` defaults to the processed images when
@@ -46,6 +62,36 @@ class PartialCOCOEvaluator(COCOEvaluator):
             if set(self._coco_api.getImgIds()) - evaluated:
                 img_ids = sorted(evaluated)
         return super().evaluate(img_ids)
+
+    def _eval_predictions(self, predictions, img_ids=None):
+        # copied before COCOEvaluator replaces their category ids by the annotation file's
+        instances = [dict(x) for prediction in predictions for x in prediction["instances"]]
+        super()._eval_predictions(predictions, img_ids=img_ids)
+        tasks = self._tasks or self._tasks_from_predictions(instances)
+        if self._boundary_dilation_ratio is None or not self._do_evaluation or "segm" not in tasks:
+            return
+        if hasattr(self._metadata, "thing_dataset_id_to_contiguous_id"):
+            to_contiguous = self._metadata.thing_dataset_id_to_contiguous_id
+            to_dataset_id = {
+                contiguous: dataset_id for dataset_id, contiguous in to_contiguous.items()
+            }
+            for instance in instances:
+                instance["category_id"] = to_dataset_id[instance["category_id"]]
+        self._logger.info(
+            "Evaluating boundary AP (dilation ratio %g) ...", self._boundary_dilation_ratio
+        )
+        _, results = evaluate_mask_ap(
+            self._coco_api,
+            instances,
+            boundary_dilation_ratio=self._boundary_dilation_ratio,
+            img_ids=img_ids,
+            class_names=self._metadata.get("thing_classes"),
+        )
+        self._logger.info(
+            "Evaluation results for boundary: \n"
+            + create_small_table({metric: results[metric] for metric in COCO_METRICS})
+        )
+        self._results["boundary"] = results
 
 
 class PartialCOCOPanopticEvaluator(COCOPanopticEvaluator):

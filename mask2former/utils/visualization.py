@@ -7,12 +7,13 @@ hold all classes, with the names and colours of the data set's metadata, so that
 visualizers name and colour every segment correctly.
 """
 
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from detectron2.data.catalog import Metadata
-from detectron2.structures import Boxes, Instances
+from detectron2.data.detection_utils import convert_image_to_rgb
+from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.colormap import colormap
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
@@ -20,10 +21,14 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from .results import TASKS, InstanceResult, PanopticResult, Prediction
 
 __all__ = [
+    "ANNOTATION_KEYS",
     "TASKS",
+    "annotation_tasks",
     "class_names_from_metadata",
     "display_metadata",
+    "draw_annotations",
     "draw_prediction",
+    "draw_training_sample",
     "VideoPredictionDrawer",
 ]
 
@@ -160,3 +165,92 @@ class VideoPredictionDrawer:
         else:
             output = self._visualizer.draw_sem_seg(frame_rgb, result.label_map)
         return output.get_image()
+
+
+# The keys of a data set record that hold each task's ground truth (Detectron2's format).
+ANNOTATION_KEYS = {
+    "panoptic": ("pan_seg_file_name", "segments_info"),
+    "instance": ("annotations",),
+    "semantic": ("sem_seg_file_name",),
+}
+
+
+def annotation_tasks(record: Dict[str, Any]) -> List[str]:
+    """The tasks whose ground truth ``record`` holds, most complete first (panoptic,
+    instance, semantic)."""
+    return [
+        task
+        for task, keys in ANNOTATION_KEYS.items()
+        if all(record.get(key) is not None for key in keys)
+    ]
+
+
+def draw_annotations(
+    image_rgb: np.ndarray, record: Dict[str, Any], task: str, metadata: Metadata
+) -> np.ndarray:
+    """Draw one task's ground truth of a data set record over its image, as Detectron2's
+    ``Visualizer.draw_dataset_dict`` does (which would draw every task it finds on top of
+    each other).
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB image of ``record["file_name"]``.
+        record: a record of ``DatasetCatalog.get(name)``.
+        task: one of :func:`annotation_tasks` of the record.
+        metadata: the data set's metadata (its ids are the record's).
+
+    Raises:
+        ValueError: the record has no ground truth for ``task``.
+    """
+    if task not in annotation_tasks(record):
+        raise ValueError(
+            f"{record.get('file_name')}: no {task} ground truth "
+            f"({', '.join(ANNOTATION_KEYS[task])}); it has: "
+            f"{', '.join(annotation_tasks(record)) or 'none'}"
+        )
+    only_task = {key: record[key] for key in ANNOTATION_KEYS[task]}
+    mode = ColorMode.IMAGE if task == "semantic" else ColorMode.SEGMENTATION
+    visualizer = Visualizer(image_rgb, metadata, instance_mode=mode)
+    return visualizer.draw_dataset_dict(only_task).get_image()
+
+
+def draw_training_sample(
+    sample: Dict[str, Any], metadata: Metadata, input_format: str, ignore_label: Optional[int]
+) -> np.ndarray:
+    """Draw a sample as the model trains on it: the dataset mapper's augmented, padded image,
+    its target masks with their class names, the ignored pixels (semantic label
+    ``ignore_label``) in white and the padding in black.
+
+    Args:
+        sample: the training dataset mapper's output ("image", "instances", and where the
+            mapper makes them "sem_seg" and "padding_mask").
+        metadata: see :func:`display_metadata` (the targets' classes are the model's).
+        input_format: INPUT.FORMAT, the channel order of ``sample["image"]``.
+        ignore_label: the semantic ignore label, or None.
+
+    Returns:
+        (H, W, 3) uint8 RGB picture of the image's padded size.
+    """
+    image = convert_image_to_rgb(sample["image"].permute(1, 2, 0).cpu().numpy(), input_format)
+    visualizer = Visualizer(image, metadata, instance_mode=ColorMode.SEGMENTATION)
+    instances = sample.get("instances")
+    if instances is not None and len(instances) > 0:
+        masks = instances.gt_masks
+        masks = masks.tensor if isinstance(masks, BitMasks) else torch.as_tensor(masks)
+        classes = instances.gt_classes.tolist()
+        visualizer.overlay_instances(
+            masks=masks.cpu().numpy().astype(np.uint8),
+            labels=[metadata.thing_classes[c] for c in classes],
+            assigned_colors=[np.asarray(metadata.thing_colors[c]) / 255 for c in classes],
+        )
+    padding = sample.get("padding_mask")
+    padding = padding.cpu().numpy().astype(bool) if padding is not None else None
+    sem_seg = sample.get("sem_seg")
+    if sem_seg is not None and ignore_label is not None:
+        ignored = sem_seg.cpu().numpy() == ignore_label
+        if padding is not None:
+            ignored &= ~padding
+        if ignored.any():
+            visualizer.draw_binary_mask(ignored, color="white", alpha=0.6, text="ignored")
+    if padding is not None and padding.any():
+        visualizer.draw_binary_mask(padding, color="black", alpha=0.8)
+    return visualizer.output.get_image()
