@@ -13,14 +13,18 @@ Examples::
     python train_net.py --config-file CONFIG --num-gpus 8
 """
 
+import logging
 import os
+import signal
 import sys
+from contextlib import nullcontext
 
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessExitedException
 
 from mask2former import modeling as _modeling  # noqa: F401  only registration
 from mask2former.config import load_config
@@ -31,9 +35,11 @@ from mask2former.engine import (
     MaskFormerTrainer,
     check_evaluation_dependencies,
 )
+from mask2former.engine.interrupt import TrainingInterrupted, forward_stop_signals_to_children
 from mask2former.engine.train_loops import NonFiniteLossError
 from mask2former.utils.cpu_memory import keep_freed_memory
 from mask2former.utils.device import runnable_device
+from mask2former.utils.signals import STOP_SIGNALS
 from mask2former.utils.weights_io import WeightsFileError
 
 
@@ -66,7 +72,12 @@ def main(args):
         return results
     trainer = MaskFormerTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    results = trainer.train()
+    try:
+        results = trainer.train()
+    # SIGTERM or Ctrl-C: a checkpoint was written (mask2former/engine/interrupt.py)
+    except TrainingInterrupted as stop:
+        logging.getLogger("mask2former").warning("%s", stop)
+        sys.exit(stop.exit_status)
     if cfg.SOLVER.SAVE_SAFETENSORS:
         trainer.checkpointer.save_safetensors("model_final")
     return results
@@ -98,15 +109,30 @@ if __name__ == "__main__":
     ) as error:
         sys.exit(f"error: {error}")
     print("Command Line Args:", args)
+    # with training processes to start, this one passes SIGTERM / Ctrl-C on to them
+    spawns = args.num_gpus * args.num_machines > 1
+    forwarding = forward_stop_signals_to_children() if spawns else nullcontext()
     try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+        with forwarding:
+            launch(
+                main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
     # MODEL.WEIGHTS or the checkpoint to resume from; too many bad samples; a non-finite loss
     except (WeightsFileError, TooManyBadSamplesError, NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
+    # a training process stopped on a signal, after its checkpoint (it logged which)
+    except ProcessExitedException as error:
+        if error.exit_code is None or error.exit_code - 128 not in STOP_SIGNALS:
+            raise
+        name = signal.Signals(error.exit_code - 128).name
+        print(
+            f"Training stopped by {name}; the log names the checkpoint written. Run the same "
+            "command with --resume to continue.",
+            file=sys.stderr,
+        )
+        sys.exit(error.exit_code)

@@ -10,7 +10,9 @@
 4. runs the demo on a few validation images (skipped when their pictures exist);
 5. prints where the weights, the metrics and the pictures are.
 
-A second run reuses what is done; ``--force`` redoes training, evaluation and demo.
+A second run reuses what is done, and continues a training that Ctrl-C stopped (from the
+checkpoint it left, see mask2former/engine/interrupt.py); ``--force`` redoes training,
+evaluation and demo.
 Everything goes under ``output/quickstart`` (``--output``); the full log is in ``log.txt``.
 """
 # ruff: noqa: E402
@@ -19,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -39,6 +42,7 @@ from mask2former.data import ensure_synthetic_dataset
 from mask2former.data.datasets.catalog_utils import get_datasets_root
 from mask2former.data.synthetic import synthetic_split_paths
 from mask2former.engine import AtomicDetectionCheckpointer, MaskFormerTrainer
+from mask2former.engine.interrupt import TrainingInterrupted
 from mask2former.predictor import Predictor
 from mask2former.utils.atomic_io import atomic_open
 from mask2former.utils.cpu_memory import keep_freed_memory
@@ -147,7 +151,11 @@ def _step(number: int, text: str) -> None:
 def _train(cfg: CfgNode, weights: str, time_budget_s: float) -> None:
     seed_all_rng(cfg.SEED)
     trainer = _QuickstartTrainer(cfg, time_budget_s=time_budget_s)
-    trainer.resume_or_load(resume=False)
+    # a run stopped by Ctrl-C left last_checkpoint (mask2former/engine/interrupt.py); --force
+    # removes it
+    trainer.resume_or_load(resume=True)
+    if trainer.start_iter > 0:
+        print(f"Continuing from iteration {trainer.start_iter} (--force starts again).")
     started = time.perf_counter()
     trainer.train()
     # the trainer's last hook saves model_final.pth
@@ -252,7 +260,16 @@ def main(argv=None) -> int:
             f"{cfg.SOLVER.MAX_ITER} iterations of {cfg.SOLVER.IMS_PER_BATCH} images{budget}; "
             f"log in {os.path.join(cfg.OUTPUT_DIR, 'log.txt')}."
         )
-        _train(cfg, weights, args.train_minutes * 60)
+        try:
+            _train(cfg, weights, args.train_minutes * 60)
+        except TrainingInterrupted as stop:
+            print(
+                f"\nStopped by {signal.Signals(stop.signum).name} after iteration "
+                f"{stop.iteration}; {stop.checkpoint} is saved. Run the quickstart again to "
+                "continue from there.",
+                file=sys.stderr,
+            )
+            return stop.exit_status
 
     _step(3, f"Evaluating on {', '.join(cfg.DATASETS.TEST)}")
     if os.path.isfile(metrics_path) and not trained:

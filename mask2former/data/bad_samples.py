@@ -41,6 +41,7 @@ from detectron2.data import (
 from detectron2.data.detection_utils import read_image
 from detectron2.utils import comm
 
+from ..utils.signals import install_worker_stop_handlers
 from .exclude import exclude_images, read_exclude_file
 
 __all__ = [
@@ -236,6 +237,7 @@ class _ReplaceBadSamples:
         self._pending: List[BadSample] = []
 
     def __call__(self, record: Dict) -> Optional[Dict]:
+        install_worker_stop_handlers()  # in a DataLoader worker: mask2former.utils.signals
         try:
             sample = self.mapper(record)
         # a broken file makes readers and mappers raise almost anything (OSError, ValueError,
@@ -326,6 +328,7 @@ class MarkBadSamples:
         self.mapper = mapper
 
     def __call__(self, record: Dict) -> Any:
+        install_worker_stop_handlers()  # in a DataLoader worker: mask2former.utils.signals
         try:
             return self.mapper(record)
         # see _ReplaceBadSamples
@@ -340,9 +343,24 @@ class SkipBadSamplesTrainLoader:
     def __init__(self, loader, bad_samples: BadSampleLog):
         self.loader = loader
         self.bad_samples = bad_samples
+        self._iterator = None
+
+    def close(self) -> None:
+        """End the iteration under way, which shuts its DataLoader workers down now rather
+        than when the iterator is garbage-collected (training stopped by a signal:
+        :mod:`mask2former.engine.interrupt`)."""
+        # a generator (Detectron2's aspect-ratio grouping) ends its DataLoader iterator when
+        # closed; a DataLoader's own iterator has the method that its deletion calls
+        end = getattr(self._iterator, "close", None) or getattr(
+            self._iterator, "_shutdown_workers", None
+        )
+        if end is not None:
+            end()
+        self._iterator = None
 
     def __iter__(self) -> Iterator[List[Dict]]:
-        for batch in self.loader:
+        self._iterator = iter(self.loader)
+        for batch in self._iterator:
             for sample in batch:
                 for bad in sample.pop(BAD_SAMPLES_KEY, ()):
                     self.bad_samples.add(bad)

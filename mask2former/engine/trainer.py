@@ -21,6 +21,7 @@ from mask2former.data import bad_samples, build_dataset_mapper
 from .checkpoint import AtomicDetectionCheckpointer
 from .evaluation import build_evaluator, check_evaluation_dependencies
 from .hooks import BadSampleHook
+from .interrupt import CheckpointOnInterrupt
 from .optimizer import build_optimizer
 from .train_loops import CheckedAMPTrainer, CheckedSimpleTrainer, NonFiniteLossCheck
 from .tta import SemanticSegmentorWithTTA
@@ -167,8 +168,9 @@ class MaskFormerTrainer(DefaultTrainer):
                 hook.checkpointer = self.checkpointer
 
     def build_hooks(self):
-        """Detectron2's default hooks, plus the bad-sample count and, when
-        ``TEST.AUG.ENABLED``, a final TTA evaluation."""
+        """Detectron2's default hooks, plus the bad-sample count, when ``TEST.AUG.ENABLED`` a
+        final TTA evaluation, and last a checkpoint when SIGTERM or Ctrl-C stops training
+        (:mod:`mask2former.engine.interrupt`)."""
         default_hooks = super().build_hooks()
         extra_hooks = [BadSampleHook()]
         if self.cfg.TEST.AUG.ENABLED:
@@ -178,7 +180,13 @@ class MaskFormerTrainer(DefaultTrainer):
             (i for i, hook in enumerate(default_hooks) if isinstance(hook, hooks.PeriodicWriter)),
             len(default_hooks),
         )
-        return default_hooks[:writer_index] + extra_hooks + default_hooks[writer_index:]
+        return [
+            *default_hooks[:writer_index],
+            *extra_hooks,
+            *default_hooks[writer_index:],
+            # last: it may end training after the others have saved, evaluated and written
+            CheckpointOnInterrupt(self.checkpointer),
+        ]
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
