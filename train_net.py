@@ -35,6 +35,7 @@ from mask2former.engine import (
     MaskFormerTrainer,
     check_evaluation_dependencies,
 )
+from mask2former.engine.hooks import best_checkpoint_metric
 from mask2former.engine.interrupt import TrainingInterrupted, forward_stop_signals_to_children
 from mask2former.engine.train_loops import NonFiniteLossError
 from mask2former.utils.cpu_memory import keep_freed_memory
@@ -85,9 +86,12 @@ def main(args):
 
 def check_args(args) -> None:
     """Fail before starting any process when the config or the weights to evaluate are wrong,
-    or when the test data sets cannot be evaluated (e.g. an evaluator's package is missing)."""
+    or when the test data sets cannot be evaluated (e.g. an evaluator's package is missing),
+    or SOLVER.BEST_CHECKPOINTER cannot work."""
     cfg = load_config(args.config_file, args.opts)
     check_evaluation_dependencies(cfg)
+    if cfg.SOLVER.BEST_CHECKPOINTER.ENABLED and not args.eval_only:
+        best_checkpoint_metric(cfg)
     weights = cfg.MODEL.WEIGHTS
     if args.eval_only and not args.resume and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(
