@@ -7,7 +7,8 @@ Examples::
     python train_net.py --config-file configs/shapes/maskformer2_R18_panoptic.yaml
     # evaluate a checkpoint
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
-    # continue an interrupted run from OUTPUT_DIR/last_checkpoint
+    # continue an interrupted run from OUTPUT_DIR/last_checkpoint (Ctrl-C and SIGTERM stop
+    # training with a checkpoint of the iteration reached: mask2former/engine/interrupt.py)
     python train_net.py --config-file CONFIG --resume
     # 8 GPUs (or 8 gloo processes on a CPU-only machine)
     python train_net.py --config-file CONFIG --num-gpus 8
