@@ -7,7 +7,8 @@ Examples::
     python train_net.py --config-file configs/shapes/maskformer2_R18_panoptic.yaml
     # evaluate a checkpoint
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
-    # continue an interrupted run from OUTPUT_DIR/last_checkpoint
+    # continue an interrupted run from OUTPUT_DIR/last_checkpoint (Ctrl-C and SIGTERM stop
+    # training with a checkpoint of the iteration reached: mask2former/engine/interrupt.py)
     python train_net.py --config-file CONFIG --resume
     # 8 GPUs (or 8 gloo processes on a CPU-only machine)
     python train_net.py --config-file CONFIG --num-gpus 8
@@ -35,6 +36,7 @@ from mask2former.engine import (
     MaskFormerTrainer,
     check_evaluation_dependencies,
 )
+from mask2former.engine.hooks import best_checkpoint_metric
 from mask2former.engine.interrupt import TrainingInterrupted, forward_stop_signals_to_children
 from mask2former.engine.train_loops import NonFiniteLossError
 from mask2former.utils.cpu_memory import keep_freed_memory
@@ -85,9 +87,12 @@ def main(args):
 
 def check_args(args) -> None:
     """Fail before starting any process when the config or the weights to evaluate are wrong,
-    or when the test data sets cannot be evaluated (e.g. an evaluator's package is missing)."""
+    or when the test data sets cannot be evaluated (e.g. an evaluator's package is missing),
+    or SOLVER.BEST_CHECKPOINTER cannot work."""
     cfg = load_config(args.config_file, args.opts)
     check_evaluation_dependencies(cfg)
+    if cfg.SOLVER.BEST_CHECKPOINTER.ENABLED and not args.eval_only:
+        best_checkpoint_metric(cfg)
     weights = cfg.MODEL.WEIGHTS
     if args.eval_only and not args.resume and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(

@@ -124,6 +124,15 @@ def _add_solver_config(cfg: CfgNode) -> None:
     # Not in the official release: train_net.py and the quickstart also save the final model's
     # weights as OUTPUT_DIR/model_final.safetensors (the format to share weights in).
     cfg.SOLVER.SAVE_SAFETENSORS = False
+    # Not in the official release: keep OUTPUT_DIR/model_best.pth, the weights of the best
+    # evaluation during training (needs TEST.EVAL_PERIOD > 0), by METRIC as the results name
+    # it ("panoptic_seg/PQ", "segm/AP", "sem_seg/mIoU", ...; "" = the first test data set's
+    # headline metric: PQ, else mask AP, else mIoU), the highest (MODE "max") or lowest ("min").
+    # Its value and iteration go to model_best.json, which --resume reads back.
+    cfg.SOLVER.BEST_CHECKPOINTER = CfgNode()
+    cfg.SOLVER.BEST_CHECKPOINTER.ENABLED = False
+    cfg.SOLVER.BEST_CHECKPOINTER.METRIC = ""
+    cfg.SOLVER.BEST_CHECKPOINTER.MODE = "max"
 
 
 def _add_test_config(cfg: CfgNode) -> None:

@@ -84,8 +84,17 @@ def test_trainer_stops_with_a_checkpoint_then_resumes(shapes, tmp_path):
     trainer.resume_or_load(resume=False)
     assert isinstance(trainer._hooks[-1], CheckpointOnInterrupt)
     trainer.register_hooks([_SignalAt(2)])  # after CheckpointOnInterrupt: seen at iteration 3
+    saved_names = []
+    save = trainer.checkpointer.save  # the trainer's (atomic) checkpointer writes it
+
+    def spy(name, **extra):
+        saved_names.append(name)
+        return save(name, **extra)
+
+    trainer.checkpointer.save = spy
     with pytest.raises(TrainingInterrupted) as stop:
         trainer.train()
+    assert saved_names == ["model_0000003"]
     assert (stop.value.signum, stop.value.iteration, stop.value.exit_status) == (15, 3, 143)
     assert stop.value.checkpoint == str(tmp_path / "model_0000003.pth")
     assert "SIGTERM after iteration 3" in str(stop.value) and "--resume" in str(stop.value)

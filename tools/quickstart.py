@@ -42,6 +42,7 @@ from mask2former.data import ensure_synthetic_dataset
 from mask2former.data.datasets.catalog_utils import get_datasets_root
 from mask2former.data.synthetic import synthetic_split_paths
 from mask2former.engine import AtomicDetectionCheckpointer, MaskFormerTrainer
+from mask2former.engine.hooks import BestCheckpointHook
 from mask2former.engine.interrupt import TrainingInterrupted
 from mask2former.predictor import Predictor
 from mask2former.utils.atomic_io import atomic_open
@@ -80,7 +81,9 @@ class _QuickstartTrainer(MaskFormerTrainer):
         super().__init__(cfg)
 
     def build_hooks(self):
-        kept = [hook for hook in super().build_hooks() if not isinstance(hook, hooks.EvalHook)]
+        # evaluation is a step of its own here, and the best checkpoint needs evaluations
+        evaluating = (hooks.EvalHook, BestCheckpointHook)
+        kept = [hook for hook in super().build_hooks() if not isinstance(hook, evaluating)]
         return kept + [TqdmProgressHook(refresh_every=5)]
 
     def train(self):

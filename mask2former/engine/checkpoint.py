@@ -51,6 +51,22 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.path_manager = _AtomicWritePathManager(self.path_manager)
 
+    def save(self, name: str, *, tag_last_checkpoint: bool = True, **kwargs: Any) -> None:
+        """``Checkpointer.save``; with ``tag_last_checkpoint=False`` the file is written
+        without becoming the one ``--resume`` loads (``model_best.pth``: an older iteration)."""
+        if tag_last_checkpoint:
+            super().save(name, **kwargs)
+            return
+        self._skip_tag = True
+        try:
+            super().save(name, **kwargs)
+        finally:
+            self._skip_tag = False
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not getattr(self, "_skip_tag", False):
+            super().tag_last_checkpoint(last_filename_basename)
+
     def save_safetensors(self, name: str) -> Optional[str]:
         """Save the model's weights alone as ``{save_dir}/{name}.safetensors``.
 

@@ -43,9 +43,21 @@ __all__ = [
     "CheckpointOnInterrupt",
     "TrainingInterrupted",
     "forward_stop_signals_to_children",
+    "save_checkpoint_now",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def save_checkpoint_now(trainer) -> str:
+    """Write ``model_{iteration:07d}.pth`` for the iteration ``trainer`` is at, with the
+    trainer's checkpointer (the main process writes, atomically, and points
+    ``last_checkpoint`` at it), and wait for every process; returns the file's path.
+    ``--resume`` continues from the next iteration."""
+    name = f"model_{trainer.iter:07d}"
+    trainer.checkpointer.save(name, iteration=trainer.iter)
+    comm.synchronize()
+    return os.path.join(trainer.checkpointer.save_dir, f"{name}.pth")
 
 
 class TrainingInterrupted(BaseException):
@@ -119,13 +131,7 @@ class CheckpointOnInterrupt(HookBase):
     same iteration.
     """
 
-    def __init__(self, checkpointer):
-        """
-        Args:
-            checkpointer: the trainer's checkpointer (saves on the main process only, and
-                writes ``last_checkpoint``).
-        """
-        self._checkpointer = checkpointer
+    def __init__(self):
         self._request = _StopRequest()
         self._group = None
         self._announced = False
@@ -159,15 +165,11 @@ class CheckpointOnInterrupt(HookBase):
         iteration = self.trainer.iter
         if not signum or iteration + 1 >= self.trainer.max_iter:
             return  # at the last iteration, model_final is written anyway
-        name = f"model_{iteration:07d}"
-        self._checkpointer.save(name, iteration=iteration)
-        comm.synchronize()
+        checkpoint = save_checkpoint_now(self.trainer)
         close = getattr(self.trainer.data_loader, "close", None)
         if close is not None:  # its workers end now, not at exit
             close()
-        raise TrainingInterrupted(
-            signum, iteration, os.path.join(self._checkpointer.save_dir, f"{name}.pth")
-        )
+        raise TrainingInterrupted(signum, iteration, checkpoint)
 
     def after_train(self):
         self._request.uninstall()

@@ -20,7 +20,7 @@ from mask2former.data import bad_samples, build_dataset_mapper
 
 from .checkpoint import AtomicDetectionCheckpointer
 from .evaluation import build_evaluator, check_evaluation_dependencies
-from .hooks import BadSampleHook
+from .hooks import BadSampleHook, BestCheckpointHook, best_checkpoint_metric
 from .interrupt import CheckpointOnInterrupt
 from .optimizer import build_optimizer
 from .train_loops import CheckedAMPTrainer, CheckedSimpleTrainer, NonFiniteLossCheck
@@ -150,6 +150,8 @@ class MaskFormerTrainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
         # an evaluator that cannot run fails now, not after training (an uninstalled package)
         check_evaluation_dependencies(cfg)
+        if cfg.SOLVER.BEST_CHECKPOINTER.ENABLED:
+            best_checkpoint_metric(cfg)  # a setting it cannot work with fails now
         with _ddp_for_cpu_processes(cfg), warnings.catch_warnings():
             # With SOLVER.AMP.ENABLED, DefaultTrainer builds an AMPTrainer whose
             # torch.cuda.amp.GradScaler warns (deprecated; no CUDA on a CPU machine); that
@@ -169,12 +171,17 @@ class MaskFormerTrainer(DefaultTrainer):
 
     def build_hooks(self):
         """Detectron2's default hooks, plus the bad-sample count, when ``TEST.AUG.ENABLED`` a
-        final TTA evaluation, and last a checkpoint when SIGTERM or Ctrl-C stops training
+        final TTA evaluation, when ``SOLVER.BEST_CHECKPOINTER.ENABLED`` the best checkpoint
+        after the evaluations, and last a checkpoint when SIGTERM or Ctrl-C stops training
         (:mod:`mask2former.engine.interrupt`)."""
         default_hooks = super().build_hooks()
         extra_hooks = [BadSampleHook()]
         if self.cfg.TEST.AUG.ENABLED:
             extra_hooks.append(hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model)))
+        best = self.cfg.SOLVER.BEST_CHECKPOINTER
+        if best.ENABLED:
+            metric = best_checkpoint_metric(self.cfg)
+            extra_hooks.append(BestCheckpointHook(self.cfg.TEST.EVAL_PERIOD, metric, best.MODE))
         # before the writers, so that what these hooks put in the storage gets written too
         writer_index = next(
             (i for i, hook in enumerate(default_hooks) if isinstance(hook, hooks.PeriodicWriter)),
@@ -185,7 +192,7 @@ class MaskFormerTrainer(DefaultTrainer):
             *extra_hooks,
             *default_hooks[writer_index:],
             # last: it may end training after the others have saved, evaluated and written
-            CheckpointOnInterrupt(self.checkpointer),
+            CheckpointOnInterrupt(),
         ]
 
     @classmethod
