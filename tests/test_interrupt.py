@@ -4,6 +4,7 @@ training process at the same iteration, and DataLoader workers that outlive the 
 enough."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -75,6 +76,31 @@ def test_stop_request_and_handlers():
         assert {s: signal.getsignal(s) for s in signals.STOP_SIGNALS} == before
     finally:
         request.uninstall()
+
+
+def _sleep():
+    time.sleep(600)
+
+
+def test_forked_processes_keep_the_usual_handlers():
+    """A process forked while the trainer's handlers are in place (panopticapi's Pool workers,
+    in the evaluation during training) still dies of terminate(): with the trainer's handler,
+    which only records the signal, the Pool's join hung."""
+    request = _StopRequest()
+    assert request.install()
+    process = multiprocessing.get_context("fork").Process(target=_sleep, daemon=True)
+    try:
+        process.start()
+        time.sleep(0.5)
+        process.terminate()
+        process.join(timeout=10)
+        exit_code = process.exitcode
+    finally:
+        request.uninstall()
+        if process.is_alive():
+            process.kill()
+            process.join()
+    assert exit_code == -signal.SIGTERM
 
 
 def test_trainer_stops_with_a_checkpoint_then_resumes(shapes, tmp_path):
