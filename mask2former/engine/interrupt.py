@@ -29,17 +29,16 @@ import logging
 import multiprocessing
 import os
 import signal
-from typing import Dict, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from ..utils.signals import STOP_SIGNALS, in_main_thread
+from ..utils.signals import in_main_thread, set_stop_handlers
 
 __all__ = [
-    "STOP_SIGNALS",
     "CheckpointOnInterrupt",
     "TrainingInterrupted",
     "forward_stop_signals_to_children",
@@ -96,21 +95,22 @@ class _StopRequest:
     def __init__(self):
         self.signum: Optional[int] = None
         self._interrupted = False
-        self._previous: Dict[int, object] = {}
+        self._installed = False
 
     def install(self) -> bool:
         """Replace the handlers; False (nothing done) outside the main thread, where Python
-        cannot set them."""
+        cannot set them. Processes forked meanwhile keep the old ones
+        (:func:`mask2former.utils.signals.set_stop_handlers`)."""
         if not in_main_thread():
             return False
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        set_stop_handlers(self._handle)
+        self._installed = True
         return True
 
     def uninstall(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+        if self._installed:
+            set_stop_handlers(None)
+            self._installed = False
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT:
@@ -194,9 +194,8 @@ def forward_stop_signals_to_children() -> Iterator[None]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGTERM)
 
-    previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
+    set_stop_handlers(forward)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        set_stop_handlers(None)

@@ -10,12 +10,20 @@ process to stop and shut it down as usual, and then exits cleanly (exit status 0
 does not report); a second signal (a second Ctrl-C, or ``Process.terminate()``) ends it at once.
 """
 
+import os
 import signal
 import threading
+from typing import Any, Callable, Dict, List, Optional
 
 import torch.utils.data
 
-__all__ = ["STOP_SIGNALS", "WORKER_GRACE_S", "in_main_thread", "install_worker_stop_handlers"]
+__all__ = [
+    "STOP_SIGNALS",
+    "WORKER_GRACE_S",
+    "in_main_thread",
+    "install_worker_stop_handlers",
+    "set_stop_handlers",
+]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -26,6 +34,36 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 WORKER_GRACE_S = 10.0
 
 _installed_in_process = False
+
+# The handlers that each set_stop_handlers(handler) in force replaced, innermost last.
+_replaced: List[Dict[int, Any]] = []
+
+
+def set_stop_handlers(handler: Optional[Callable]) -> None:
+    """Make ``handler`` the handler of SIGTERM and SIGINT in this process (main thread only),
+    or with None put back the handlers that the last such call replaced.
+
+    A process forked meanwhile (a ``multiprocessing.Pool`` worker, such as panopticapi's in
+    the evaluation during training, or a DataLoader worker) starts with the handlers from
+    before the first such call, not with ``handler``: it must still die of
+    ``Process.terminate()``, which its parent then joins (a Pool's workers that inherited a
+    handler that only records the signal hung the evaluation).
+    """
+    if handler is None:
+        if _replaced:
+            for signum, previous in _replaced.pop().items():
+                signal.signal(signum, previous)
+        return
+    _replaced.append({signum: signal.signal(signum, handler) for signum in STOP_SIGNALS})
+
+
+def _restore_in_forked_child() -> None:
+    while _replaced:
+        set_stop_handlers(None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restore_in_forked_child)
 
 
 def in_main_thread() -> bool:
