@@ -36,6 +36,7 @@ from pycocotools.coco import COCO  # noqa: E402
 from mask2former.engine.boundary_ap import (  # noqa: E402
     COCO_METRICS,
     DEFAULT_DILATION_RATIO,
+    check_dilation_ratio,
     evaluate_mask_ap,
 )
 from mask2former.utils.figures_io import (  # noqa: E402
@@ -165,8 +166,10 @@ def format_table(figures: Dict[str, Any]) -> str:
 
 def main(argv=None) -> int:
     args = build_argument_parser().parse_args(argv)
-    if not args.dilation_ratio > 0:
-        print(f"error: --dilation-ratio must be > 0, got {args.dilation_ratio}", file=sys.stderr)
+    try:
+        check_dilation_ratio(args.dilation_ratio, "--dilation-ratio")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         check_output_file(args.output)

@@ -124,8 +124,9 @@ def draw_dataset(cfg, args, dataset: str) -> Tuple[int, List[BadSample]]:
             written += 1
         return written, bad
     mapper = MarkBadSamples(build_dataset_mapper(cfg, is_train=True))
-    metadata = display_metadata(metadata, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-    ignore_label = MetadataCatalog.get(dataset).get("ignore_label", None)
+    ignore_label = metadata.get("ignore_label", None)
+    # the targets' classes are the model's
+    model_classes = display_metadata(metadata, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     for index, record in enumerate(records):
         sample = mapper(record)
         if isinstance(sample, BadSample):
@@ -134,7 +135,7 @@ def draw_dataset(cfg, args, dataset: str) -> Tuple[int, List[BadSample]]:
         if sample is None:  # the mapper dropped it (e.g. no annotation left)
             logger.info("%s: the mapper returns no sample", record["file_name"])
             continue
-        picture = draw_training_sample(sample, metadata, cfg.INPUT.FORMAT, ignore_label)
+        picture = draw_training_sample(sample, model_classes, cfg.INPUT.FORMAT, ignore_label)
         _save(picture, _picture_path(args.output_dir, dataset, index, record["file_name"]))
         written += 1
     return written, bad
