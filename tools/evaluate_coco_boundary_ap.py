@@ -23,9 +23,7 @@ Prints mask and boundary AP side by side, then the figures as JSON.
 import argparse
 import contextlib
 import io
-import json
 import math
-import os
 import sys
 import warnings
 from typing import Any, Dict, List
@@ -38,13 +36,15 @@ from pycocotools.coco import COCO  # noqa: E402
 from mask2former.engine.boundary_ap import (  # noqa: E402
     COCO_METRICS,
     DEFAULT_DILATION_RATIO,
+    check_dilation_ratio,
     evaluate_mask_ap,
 )
-from mask2former.utils.atomic_io import atomic_open  # noqa: E402
-
-
-class InputError(ValueError):
-    """A file given on the command line cannot be used; the message says why."""
+from mask2former.utils.figures_io import (  # noqa: E402
+    InputError,
+    check_output_file,
+    read_json_file,
+    write_figures,
+)
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -73,16 +73,6 @@ def build_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_json(path: str, what: str) -> Any:
-    if not os.path.isfile(path):
-        raise InputError(f"{what} {path!r} does not exist")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{what} {path!r} is not readable JSON: {error}") from error
-
-
 def load_inputs(gt_json_file: str, dt_json_file: str):
     """The annotations as a ``COCO`` object and the checked predictions.
 
@@ -91,7 +81,7 @@ def load_inputs(gt_json_file: str, dt_json_file: str):
             annotations, or a prediction lacks a field or names an image or category that the
             annotations do not have.
     """
-    ground_truth = _read_json(gt_json_file, "annotation file")
+    ground_truth = read_json_file(gt_json_file, "annotation file")
     if not isinstance(ground_truth, dict) or not {"images", "annotations", "categories"} <= set(
         ground_truth
     ):
@@ -99,7 +89,7 @@ def load_inputs(gt_json_file: str, dt_json_file: str):
             f"annotation file {gt_json_file!r} is not COCO instance annotations (a JSON object "
             "with 'images', 'annotations' and 'categories')"
         )
-    predictions = _read_json(dt_json_file, "results file")
+    predictions = read_json_file(dt_json_file, "results file")
     if not isinstance(predictions, list):
         raise InputError(
             f"results file {dt_json_file!r} is not a COCO results file (a JSON list of predictions)"
@@ -176,13 +166,13 @@ def format_table(figures: Dict[str, Any]) -> str:
 
 def main(argv=None) -> int:
     args = build_argument_parser().parse_args(argv)
-    if not args.dilation_ratio > 0:
-        print(f"error: --dilation-ratio must be > 0, got {args.dilation_ratio}", file=sys.stderr)
-        return 2
-    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        print(f"error: --output {args.output!r}: its folder does not exist", file=sys.stderr)
+    try:
+        check_dilation_ratio(args.dilation_ratio, "--dilation-ratio")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     try:
+        check_output_file(args.output)
         coco_gt, predictions = load_inputs(args.gt_json_file, args.dt_json_file)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -190,11 +180,7 @@ def main(argv=None) -> int:
     figures = evaluate(coco_gt, predictions, args.dilation_ratio, args.predicted_images_only)
     figures.update(gt_json_file=args.gt_json_file, dt_json_file=args.dt_json_file)
     print(format_table(figures))
-    text = json.dumps(figures, indent=2)
-    if args.output:
-        with atomic_open(args.output, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    print(write_figures(figures, args.output))
     return 0
 
 

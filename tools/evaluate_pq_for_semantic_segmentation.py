@@ -21,7 +21,6 @@ Prints PQ, SQ and RQ, then the figures (with each class's PQ) as JSON.
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -40,16 +39,18 @@ from PIL import Image  # noqa: E402
 
 from mask2former import data as _data  # noqa: E402, F401  registers the data sets
 from mask2former.data.check import (  # noqa: E402
+    add_import_argument,
     import_registrations,
     unregistered_dataset_message,
 )
 from mask2former.data.datasets.catalog_utils import DatasetFilesMissingError  # noqa: E402
 from mask2former.engine.semantic_pq import SemanticPQ  # noqa: E402
-from mask2former.utils.atomic_io import atomic_open  # noqa: E402
-
-
-class InputError(ValueError):
-    """The data set or the predictions cannot be used; the message says why."""
+from mask2former.utils.figures_io import (  # noqa: E402
+    InputError,
+    check_output_file,
+    read_json_file,
+    write_figures,
+)
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -63,26 +64,13 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--json-file", required=True, help="sem_seg_predictions.json written by SemSegEvaluator"
     )
     parser.add_argument("--output", help="also write the JSON figures to this file")
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE_OR_FILE",
-        help="import a module (or run a .py file) that registers your own data sets first",
-    )
+    add_import_argument(parser)
     return parser
 
 
 def read_predictions(json_file: str) -> Dict[str, List[Dict[str, Any]]]:
     """The predictions of ``json_file`` by normalised image path."""
-    if not os.path.isfile(json_file):
-        raise InputError(f"predictions file {json_file!r} does not exist")
-    try:
-        with open(json_file) as f:
-            predictions = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"predictions file {json_file!r} is not readable JSON: {error}") from error
+    predictions = read_json_file(json_file, "predictions file")
     if not isinstance(predictions, list):
         raise InputError(
             f"predictions file {json_file!r} is not SemSegEvaluator's sem_seg_predictions.json "
@@ -201,22 +189,15 @@ def format_table(figures: Dict[str, Any]) -> str:
 
 def main(argv=None) -> int:
     args = build_argument_parser().parse_args(argv)
-    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        print(f"error: --output {args.output!r}: its folder does not exist", file=sys.stderr)
-        return 2
     try:
-        for module_or_file in args.imports:
-            import_registrations(module_or_file)
+        check_output_file(args.output)
+        import_registrations(args.imports)
         figures = evaluate(args.dataset_name, args.json_file)
     except (InputError, DatasetFilesMissingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_table(figures))
-    text = json.dumps(figures, indent=2)
-    if args.output:
-        with atomic_open(args.output, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    print(write_figures(figures, args.output))
     return 0
 
 

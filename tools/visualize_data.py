@@ -40,7 +40,11 @@ from PIL import Image  # noqa: E402
 from mask2former import data as _data  # noqa: E402, F401  registers the data sets
 from mask2former.config import UnknownConfigKeyError, add_opts_argument, load_config  # noqa: E402
 from mask2former.data.bad_samples import BadSample, MarkBadSamples  # noqa: E402
-from mask2former.data.check import import_registrations, unregistered_dataset_message  # noqa: E402
+from mask2former.data.check import (  # noqa: E402
+    add_import_argument,
+    import_registrations,
+    unregistered_dataset_message,
+)
 from mask2former.data.dataset_mappers.build import build_dataset_mapper  # noqa: E402
 from mask2former.utils.atomic_io import atomic_open  # noqa: E402
 from mask2former.utils.image_io import ImageReadError, read_image  # noqa: E402
@@ -73,14 +77,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
         help="--source annotation: the ground truth to draw (default: the most complete)",
     )
     parser.add_argument("--seed", type=int, default=0, help="--source dataloader: augmentation")
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE_OR_FILE",
-        help="import a module (or run a .py file) that registers your own data sets first",
-    )
+    add_import_argument(parser)
     add_opts_argument(parser)
     return parser
 
@@ -127,8 +124,9 @@ def draw_dataset(cfg, args, dataset: str) -> Tuple[int, List[BadSample]]:
             written += 1
         return written, bad
     mapper = MarkBadSamples(build_dataset_mapper(cfg, is_train=True))
-    metadata = display_metadata(metadata, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-    ignore_label = MetadataCatalog.get(dataset).get("ignore_label", None)
+    ignore_label = metadata.get("ignore_label", None)
+    # the targets' classes are the model's
+    model_classes = display_metadata(metadata, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     for index, record in enumerate(records):
         sample = mapper(record)
         if isinstance(sample, BadSample):
@@ -137,7 +135,7 @@ def draw_dataset(cfg, args, dataset: str) -> Tuple[int, List[BadSample]]:
         if sample is None:  # the mapper dropped it (e.g. no annotation left)
             logger.info("%s: the mapper returns no sample", record["file_name"])
             continue
-        picture = draw_training_sample(sample, metadata, cfg.INPUT.FORMAT, ignore_label)
+        picture = draw_training_sample(sample, model_classes, cfg.INPUT.FORMAT, ignore_label)
         _save(picture, _picture_path(args.output_dir, dataset, index, record["file_name"]))
         written += 1
     return written, bad
@@ -150,8 +148,7 @@ def main(argv=None) -> int:
         print("error: --num-images must be at least 1", file=sys.stderr)
         return 2
     try:
-        for module_or_file in args.imports:
-            import_registrations(module_or_file)
+        import_registrations(args.imports)
         cfg = load_config(args.config_file, args.opts)
         datasets = [args.dataset] if args.dataset else list(cfg.DATASETS.TRAIN)
         for dataset in datasets:

@@ -528,12 +528,27 @@ def unregistered_dataset_message(name: str) -> Optional[str]:
     )
 
 
-def import_registrations(module_or_file: str) -> None:
-    """Run a registration module (``pkg.module``) or file (``path/to/file.py``)."""
-    if module_or_file.endswith(".py"):
-        runpy.run_path(module_or_file, run_name="__registration__")
-    else:
-        importlib.import_module(module_or_file)
+def add_import_argument(parser: argparse.ArgumentParser) -> None:
+    """The tools' ``--import MODULE_OR_FILE`` option (repeatable, into ``args.imports``); run
+    them with :func:`import_registrations` before looking data sets up."""
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module (or run a .py file) that registers your own data sets first",
+    )
+
+
+def import_registrations(modules_or_files: Iterable[str]) -> None:
+    """Run registration modules (``pkg.module``) or files (``path/to/file.py``), in order
+    (the values of :func:`add_import_argument`'s option)."""
+    for module_or_file in modules_or_files:
+        if module_or_file.endswith(".py"):
+            runpy.run_path(module_or_file, run_name="__registration__")
+        else:
+            importlib.import_module(module_or_file)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -557,18 +572,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--max-listed", type=int, default=20, help="files listed per problem kind (0: all)"
     )
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE_OR_FILE",
-        help="import a module (or run a .py file) that registers your own data sets first",
-    )
+    add_import_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    for module_or_file in args.imports:
-        import_registrations(module_or_file)
+    import_registrations(args.imports)
     for name in args.names:
         problem = unregistered_dataset_message(name)
         if problem:

@@ -34,6 +34,7 @@ from detectron2.evaluation.fast_eval_api import COCOeval_opt
 __all__ = [
     "BoundaryCOCOeval",
     "boundary_width",
+    "check_dilation_ratio",
     "evaluate_mask_ap",
     "mask_boundary",
     "summarize_coco_eval",
@@ -48,11 +49,16 @@ DEFAULT_DILATION_RATIO = 0.02
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def check_dilation_ratio(dilation_ratio: float, name: str = "dilation_ratio") -> None:
+    """Raises ValueError, naming the setting ``name``, unless ``dilation_ratio`` > 0."""
+    if not dilation_ratio > 0:  # NaN too
+        raise ValueError(f"{name} must be > 0 (0.02 is Boundary IoU's), got {dilation_ratio!r}")
+
+
 def boundary_width(height: int, width: int, dilation_ratio: float = DEFAULT_DILATION_RATIO) -> int:
     """``d``, the width in pixels of the boundary region of masks in a ``height x width`` image:
     ``dilation_ratio`` times the diagonal, rounded, at least 1."""
-    if not dilation_ratio > 0:
-        raise ValueError(f"dilation_ratio must be > 0, got {dilation_ratio}")
+    check_dilation_ratio(dilation_ratio)
     return max(1, int(round(dilation_ratio * math.hypot(height, width))))
 
 
@@ -99,7 +105,7 @@ class BoundaryCOCOeval(COCOeval_opt):
         all_pairs: bool = False,
     ):
         super().__init__(coco_gt, coco_dt, "segm")
-        boundary_width(1, 1, dilation_ratio)  # checks the ratio
+        check_dilation_ratio(dilation_ratio)
         self.dilation_ratio = dilation_ratio
         self.all_pairs = all_pairs
         self._boundaries: Dict[Tuple[str, Any], Dict[str, Any]] = {}

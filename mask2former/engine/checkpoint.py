@@ -50,6 +50,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir: str = "", *, save_to_disk=None, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.path_manager = _AtomicWritePathManager(self.path_manager)
+        self._skip_tag = False
 
     def save(self, name: str, *, tag_last_checkpoint: bool = True, **kwargs: Any) -> None:
         """``Checkpointer.save``; with ``tag_last_checkpoint=False`` the file is written
@@ -64,7 +65,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             self._skip_tag = False
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        if not getattr(self, "_skip_tag", False):
+        if not self._skip_tag:
             super().tag_last_checkpoint(last_filename_basename)
 
     def save_safetensors(self, name: str) -> Optional[str]:

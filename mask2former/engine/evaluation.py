@@ -32,6 +32,7 @@ from detectron2.evaluation import (
 from detectron2.utils.registry import Registry
 
 from ..utils.results import TASK_CONFIG_KEYS
+from .boundary_ap import check_dilation_ratio
 from .partial_evaluation import PartialCOCOEvaluator, PartialCOCOPanopticEvaluator
 
 logger = logging.getLogger(__name__)
@@ -95,11 +96,7 @@ def _boundary_dilation_ratio(cfg: CfgNode) -> Optional[float]:
     boundary_ap = cfg.TEST.BOUNDARY_AP
     if not boundary_ap.ENABLED:
         return None
-    if not boundary_ap.DILATION_RATIO > 0:
-        raise ValueError(
-            f"TEST.BOUNDARY_AP.DILATION_RATIO must be > 0 (0.02 is Boundary IoU's), got "
-            f"{boundary_ap.DILATION_RATIO!r}"
-        )
+    check_dilation_ratio(boundary_ap.DILATION_RATIO, "TEST.BOUNDARY_AP.DILATION_RATIO")
     return float(boundary_ap.DILATION_RATIO)
 
 

@@ -27,7 +27,7 @@ from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
-from .boundary_ap import COCO_METRICS, boundary_width, evaluate_mask_ap
+from .boundary_ap import COCO_METRICS, check_dilation_ratio, evaluate_mask_ap
 
 __all__ = ["PartialCOCOEvaluator", "PartialCOCOPanopticEvaluator"]
 
@@ -51,7 +51,7 @@ class PartialCOCOEvaluator(COCOEvaluator):
     def __init__(self, *args, boundary_dilation_ratio: Optional[float] = None, **kwargs):
         super().__init__(*args, **kwargs)
         if boundary_dilation_ratio is not None:
-            boundary_width(1, 1, boundary_dilation_ratio)  # a ratio <= 0 fails here, not later
+            check_dilation_ratio(boundary_dilation_ratio)  # here, not when evaluating
         self._boundary_dilation_ratio = boundary_dilation_ratio
 
     def evaluate(self, img_ids=None):

@@ -150,8 +150,9 @@ class MaskFormerTrainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
         # an evaluator that cannot run fails now, not after training (an uninstalled package)
         check_evaluation_dependencies(cfg)
-        if cfg.SOLVER.BEST_CHECKPOINTER.ENABLED:
-            best_checkpoint_metric(cfg)  # a setting it cannot work with fails now
+        # a setting it cannot work with fails now; build_hooks (in DefaultTrainer.__init__) uses it
+        best = cfg.SOLVER.BEST_CHECKPOINTER
+        self._best_metric = best_checkpoint_metric(cfg) if best.ENABLED else None
         with _ddp_for_cpu_processes(cfg), warnings.catch_warnings():
             # With SOLVER.AMP.ENABLED, DefaultTrainer builds an AMPTrainer whose
             # torch.cuda.amp.GradScaler warns (deprecated; no CUDA on a CPU machine); that
@@ -178,10 +179,11 @@ class MaskFormerTrainer(DefaultTrainer):
         extra_hooks = [BadSampleHook()]
         if self.cfg.TEST.AUG.ENABLED:
             extra_hooks.append(hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model)))
-        best = self.cfg.SOLVER.BEST_CHECKPOINTER
-        if best.ENABLED:
-            metric = best_checkpoint_metric(self.cfg)
-            extra_hooks.append(BestCheckpointHook(self.cfg.TEST.EVAL_PERIOD, metric, best.MODE))
+        if self._best_metric is not None:
+            mode = self.cfg.SOLVER.BEST_CHECKPOINTER.MODE
+            extra_hooks.append(
+                BestCheckpointHook(self.cfg.TEST.EVAL_PERIOD, self._best_metric, mode)
+            )
         # before the writers, so that what these hooks put in the storage gets written too
         writer_index = next(
             (i for i, hook in enumerate(default_hooks) if isinstance(hook, hooks.PeriodicWriter)),
