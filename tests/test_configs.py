@@ -1,8 +1,8 @@
 """Tests of the shipped YAML configs: they load, carry the official values, and build models.
 
 Where the official release's configs are at hand (``../shared/gpu/baseline/Mask2Former/configs``
-next to the repository), every one of its image configs must exist here at the same path and
-merge to the same value for every key. The video (youtubevis) configs are out of scope.
+next to the repository), every one of its configs, image and video (youtubevis), must exist
+here at the same path and merge to the same value for every key.
 
 The end-to-end test builds a model from every shipped config with overrides that shrink it
 (narrow heads, few queries, tiny Swin widths; the ResNet depths, Swin depths, windows and class
@@ -33,19 +33,23 @@ MODEL_CONFIGS = [p for p in ALL_CONFIGS if not os.path.basename(p).startswith("B
 RELEASE_CONFIG_DIR = os.path.join(
     os.path.dirname(REPO), "shared", "gpu", "baseline", "Mask2Former", "configs"
 )
-# Release folders out of scope: the video instance segmentation configs.
-RELEASE_VIDEO_FOLDERS = ("youtubevis_2019", "youtubevis_2021")
+# Folders of the video instance segmentation configs (VideoMaskFormer).
+VIDEO_FOLDERS = ("youtubevis_2019", "youtubevis_2021")
 
 
-def _release_image_configs():
+def _release_configs():
     if not os.path.isdir(RELEASE_CONFIG_DIR):
         return []
     paths = glob.glob(os.path.join(RELEASE_CONFIG_DIR, "**", "*.yaml"), recursive=True)
-    relative = (os.path.relpath(p, RELEASE_CONFIG_DIR) for p in paths)
-    return sorted(p for p in relative if p.split(os.sep)[0] not in RELEASE_VIDEO_FOLDERS)
+    return sorted(os.path.relpath(p, RELEASE_CONFIG_DIR) for p in paths)
 
 
-RELEASE_CONFIGS = _release_image_configs()
+RELEASE_CONFIGS = _release_configs()
+
+
+def _is_video(path):
+    return path.split(os.sep)[0] in VIDEO_FOLDERS
+
 
 # Facts of the official Mask2Former release: config path -> {key: value}.
 OFFICIAL_VALUES = {
@@ -167,6 +171,28 @@ OFFICIAL_VALUES = {
         "MODEL.RESNETS.NORM": "SyncBN",
         "SOLVER.MAX_ITER": 160000,
     },
+    "youtubevis_2019/video_maskformer2_R50_bs16_8ep.yaml": {
+        "MODEL.META_ARCHITECTURE": "VideoMaskFormer",
+        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": "VideoMultiScaleMaskedTransformerDecoder",
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 40,
+        "DATASETS.TRAIN": ("ytvis_2019_train",),
+        "DATASETS.TEST": ("ytvis_2019_val",),
+        "SOLVER.MAX_ITER": 6000,
+        "SOLVER.STEPS": (4000,),
+        "INPUT.SAMPLING_FRAME_NUM": 2,
+        "INPUT.MIN_SIZE_TRAIN": (360, 480),
+        "INPUT.MIN_SIZE_TEST": 360,
+        "INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice_by_clip",
+        "INPUT.RANDOM_FLIP": "flip_by_clip",
+        "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
+    },
+    "youtubevis_2021/swin/video_maskformer2_swin_large_IN21k_384_bs16_8ep.yaml": {
+        "DATASETS.TRAIN": ("ytvis_2021_train",),
+        "SOLVER.MAX_ITER": 8000,
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 200,
+        "MODEL.SWIN.EMBED_DIM": 192,
+        "INPUT.MIN_SIZE_TEST": 360,
+    },
 }
 
 # Our second names for release configs: path -> the release config it is.
@@ -195,9 +221,11 @@ def test_config_loads_without_unknown_keys(path):
 @pytest.mark.parametrize("path", MODEL_CONFIGS)
 def test_model_config_is_mask2former(path):
     cfg = load_config(os.path.join(CONFIG_DIR, path))
-    assert cfg.MODEL.META_ARCHITECTURE == "MaskFormer"
+    video = "Video" if _is_video(path) else ""
+    assert cfg.MODEL.META_ARCHITECTURE == f"{video}MaskFormer"
     assert cfg.MODEL.SEM_SEG_HEAD.NAME == "MaskFormerHead"
-    assert cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME == "MultiScaleMaskedTransformerDecoder"
+    decoder = f"{video}MultiScaleMaskedTransformerDecoder"
+    assert cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME == decoder
     assert cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE == "multi_scale_pixel_decoder"
     test_flags = cfg.MODEL.MASK_FORMER.TEST
     assert test_flags.SEMANTIC_ON or test_flags.INSTANCE_ON or test_flags.PANOPTIC_ON
@@ -247,6 +275,18 @@ def test_official_tree_is_complete():
             "mapillary-vistas/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_300k.yaml",
             "mapillary-vistas/panoptic-segmentation/maskformer_R50_bs16_300k.yaml",
             "mapillary-vistas/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_300k.yaml",
+        ]
+        + [
+            f"youtubevis_{year}/{name}"
+            for year in (2019, 2021)
+            for name in [
+                "video_maskformer2_R50_bs16_8ep.yaml",
+                "video_maskformer2_R101_bs16_8ep.yaml",
+                "swin/video_maskformer2_swin_tiny_bs16_8ep.yaml",
+                "swin/video_maskformer2_swin_small_bs16_8ep.yaml",
+                "swin/video_maskformer2_swin_base_IN21k_384_bs16_8ep.yaml",
+                "swin/video_maskformer2_swin_large_IN21k_384_bs16_8ep.yaml",
+            ]
         ]
     )
     missing = [p for p in expected if p not in ALL_CONFIGS]
@@ -305,6 +345,8 @@ def _distinct_models():
     """One representative config per model that the shrunk configs build."""
     representatives = {}
     for path in MODEL_CONFIGS:
+        if _is_video(path):
+            continue
         cfg = shrunk_config(path)
         key = cfg.MODEL.dump()
         representatives.setdefault(key, path)
