@@ -5,12 +5,13 @@ dataset mapper with :data:`MASK_FORMER_MAPPER_REGISTRY`.
 """
 
 from . import datasets as _datasets  # noqa: F401  only registration
-from .dataset_mappers import MASK_FORMER_MAPPER_REGISTRY, build_dataset_mapper
+from .dataset_mappers import MASK_FORMER_MAPPER_REGISTRY, build_dataset_mapper, is_video_config
 from .synthetic import SyntheticConfig, ensure_synthetic_dataset
 
 __all__ = [
     "MASK_FORMER_MAPPER_REGISTRY",
     "build_dataset_mapper",
+    "is_video_config",
     "SyntheticConfig",
     "ensure_synthetic_dataset",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "display_metadata",
     "draw_annotations",
     "draw_prediction",
+    "draw_tracks",
     "draw_training_sample",
     "VideoPredictionDrawer",
 ]
@@ -165,6 +166,31 @@ class VideoPredictionDrawer:
         else:
             output = self._visualizer.draw_sem_seg(frame_rgb, result.label_map)
         return output.get_image()
+
+
+def draw_tracks(frame_rgb: np.ndarray, prediction: Prediction, metadata: Metadata) -> np.ndarray:
+    """Draw one frame of a video model's tracks (``VideoPrediction.frame``), track ``d`` in
+    the ``d``-th colour of Detectron2's palette in every frame, labelled "class score".
+
+    Args:
+        frame_rgb: (H, W, 3) uint8 RGB frame.
+        prediction: the frame's prediction; its instances are the tracks, in track order,
+            empty masks included (not drawn).
+        metadata: see :func:`display_metadata`.
+
+    Returns:
+        (H, W, 3) uint8 RGB picture.
+    """
+    visualizer = Visualizer(frame_rgb, metadata, instance_mode=ColorMode.IMAGE)
+    tracks = prediction.instances
+    palette = colormap(rgb=True, maximum=1)
+    shown = [d for d in range(len(tracks)) if tracks.masks[d].any()]
+    output = visualizer.overlay_instances(
+        masks=[tracks.masks[d] for d in shown],
+        labels=[f"{tracks.class_names[d]} {tracks.scores[d]:.0%}" for d in shown],
+        assigned_colors=[palette[d % len(palette)] for d in shown],
+    )
+    return output.get_image()
 
 
 # The keys of a data set record that hold each task's ground truth (Detectron2's format).
