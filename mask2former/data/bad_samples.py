@@ -27,6 +27,7 @@ only bad samples stops instead of retrying forever.
 """
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -65,13 +66,28 @@ _LISTED_FILES = 50
 _LABEL_FILES = (("sem_seg_file_name", "semantic PNG"), ("pan_seg_file_name", "panoptic PNG"))
 
 
+def sample_file_name(record: Dict) -> str:
+    """A sample's identity in reports: its image file, or a video's folder of frames."""
+    if "file_name" in record:
+        return str(record["file_name"])
+    if record.get("file_names"):
+        return os.path.dirname(str(record["file_names"][0]))
+    return "<no file_name>"
+
+
+def sample_id(record: Dict) -> Optional[Any]:
+    """A sample's image id, or a video's id; None when it has neither."""
+    return record.get("image_id", record.get("video_id"))
+
+
 @dataclass(frozen=True)
 class BadSample:
     """A sample that the dataset mapper failed on.
 
     Attributes:
-        file_name: the sample's image file (its identity; the reason names other files).
-        image_id: the sample's image id, when the data set has one.
+        file_name: the sample's image file, or a video's folder of frames (its identity; the
+            reason names other files).
+        image_id: the sample's image id (a video's id), when the data set has one.
         reason: the exception, as "ExceptionType: message" on one line.
     """
 
@@ -94,7 +110,7 @@ class BadSample:
         ]
         if labels and str(record.get("file_name")) not in message:
             reason += f" (reading the image or its {' or '.join(labels)})"
-        return cls(str(record.get("file_name", "<no file_name>")), record.get("image_id"), reason)
+        return cls(sample_file_name(record), sample_id(record), reason)
 
 
 class TooManyBadSamplesError(RuntimeError):

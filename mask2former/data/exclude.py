@@ -55,10 +55,15 @@ def write_exclude_file(path: str, entries: Iterable[Tuple[str, str]]) -> None:
 
 
 def _keys(record: Dict) -> List[str]:
-    """The entries that match a dataset dict: its image id and file names."""
-    keys = [record["file_name"], os.path.basename(record["file_name"])]
-    if record.get("image_id") is not None:
-        keys.append(str(record["image_id"]))
+    """The entries that match a dataset dict: its image id and file names (for a video: its
+    video id and its frames' folder)."""
+    name = (
+        record["file_name"] if "file_name" in record else os.path.dirname(record["file_names"][0])
+    )
+    keys = [name, os.path.basename(name)]
+    identity = record.get("image_id", record.get("video_id"))
+    if identity is not None:
+        keys.append(str(identity))
     return keys
 
 
