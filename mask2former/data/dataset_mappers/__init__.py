@@ -6,6 +6,7 @@ from .coco_panoptic_lsj_dataset_mapper import COCOPanopticLSJDatasetMapper
 from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
 from .mask_former_panoptic_dataset_mapper import MaskFormerPanopticDatasetMapper
 from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
+from .ytvis_dataset_mapper import YTVISDatasetMapper
 
 __all__ = [
     "MASK_FORMER_MAPPER_REGISTRY",
@@ -16,4 +17,5 @@ __all__ = [
     "MaskFormerInstanceDatasetMapper",
     "MaskFormerPanopticDatasetMapper",
     "MaskFormerSemanticDatasetMapper",
+    "YTVISDatasetMapper",
 ]

@@ -22,7 +22,8 @@ Classes are registered under their class name (``@MASK_FORMER_MAPPER_REGISTRY.re
 A registered object is called as ``mapper = obj(cfg, is_train)`` and the mapper as
 ``mapper(dataset_dict) -> dict``: it reads one image's files and returns the model input
 ("image" (3, H, W) uint8 tensor, "instances" with gt_classes and gt_masks, "sem_seg" where
-applicable, "padding_mask").
+applicable, "padding_mask"); the video mapper ("ytvis", :class:`YTVISDatasetMapper`) maps
+one video's dict to a clip, with lists of T frames under "image" and "instances".
 """
 
 
