@@ -15,11 +15,8 @@ import mask2former.data  # noqa: F401  registers the data sets
 from mask2former.config import add_maskformer2_config
 from mask2former.data.datasets.ytvis import register_ytvis_instances
 from mask2former.engine.evaluation import build_evaluator
-from mask2former.engine.ytvis_evaluation import (
-    YTVISEvaluator,
-    encode_video_masks,
-    video_mask_iou,
-)
+from mask2former.engine.ytvis_evaluation import YTVISEvaluator, video_mask_iou
+from mask2former.utils.export import encode_video_masks
 
 _names = itertools.count()
 

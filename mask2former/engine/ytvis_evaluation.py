@@ -39,6 +39,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 from pycocotools.coco import COCO
 
+from ..utils.export import encode_video_masks
 from .boundary_ap import summarize_coco_eval
 
 __all__ = [
@@ -59,19 +60,6 @@ _RECALL_METRICS = ("AR1", "AR10")
 
 # One video's per-frame masks: an RLE per frame, None where the mask is empty or absent.
 VideoRLEs = Sequence[Optional[Dict[str, Any]]]
-
-
-def encode_video_masks(masks: np.ndarray) -> List[Optional[Dict[str, Any]]]:
-    """Per-frame RLEs ("counts" a str) of (L, H, W) masks; None for an empty frame."""
-    masks = np.asarray(masks, dtype=bool)
-    if masks.shape[0] == 0:
-        return []
-    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    present = masks.reshape(len(masks), -1).any(axis=1)
-    out: List[Optional[Dict[str, Any]]] = []
-    for rle, keep in zip(rles, present):
-        out.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")} if keep else None)
-    return out
 
 
 def _total_areas(videos: Sequence[VideoRLEs], frame: int, total: np.ndarray) -> List[int]:

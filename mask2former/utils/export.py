@@ -34,6 +34,7 @@ __all__ = [
     "RESULT_FILE_SUFFIXES",
     "contiguous_to_dataset_ids",
     "encode_rle",
+    "encode_video_masks",
     "write_prediction",
     "write_panoptic",
     "write_instances",
@@ -61,6 +62,15 @@ def encode_rle(masks: np.ndarray) -> List[Dict[str, Any]]:
     for rle in encoded:
         rle["counts"] = rle["counts"].decode("ascii")
     return encoded
+
+
+def encode_video_masks(masks: np.ndarray) -> List[Optional[Dict[str, Any]]]:
+    """(L, H, W) per-frame masks of one track -> L RLEs (str ``counts``), None for an empty
+    frame: a track's ``segmentations`` in the YouTube-VIS results format."""
+    masks = np.asarray(masks, dtype=bool)
+    present = masks.reshape(len(masks), -1).any(axis=1)
+    encoded = iter(encode_rle(masks[present]))
+    return [next(encoded) if keep else None for keep in present]
 
 
 # The file each result is written to, as a suffix of the image's stem.
@@ -193,8 +203,6 @@ def write_tracks(prediction, json_path: str, *, video_id: Union[int, str], metad
     to_dataset_id = contiguous_to_dataset_ids(metadata)
     entries = []
     for index, masks in enumerate(prediction.masks):
-        present = masks.reshape(len(masks), -1).any(axis=1)
-        encoded = iter(encode_rle(masks[present]))
         contiguous_id = int(prediction.classes[index])
         entries.append(
             {
@@ -202,7 +210,7 @@ def write_tracks(prediction, json_path: str, *, video_id: Union[int, str], metad
                 "category_id": to_dataset_id.get(contiguous_id, contiguous_id),
                 "category_name": prediction.class_names[index],
                 "score": float(prediction.scores[index]),
-                "segmentations": [next(encoded) if p else None for p in present],
+                "segmentations": encode_video_masks(masks),
             }
         )
     _write_json(json_path, entries)
