@@ -182,6 +182,17 @@ def test_video_fast_eval_attention_masks_give_the_official_prediction(dec_layers
     assert not torch.allclose(unmasked["pred_logits"], official_out["pred_logits"])
 
 
+def test_video_decoder_is_finite_under_autocast():
+    _, video = _decoders()
+    video.eval()
+    features, mask_features = _frame_inputs(3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = video(features, mask_features)
+    assert out["pred_masks"].dtype == torch.bfloat16
+    assert torch.isfinite(out["pred_masks"].float()).all()
+    assert torch.isfinite(out["pred_logits"].float()).all()
+
+
 # ---------------------------------------------------------------- matcher and criterion
 
 
@@ -456,6 +467,21 @@ def test_inference_equals_the_official_computation(threshold, monkeypatch):
     assert disagree < 1e-3  # the fused resize equals the two-step one up to rounding
     assert torch.equal(torch.stack(chunked["pred_masks"]), got)
     assert 0 < got.float().mean() < 1
+
+
+def test_inference_post_processing_is_float32_under_autocast():
+    model, _ = _model()
+    generator = torch.Generator().manual_seed(4)
+    class_logits = torch.randn(5, 41, generator=generator).bfloat16()
+    mask_logits = (4 * torch.randn(5, 3, 12, 16, generator=generator)).bfloat16()
+    sizes = ((48, 64), (45, 60), (90, 120))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = model.inference_video(class_logits, mask_logits, *sizes)
+    in_float32 = model.inference_video(class_logits.float(), mask_logits.float(), *sizes)
+    assert under_autocast["pred_scores"] == in_float32["pred_scores"]
+    assert under_autocast["pred_labels"] == in_float32["pred_labels"]
+    for first, second in zip(under_autocast["pred_masks"], in_float32["pred_masks"]):
+        assert torch.equal(first, second)
 
 
 def test_inference_with_no_detections():
