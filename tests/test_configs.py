@@ -6,8 +6,9 @@ here at the same path and merge to the same value for every key.
 
 The end-to-end test builds a model from every shipped config with overrides that shrink it
 (narrow heads, few queries, tiny Swin widths; the ResNet depths, Swin depths, windows and class
-counts stay), runs a training step on two small images (one without instances) and then
-inference. Configs that give the same model after the overrides are tested once.
+counts stay), runs a training step on two small images (one without instances), or two clips
+for the video configs, and then inference on an image or a 3-frame video. Configs that give
+the same model after the overrides are tested once.
 """
 
 import glob
@@ -345,8 +346,6 @@ def _distinct_models():
     """One representative config per model that the shrunk configs build."""
     representatives = {}
     for path in MODEL_CONFIGS:
-        if _is_video(path):
-            continue
         cfg = shrunk_config(path)
         key = cfg.MODEL.dump()
         representatives.setdefault(key, path)
@@ -367,6 +366,42 @@ def _training_inputs(num_classes, generator):
     return [{"image": images[0], "instances": full}, {"image": images[1], "instances": empty}]
 
 
+def _video_training_inputs(num_classes, num_frames, generator):
+    """Two clips of ``num_frames`` frames: one with the instances of ``_training_inputs`` (the
+    second absent from the first frame: id -1, empty mask), one without instances."""
+    clips = []
+    for index in range(2):
+        images, frames = [], []
+        for frame in range(num_frames):
+            inputs = _training_inputs(num_classes, generator)[index]
+            instances = inputs["instances"]
+            instances.gt_ids = torch.arange(len(instances))
+            if frame == 0 and len(instances):
+                instances.gt_ids[1] = -1
+                instances.gt_masks.tensor[1] = False
+            images.append(inputs["image"])
+            frames.append(instances)
+        clips.append({"image": images, "instances": frames})
+    return clips
+
+
+def _video_inference_failures(path, model, cfg, generator):
+    """Infer a video of 3 frames at 70 x 90; what is wrong with the result."""
+    frames = [torch.randint(0, 256, (3, 64, 80), generator=generator).float() for _ in range(3)]
+    with torch.no_grad():
+        (output,) = model([{"image": frames, "height": 70, "width": 90}])
+    failures = []
+    if output["image_size"] != (70, 90):
+        failures.append(f"{path}: image_size {output['image_size']}")
+    detections = len(output["pred_scores"])
+    if detections > cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO:
+        failures.append(f"{path}: {detections} detections")
+    shapes = {tuple(mask.shape) for mask in output["pred_masks"]}
+    if len(output["pred_masks"]) != detections or shapes - {(3, 70, 90)}:
+        failures.append(f"{path}: {len(output['pred_masks'])} masks of shapes {shapes}")
+    return failures
+
+
 @pytest.mark.slow
 def test_every_shipped_config_trains_and_infers(one_thread):
     failures = _train_and_infer_every_model()
@@ -381,7 +416,12 @@ def _train_and_infer_every_model():
         cfg = shrunk_config(path)
         model = build_model(cfg)
         model.train()
-        losses = model(_training_inputs(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, generator))
+        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        if _is_video(path):
+            inputs = _video_training_inputs(num_classes, cfg.INPUT.SAMPLING_FRAME_NUM, generator)
+        else:
+            inputs = _training_inputs(num_classes, generator)
+        losses = model(inputs)
         total = sum(losses.values())
         if not torch.isfinite(total):
             failures.append(f"{path}: non-finite loss {losses}")
@@ -393,6 +433,9 @@ def _train_and_infer_every_model():
         if no_grad:
             failures.append(f"{path}: no gradient for {no_grad[:5]}")
         model.eval()
+        if _is_video(path):
+            failures.extend(_video_inference_failures(path, model, cfg, generator))
+            continue
         image = torch.randint(0, 256, (3, 64, 80), generator=generator).float()
         with torch.no_grad():
             (output,) = model([{"image": image, "height": 70, "width": 90}])

@@ -155,8 +155,12 @@ class MaskFormer(nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and pad the images into one (N, 3, H_pad, W_pad) batch."""
-        images = [x["image"].to(self.device) for x in batched_inputs]
-        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+        return self.normalize_and_pad([x["image"] for x in batched_inputs])
+
+    def normalize_and_pad(self, images: List[Tensor]) -> ImageList:
+        """(3, H_i, W_i) images in INPUT.FORMAT -> one normalised (N, 3, H_pad, W_pad) batch,
+        padded to a multiple of ``size_divisibility``."""
+        images = [(x.to(self.device) - self.pixel_mean) / self.pixel_std for x in images]
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def losses(
@@ -179,18 +183,26 @@ class MaskFormer(nn.Module):
         self, gt_instances: List[Instances], images: ImageList
     ) -> List[Dict[str, Tensor]]:
         """Criterion targets: labels (M,) and masks (M, H_pad, W_pad) zero-padded like images."""
-        padded_h, padded_w = images.tensor.shape[-2:]
-        targets = []
-        for instances in gt_instances:
-            gt_masks = instances.gt_masks
-            if isinstance(gt_masks, BitMasks):
-                gt_masks = gt_masks.tensor
-            gt_masks = gt_masks.to(self.device)
-            height, width = gt_masks.shape[-2:]
-            padded = gt_masks.new_zeros((len(gt_masks), padded_h, padded_w))
-            padded[:, :height, :width] = gt_masks
-            targets.append({"labels": instances.gt_classes.to(self.device), "masks": padded})
-        return targets
+        padded_size = tuple(images.tensor.shape[-2:])
+        return [
+            {
+                "labels": instances.gt_classes.to(self.device),
+                "masks": self.padded_masks(instances, padded_size),
+            }
+            for instances in gt_instances
+        ]
+
+    def padded_masks(self, instances: Instances, padded_size: Tuple[int, int]) -> Tensor:
+        """``instances.gt_masks`` (BitMasks or (M, H, W)) zero-padded at the bottom and right
+        to ``padded_size``, (M, H_pad, W_pad) on the model's device."""
+        gt_masks = instances.gt_masks
+        if isinstance(gt_masks, BitMasks):
+            gt_masks = gt_masks.tensor
+        gt_masks = gt_masks.to(self.device)
+        height, width = gt_masks.shape[-2:]
+        padded = gt_masks.new_zeros((len(gt_masks), *padded_size))
+        padded[:, :height, :width] = gt_masks
+        return padded
 
     def inference(
         self, outputs: Dict, batched_inputs: List[Dict], images: ImageList
