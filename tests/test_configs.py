@@ -34,8 +34,9 @@ MODEL_CONFIGS = [p for p in ALL_CONFIGS if not os.path.basename(p).startswith("B
 RELEASE_CONFIG_DIR = os.path.join(
     os.path.dirname(REPO), "shared", "gpu", "baseline", "Mask2Former", "configs"
 )
-# Folders of the video instance segmentation configs (VideoMaskFormer).
+# Folders of the video instance segmentation configs (VideoMaskFormer), and our own.
 VIDEO_FOLDERS = ("youtubevis_2019", "youtubevis_2021")
+VIDEO_CONFIGS = ("shapes/video_maskformer2_R18.yaml",)
 
 
 def _release_configs():
@@ -49,7 +50,7 @@ RELEASE_CONFIGS = _release_configs()
 
 
 def _is_video(path):
-    return path.split(os.sep)[0] in VIDEO_FOLDERS
+    return path.split(os.sep)[0] in VIDEO_FOLDERS or path in VIDEO_CONFIGS
 
 
 # Facts of the official Mask2Former release: config path -> {key: value}.

@@ -63,8 +63,8 @@ class SyntheticVideoConfig:
         seed: random seed; the same seed gives byte-identical files.
     """
 
-    num_train: int = 6
-    num_val: int = 3
+    num_train: int = 32
+    num_val: int = 8
     num_frames: int = 8
     height: int = 96
     width: int = 128
