@@ -484,7 +484,12 @@ def _video_from_record(record: Dict) -> _Video:
     return _Video(record_path(record), record_id(record), frames)
 
 
-def _video_from_json(video: Dict, annotations: Optional[List[Dict]], image_root: str, add):
+def _video_from_json(
+    video: Dict,
+    annotations: Optional[List[Dict]],
+    image_root: str,
+    add: Callable[[_Video, str], None],
+) -> _Video:
     """A video of a YouTube-VIS JSON, its frames holding the raw per-frame segmentations of
     ``annotations`` (None without ground truth); ``add(video, detail)`` reports a video whose
     frames do not add up."""
@@ -504,11 +509,15 @@ def _video_from_json(video: Dict, annotations: Optional[List[Dict]], image_root:
     for annotation in annotations or []:
         segmentations = annotation.get("segmentations")
         if not isinstance(segmentations, list) or len(segmentations) != len(paths):
-            count = len(segmentations) if isinstance(segmentations, list) else segmentations
+            given = (
+                f"{len(segmentations)} entries"
+                if isinstance(segmentations, list)
+                else type(segmentations).__name__
+            )
             add(
                 checked,
-                f"annotation {annotation.get('id')}: 'segmentations' is {count} entries long, "
-                f"the video has {len(paths)} frames (null where the object is absent)",
+                f"annotation {annotation.get('id')}: 'segmentations' is {given}, the video has "
+                f"{len(paths)} frames (one entry per frame, null where the object is absent)",
             )
             continue
         for frame, segmentation in zip(checked.frames, segmentations):
