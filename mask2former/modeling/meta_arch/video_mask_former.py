@@ -147,7 +147,7 @@ class VideoMaskFormer(MaskFormer):
         "width"; see :meth:`inference_video`."""
         (video,) = batched_inputs
         image_size = images.image_sizes[0]
-        if any(size != image_size for size in images.image_sizes):
+        if any(tuple(size) != tuple(image_size) for size in images.image_sizes):
             raise ValueError(
                 f"VideoMaskFormer: the frames of a video must share a size, got "
                 f"{sorted(set(images.image_sizes))}."
