@@ -10,5 +10,12 @@ from . import data as _data  # noqa: F401  (registers data sets and mappers)
 from . import modeling as _modeling  # noqa: F401  (registers models)
 from .config import add_maskformer2_config, load_config
 from .predictor import Predictor
+from .video_predictor import VideoPrediction, VideoPredictor
 
-__all__ = ["Predictor", "add_maskformer2_config", "load_config"]
+__all__ = [
+    "Predictor",
+    "VideoPrediction",
+    "VideoPredictor",
+    "add_maskformer2_config",
+    "load_config",
+]

@@ -91,6 +91,20 @@ def _add_input_config(cfg: CfgNode) -> None:
     cfg.INPUT.MIN_SCALE = 0.1
     # Large-scale jittering: largest random rescale factor, relative to IMAGE_SIZE.
     cfg.INPUT.MAX_SCALE = 2.0
+    # Video instance segmentation (VideoMaskFormer, YouTube-VIS): frames per training clip.
+    # The video mapper also reads detectron2's INPUT keys with values of its own:
+    # MIN_SIZE_TRAIN_SAMPLING "choice_by_clip" / "range_by_clip" draws one size per clip
+    # ("choice" / "range": one per frame), and RANDOM_FLIP "flip_by_clip" flips a whole clip
+    # horizontally or not ("horizontal" / "vertical": decided per frame).
+    cfg.INPUT.SAMPLING_FRAME_NUM = 2
+    # Video: a training clip is a random reference frame and SAMPLING_FRAME_NUM - 1 frames
+    # drawn (with replacement) at most this many frames before or after it.
+    cfg.INPUT.SAMPLING_FRAME_RANGE = 20
+    # Video: shuffle the frames of a training clip instead of keeping their order in time.
+    cfg.INPUT.SAMPLING_FRAME_SHUFFLE = False
+    # Video: extra training augmentations, drawn once per clip, among "brightness",
+    # "contrast", "saturation" and "rotation".
+    cfg.INPUT.AUGMENTATIONS = []
 
 
 def _add_data_config(cfg: CfgNode) -> None:
@@ -220,6 +234,9 @@ def _add_mask_former_config(cfg: CfgNode) -> None:
     # attention mask resized from them as in training. False makes each attention mask at its
     # feature level's resolution instead: equal up to float rounding, and faster.
     cfg.MODEL.MASK_FORMER.TEST.AUX_OUTPUTS_IN_EVAL = False
+    # Not in the official release (hard-coded 10 there): VideoMaskFormer returns this many
+    # (query, class) pairs per video, the highest class scores.
+    cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO = 10
 
     # Images of a batch are padded to a multiple of this; a negative value uses the backbone's
     # size_divisibility (which is 0 for detectron2's ResNet).

@@ -1,13 +1,14 @@
 """Tests of the shipped YAML configs: they load, carry the official values, and build models.
 
 Where the official release's configs are at hand (``../shared/gpu/baseline/Mask2Former/configs``
-next to the repository), every one of its image configs must exist here at the same path and
-merge to the same value for every key. The video (youtubevis) configs are out of scope.
+next to the repository), every one of its configs, image and video (youtubevis), must exist
+here at the same path and merge to the same value for every key.
 
 The end-to-end test builds a model from every shipped config with overrides that shrink it
 (narrow heads, few queries, tiny Swin widths; the ResNet depths, Swin depths, windows and class
-counts stay), runs a training step on two small images (one without instances) and then
-inference. Configs that give the same model after the overrides are tested once.
+counts stay), runs a training step on two small images (one without instances), or two clips
+for the video configs, and then inference on an image or a 3-frame video. Configs that give
+the same model after the overrides are tested once.
 """
 
 import glob
@@ -33,19 +34,24 @@ MODEL_CONFIGS = [p for p in ALL_CONFIGS if not os.path.basename(p).startswith("B
 RELEASE_CONFIG_DIR = os.path.join(
     os.path.dirname(REPO), "shared", "gpu", "baseline", "Mask2Former", "configs"
 )
-# Release folders out of scope: the video instance segmentation configs.
-RELEASE_VIDEO_FOLDERS = ("youtubevis_2019", "youtubevis_2021")
+# Folders of the video instance segmentation configs (VideoMaskFormer), and our own.
+VIDEO_FOLDERS = ("youtubevis_2019", "youtubevis_2021")
+VIDEO_CONFIGS = ("shapes/video_maskformer2_R18.yaml",)
 
 
-def _release_image_configs():
+def _release_configs():
     if not os.path.isdir(RELEASE_CONFIG_DIR):
         return []
     paths = glob.glob(os.path.join(RELEASE_CONFIG_DIR, "**", "*.yaml"), recursive=True)
-    relative = (os.path.relpath(p, RELEASE_CONFIG_DIR) for p in paths)
-    return sorted(p for p in relative if p.split(os.sep)[0] not in RELEASE_VIDEO_FOLDERS)
+    return sorted(os.path.relpath(p, RELEASE_CONFIG_DIR) for p in paths)
 
 
-RELEASE_CONFIGS = _release_image_configs()
+RELEASE_CONFIGS = _release_configs()
+
+
+def _is_video(path):
+    return path.split(os.sep)[0] in VIDEO_FOLDERS or path in VIDEO_CONFIGS
+
 
 # Facts of the official Mask2Former release: config path -> {key: value}.
 OFFICIAL_VALUES = {
@@ -167,6 +173,28 @@ OFFICIAL_VALUES = {
         "MODEL.RESNETS.NORM": "SyncBN",
         "SOLVER.MAX_ITER": 160000,
     },
+    "youtubevis_2019/video_maskformer2_R50_bs16_8ep.yaml": {
+        "MODEL.META_ARCHITECTURE": "VideoMaskFormer",
+        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": "VideoMultiScaleMaskedTransformerDecoder",
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 40,
+        "DATASETS.TRAIN": ("ytvis_2019_train",),
+        "DATASETS.TEST": ("ytvis_2019_val",),
+        "SOLVER.MAX_ITER": 6000,
+        "SOLVER.STEPS": (4000,),
+        "INPUT.SAMPLING_FRAME_NUM": 2,
+        "INPUT.MIN_SIZE_TRAIN": (360, 480),
+        "INPUT.MIN_SIZE_TEST": 360,
+        "INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice_by_clip",
+        "INPUT.RANDOM_FLIP": "flip_by_clip",
+        "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
+    },
+    "youtubevis_2021/swin/video_maskformer2_swin_large_IN21k_384_bs16_8ep.yaml": {
+        "DATASETS.TRAIN": ("ytvis_2021_train",),
+        "SOLVER.MAX_ITER": 8000,
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 200,
+        "MODEL.SWIN.EMBED_DIM": 192,
+        "INPUT.MIN_SIZE_TEST": 360,
+    },
 }
 
 # Our second names for release configs: path -> the release config it is.
@@ -195,9 +223,11 @@ def test_config_loads_without_unknown_keys(path):
 @pytest.mark.parametrize("path", MODEL_CONFIGS)
 def test_model_config_is_mask2former(path):
     cfg = load_config(os.path.join(CONFIG_DIR, path))
-    assert cfg.MODEL.META_ARCHITECTURE == "MaskFormer"
+    video = "Video" if _is_video(path) else ""
+    assert cfg.MODEL.META_ARCHITECTURE == f"{video}MaskFormer"
     assert cfg.MODEL.SEM_SEG_HEAD.NAME == "MaskFormerHead"
-    assert cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME == "MultiScaleMaskedTransformerDecoder"
+    decoder = f"{video}MultiScaleMaskedTransformerDecoder"
+    assert cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME == decoder
     assert cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE == "multi_scale_pixel_decoder"
     test_flags = cfg.MODEL.MASK_FORMER.TEST
     assert test_flags.SEMANTIC_ON or test_flags.INSTANCE_ON or test_flags.PANOPTIC_ON
@@ -247,6 +277,18 @@ def test_official_tree_is_complete():
             "mapillary-vistas/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_300k.yaml",
             "mapillary-vistas/panoptic-segmentation/maskformer_R50_bs16_300k.yaml",
             "mapillary-vistas/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_300k.yaml",
+        ]
+        + [
+            f"youtubevis_{year}/{name}"
+            for year in (2019, 2021)
+            for name in [
+                "video_maskformer2_R50_bs16_8ep.yaml",
+                "video_maskformer2_R101_bs16_8ep.yaml",
+                "swin/video_maskformer2_swin_tiny_bs16_8ep.yaml",
+                "swin/video_maskformer2_swin_small_bs16_8ep.yaml",
+                "swin/video_maskformer2_swin_base_IN21k_384_bs16_8ep.yaml",
+                "swin/video_maskformer2_swin_large_IN21k_384_bs16_8ep.yaml",
+            ]
         ]
     )
     missing = [p for p in expected if p not in ALL_CONFIGS]
@@ -325,6 +367,42 @@ def _training_inputs(num_classes, generator):
     return [{"image": images[0], "instances": full}, {"image": images[1], "instances": empty}]
 
 
+def _video_training_inputs(num_classes, num_frames, generator):
+    """Two clips of ``num_frames`` frames: one with the instances of ``_training_inputs`` (the
+    second absent from the first frame: id -1, empty mask), one without instances."""
+    clips = []
+    for index in range(2):
+        images, frames = [], []
+        for frame in range(num_frames):
+            inputs = _training_inputs(num_classes, generator)[index]
+            instances = inputs["instances"]
+            instances.gt_ids = torch.arange(len(instances))
+            if frame == 0 and len(instances):
+                instances.gt_ids[1] = -1
+                instances.gt_masks.tensor[1] = False
+            images.append(inputs["image"])
+            frames.append(instances)
+        clips.append({"image": images, "instances": frames})
+    return clips
+
+
+def _video_inference_failures(path, model, cfg, generator):
+    """Infer a video of 3 frames at 70 x 90; what is wrong with the result."""
+    frames = [torch.randint(0, 256, (3, 64, 80), generator=generator).float() for _ in range(3)]
+    with torch.no_grad():
+        (output,) = model([{"image": frames, "height": 70, "width": 90}])
+    failures = []
+    if output["image_size"] != (70, 90):
+        failures.append(f"{path}: image_size {output['image_size']}")
+    detections = len(output["pred_scores"])
+    if detections > cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO:
+        failures.append(f"{path}: {detections} detections")
+    shapes = {tuple(mask.shape) for mask in output["pred_masks"]}
+    if len(output["pred_masks"]) != detections or shapes - {(3, 70, 90)}:
+        failures.append(f"{path}: {len(output['pred_masks'])} masks of shapes {shapes}")
+    return failures
+
+
 @pytest.mark.slow
 def test_every_shipped_config_trains_and_infers(one_thread):
     failures = _train_and_infer_every_model()
@@ -339,7 +417,12 @@ def _train_and_infer_every_model():
         cfg = shrunk_config(path)
         model = build_model(cfg)
         model.train()
-        losses = model(_training_inputs(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, generator))
+        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        if _is_video(path):
+            inputs = _video_training_inputs(num_classes, cfg.INPUT.SAMPLING_FRAME_NUM, generator)
+        else:
+            inputs = _training_inputs(num_classes, generator)
+        losses = model(inputs)
         total = sum(losses.values())
         if not torch.isfinite(total):
             failures.append(f"{path}: non-finite loss {losses}")
@@ -351,6 +434,9 @@ def _train_and_infer_every_model():
         if no_grad:
             failures.append(f"{path}: no gradient for {no_grad[:5]}")
         model.eval()
+        if _is_video(path):
+            failures.extend(_video_inference_failures(path, model, cfg, generator))
+            continue
         image = torch.randint(0, 256, (3, 64, 80), generator=generator).float()
         with torch.no_grad():
             (output,) = model([{"image": image, "height": 70, "width": 90}])

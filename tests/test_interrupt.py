@@ -248,10 +248,14 @@ def _train_net(output_dir, *opts, num_gpus=1, resume=False):
 def _stop_when_logged(command, output_dir, text, send):
     """Run ``command`` in its own session; once ``text`` is in its log, ``send(process)``."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    # the output goes to a file: a pipe read only at the end fills up (the config dump and the
+    # model print are about 64 KB) and blocks the run before it logs `text`
+    console = output_dir / "console.txt"
+    with open(console, "w") as stdout:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
     log = output_dir / "log.txt"
     deadline = time.monotonic() + 300
     try:
@@ -260,11 +264,11 @@ def _stop_when_logged(command, output_dir, text, send):
                 send(process)
                 break
             time.sleep(0.2)
-        output, _ = process.communicate(timeout=300)
+        process.wait(timeout=300)
     finally:  # a run that did not stop takes its processes with it
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    return process.returncode, output
+    return process.returncode, console.read_text()
 
 
 def _stopped_iteration(log_text):

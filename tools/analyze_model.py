@@ -12,12 +12,20 @@ size instead (the size the model sees, after the test-time resize).
 The weights do not change the counts of the network, only which post-processing paths run,
 so the model is randomly initialised unless ``--weights`` names a checkpoint.
 
+A video model (``VideoMaskFormer``, e.g. ``configs/youtubevis_2019/*.yaml``) is counted per
+video, as it runs at inference: an input is a whole video of ``DATASETS.TEST[0]`` (all its
+frames, through the video test mapper), or with ``--input-size`` a clip of ``--num-frames``
+random frames (default ``INPUT.SAMPLING_FRAME_NUM``). Its FLOPs and activations grow with the
+number of frames, so compare them at one clip length.
+
 Examples:
     python tools/analyze_model.py --tasks flop parameter --num-inputs 100 \\
         --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml
     python tools/analyze_model.py --tasks flop --input-size 800 1216 --num-inputs 1 \\
         --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml
     python tools/analyze_model.py --tasks structure --config-file CONFIG
+    python tools/analyze_model.py --tasks flop --input-size 360 640 --num-frames 5 -n 1 \\
+        --config-file configs/youtubevis_2019/video_maskformer2_R50_bs16_8ep.yaml
 
 Prints a table per task and, at the end, the figures as JSON.
 """
@@ -31,7 +39,7 @@ import statistics
 import sys
 import warnings
 from collections import Counter
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
@@ -47,7 +55,8 @@ from fvcore.nn import flop_count_table  # noqa: E402
 
 from mask2former import modeling as _modeling  # noqa: E402, F401  only registration
 from mask2former.config import UnknownConfigKeyError, add_opts_argument, load_config  # noqa: E402
-from mask2former.data import bad_samples  # noqa: E402
+from mask2former.data import is_video_config  # noqa: E402
+from mask2former.engine import MaskFormerTrainer  # noqa: E402
 from mask2former.engine.checkpoint import AtomicDetectionCheckpointer  # noqa: E402
 from mask2former.utils.analysis import (  # noqa: E402
     activation_count_analysis,
@@ -74,14 +83,22 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--num-inputs",
         type=int,
         default=100,
-        help="images to average the flop and activation counts over (default 100)",
+        help="images (videos) to average the flop and activation counts over (default 100)",
     )
     parser.add_argument(
         "--input-size",
         type=int,
         nargs=2,
         metavar=("H", "W"),
-        help="count on random images of this size instead of DATASETS.TEST[0]",
+        help="count on random images (video models: clips) of this size instead of "
+        "DATASETS.TEST[0]",
+    )
+    parser.add_argument(
+        "--num-frames",
+        type=int,
+        metavar="T",
+        help="video models with --input-size: frames of each random clip (default "
+        "INPUT.SAMPLING_FRAME_NUM)",
     )
     parser.add_argument("--weights", metavar="FILE", help="checkpoint to load (default: none)")
     parser.add_argument(
@@ -94,21 +111,29 @@ def build_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def random_inputs(height: int, width: int, count: int) -> Iterable[List[Dict]]:
+def random_inputs(
+    height: int, width: int, count: int, num_frames: Optional[int] = None
+) -> Iterable[List[Dict]]:
     """``count`` batches of one random image of ``height`` x ``width`` (0-255, as the test
-    mapper gives), reported at that size."""
+    mapper gives), reported at that size; with ``num_frames``, of one video of that many
+    random frames (a video model's input)."""
     generator = torch.Generator().manual_seed(0)
     for _ in range(count):
-        image = torch.randint(0, 256, (3, height, width), generator=generator).float()
+        frames = [
+            torch.randint(0, 256, (3, height, width), generator=generator).float()
+            for _ in range(num_frames or 1)
+        ]
+        image = frames if num_frames else frames[0]
         yield [{"image": image, "height": height, "width": width}]
 
 
 def dataset_inputs(cfg, count: int) -> Iterable[List[Dict]]:
-    """The first ``count`` batches of DATASETS.TEST[0]'s test loader (bad images left out)."""
+    """The first ``count`` batches of DATASETS.TEST[0]'s test loader, as evaluation builds it
+    (a video model's: one whole video per batch; bad samples left out)."""
     if not cfg.DATASETS.TEST:
         raise InputError("DATASETS.TEST is empty: name a data set in it")
     try:
-        loader = bad_samples.build_test_loader(cfg, cfg.DATASETS.TEST[0])
+        loader = MaskFormerTrainer.build_test_loader(cfg, cfg.DATASETS.TEST[0])
     except FileNotFoundError as error:
         raise InputError(f"{error} Or count on random images: --input-size H W.") from error
     return itertools.islice(loader, count)
@@ -164,8 +189,19 @@ def main(argv=None) -> int:
     if args.num_inputs < 1:
         print("error: --num-inputs must be at least 1", file=sys.stderr)
         return 2
+    if args.num_frames is not None and args.num_frames < 1:
+        print("error: --num-frames must be at least 1", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config_file, args.opts)
+        num_frames = None
+        if is_video_config(cfg):
+            num_frames = args.num_frames or cfg.INPUT.SAMPLING_FRAME_NUM
+        elif args.num_frames is not None:
+            raise InputError(
+                f"--num-frames is for video models; {args.config_file} is an image model "
+                f"({cfg.MODEL.META_ARCHITECTURE})"
+            )
         # the counts are the same on any device: CUDA asked for but missing falls back to the
         # CPU with a warning, as in train_net.py
         cfg.MODEL.DEVICE = str(runnable_device(args.device or cfg.MODEL.DEVICE))
@@ -178,7 +214,7 @@ def main(argv=None) -> int:
 
         def inputs():
             if args.input_size:
-                return random_inputs(*args.input_size, args.num_inputs)
+                return random_inputs(*args.input_size, args.num_inputs, num_frames)
             return dataset_inputs(cfg, args.num_inputs)
 
         with torch.no_grad():

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Inference time of Mask2Former R50 on a COCO-panoptic-sized input, stage by stage.
 
+Image models only: a video config (``VideoMaskFormer``) is refused at once.
+
 The model is randomly initialised (no download): 133 classes, 100 queries, all three outputs
 on. The variants are timed each in its own process, one after the other:
 
@@ -88,7 +90,8 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 
 import mask2former.modeling  # noqa: F401  (registers MaskFormer)
-from mask2former.config import load_config
+from mask2former.config import UnknownConfigKeyError, load_config
+from mask2former.data import is_video_config
 from mask2former.modeling.pixel_decoder.ops import functional as ms_deform_attn_functional
 from mask2former.predictor import PRECISIONS, precision_autocast
 from mask2former.utils.cpu_memory import keep_freed_memory
@@ -779,6 +782,16 @@ def check_settings(parser: argparse.ArgumentParser, args) -> None:
     default variants: all that run with them."""
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}.")
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except (FileNotFoundError, UnknownConfigKeyError) as error:
+        parser.error(str(error))
+    if is_video_config(cfg):
+        parser.error(
+            f"{args.config_file} is a video model (MODEL.META_ARCHITECTURE "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}): this benchmark times image models only. Give an "
+            "image config with --config-file."
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(
             f"--device cuda: CUDA is not available here (torch {torch.__version__}, built "

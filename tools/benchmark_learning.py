@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Learning benchmark: train the small shapes config on the CPU and evaluate PQ, AP and mIoU.
+"""Learning benchmark: train the small shapes config on the CPU and evaluate PQ, AP and mIoU
+(or, with ``configs/shapes/video_maskformer2_R18.yaml``, video AP on the moving shapes).
 
 Evaluates the untrained (randomly initialised) model, trains for a fixed number of iterations
 and evaluates again, all through the real evaluators on the synthetic validation split, then
@@ -37,6 +38,7 @@ METRICS = [
     ("panoptic_seg", "PQ_st", "PQ stuff"),
     ("segm", "AP", "mask AP"),
     ("segm", "AP50", "mask AP50"),
+    ("segm", "AR10", "AR10 (video)"),
     ("sem_seg", "mIoU", "mIoU"),
     ("sem_seg", "pACC", "pixel acc."),
 ]

@@ -7,7 +7,8 @@ the size divisibility) and returns ``class_logits`` (N, Q, K+1) and ``mask_logit
 names, thing/stuff split, thresholds, input format and size divisibility, so that it alone
 runs it: ``python demo/demo.py --onnx model.onnx --input IMAGES`` or
 ``mask2former.Predictor("model.onnx", backend="onnxruntime")``. The logic is in
-:mod:`mask2former.export`.
+:mod:`mask2former.export`. Image models only: a video config (``VideoMaskFormer``) is refused
+before anything is built.
 
 Examples:
     python tools/export_model.py --config-file configs/shapes/maskformer2_R18_panoptic.yaml \\
@@ -30,6 +31,7 @@ from mask2former.export import (  # noqa: E402
     EXPORT_FORMATS,
     ExportError,
     MissingDependencyError,
+    check_exportable,
     export,
 )
 from mask2former.predictor import WeightsNotFoundError  # noqa: E402
@@ -56,6 +58,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config_file, args.opts)
+        check_exportable(cfg, args.config_file)
         predictor = Predictor(cfg, device="cpu")
         result = export(
             predictor.model,

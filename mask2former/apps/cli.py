@@ -10,6 +10,12 @@ For every input image the demo writes, into the output folder:
 the machine-readable files for every task the config switches on. A video gives a video of
 pictures with the source's frame rate and size.
 
+A video instance segmentation config (``VideoMaskFormer``, ``configs/youtubevis_*``) runs on a
+whole clip at once: ``--video-input`` (a video of pictures, ``NAME.mp4``, plus
+``NAME.tracks.json``) or ``--input`` frames (the images, in name order, are the frames of one
+clip: a picture per frame and ``tracks.json``); tracks keep their colour through the clip.
+The JSON is in the YouTube-VIS results format (:func:`mask2former.utils.export.write_tracks`).
+
 Bad inputs do not stop a run: each one is reported (file and reason) at the end, after every
 good input has been written, and the exit status is then 1.
 
@@ -33,14 +39,22 @@ from detectron2.data.catalog import Metadata
 from tqdm import tqdm
 
 from ..config import UnknownConfigKeyError, add_opts_argument, load_config, merge_overrides
+from ..data import is_video_config
 from ..export import ExportedModelError, MissingDependencyError, OnnxModelFile
 from ..predictor import PRECISIONS, Predictor, WeightsNotFoundError
 from ..utils.batching import batched
-from ..utils.export import write_prediction
+from ..utils.export import write_prediction, write_tracks
 from ..utils.image_io import ImageReadError, expand_image_inputs, read_image
 from ..utils.results import TASK_CONFIG_KEYS, TASKS, Prediction
-from ..utils.visualization import VideoPredictionDrawer, display_metadata, draw_prediction
+from ..utils.video_io import VideoReadError, iter_frames, open_video
+from ..utils.visualization import (
+    VideoPredictionDrawer,
+    display_metadata,
+    draw_prediction,
+    draw_tracks,
+)
 from ..utils.weights_io import WeightsFileError
+from ..video_predictor import VideoPredictor
 
 __all__ = [
     "DemoError",
@@ -54,6 +68,7 @@ __all__ = [
     "run_demo",
     "run_images",
     "run_video",
+    "run_video_model",
     "run_webcam",
 ]
 
@@ -160,6 +175,12 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "switches on); switched on when the config has it off",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        metavar="N",
+        help="use only the first N frames of --video-input (video models see them all at once)",
+    )
     add_model_arguments(parser, onnx=True)
     return parser
 
@@ -322,16 +343,10 @@ def run_images(
 
 
 def _open_video(path: str) -> cv2.VideoCapture:
-    if not os.path.exists(path):
-        raise DemoError(f"{path}: no such video file; check the path given to --video-input.")
-    capture = cv2.VideoCapture(path)
-    if not capture.isOpened():
-        capture.release()
-        raise DemoError(
-            f"{path}: cannot open the video (not a video, corrupt, or a codec OpenCV cannot "
-            "decode); convert it to an H.264 or MPEG-4 .mp4 file, e.g. with ffmpeg."
-        )
-    return capture
+    try:
+        return open_video(path)
+    except VideoReadError as error:
+        raise DemoError(f"{error} Check the file given to --video-input.") from error
 
 
 def _video_writer(path: str, fps: float, size: Tuple[int, int]) -> cv2.VideoWriter:
@@ -345,14 +360,6 @@ def _video_writer(path: str, fps: float, size: Tuple[int, int]) -> cv2.VideoWrit
     if not writer.isOpened():
         raise DemoError(f"{path}: cannot write a video there; check the folder is writable.")
     return writer
-
-
-def _frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            return
-        yield frame
 
 
 @contextlib.contextmanager
@@ -423,10 +430,7 @@ def run_video(
     """
     capture = _open_video(video_path)
     try:
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        if not fps or fps <= 0 or not np.isfinite(fps):
-            logger.warning("%s does not say its frame rate: writing 30 fps.", video_path)
-            fps = 30.0
+        fps = _video_fps(capture, video_path)
         width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -444,7 +448,7 @@ def run_video(
         try:
             with tqdm(total=to_do, unit="frame", disable=not progress) as bar:
                 with _frame_garbage_collection() as collect:
-                    frames = itertools.islice(_frames(capture), max_frames)
+                    frames = itertools.islice(iter_frames(capture), max_frames)
                     for batch in batched(frames, batch_size):
                         for picture in _draw_frames(predictor, batch, drawer, score_threshold):
                             writer.write(picture)
@@ -472,6 +476,104 @@ def run_video(
     return report
 
 
+def _video_fps(capture: cv2.VideoCapture, video_path: str) -> float:
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    if not fps or fps <= 0 or not np.isfinite(fps):
+        logger.warning("%s does not say its frame rate: writing 30 fps.", video_path)
+        fps = 30.0
+    return fps
+
+
+def run_video_model(
+    predictor: VideoPredictor,
+    output: str,
+    *,
+    video_path: Optional[str] = None,
+    frame_patterns: Sequence[str] = (),
+    max_frames: Optional[int] = None,
+) -> DemoReport:
+    """Run a video model on one clip and write its tracks: pictures and ``tracks.json``.
+
+    Args:
+        predictor: a :class:`mask2former.VideoPredictor`.
+        output: for ``video_path``: a video file, or a folder (then ``FOLDER/NAME.mp4``); the
+            JSON goes beside it as ``NAME.tracks.json``. For frames: a folder, which gets a
+            picture per frame and ``tracks.json``.
+        video_path: a video file, or None to read ``frame_patterns``.
+        frame_patterns: image files, globs or folders: the frames of the clip, in name order.
+            An unreadable frame is reported and left out of the clip.
+        max_frames: use only the first frames.
+
+    Raises:
+        DemoError: the video cannot be opened or the output cannot be written.
+    """
+    report = DemoReport()
+    if video_path is not None:
+        capture = _open_video(video_path)
+        try:
+            fps = _video_fps(capture, video_path)
+            frames_bgr = list(itertools.islice(iter_frames(capture), max_frames))
+            more = capture.grab()
+        finally:
+            capture.release()
+        if not frames_bgr:
+            raise DemoError(
+                f"{video_path}: no frame could be decoded; the video is empty or corrupt."
+            )
+        if max_frames is not None and more:
+            report.notes.append(f"{video_path}: only the first {max_frames} frames were used.")
+        frames = [
+            read_image(frame, predictor.input_format, array_channel_order="BGR")
+            for frame in frames_bgr
+        ]
+        names = [video_path]
+    else:
+        names, frames = [], []
+        for name in expand_image_inputs(frame_patterns)[:max_frames]:
+            try:
+                frames.append(predictor.read(name))
+                names.append(name)
+            except ImageReadError as error:
+                report.failures.append((name, f"{error} (left out of the clip)"))
+        if not frames:
+            return report
+    prediction = predictor.predict_arrays(frames)
+    shown = display_metadata(predictor.metadata, len(predictor.class_names))
+    pictures = []
+    with _frame_garbage_collection() as collect:
+        for index, frame in enumerate(frames):
+            rgb = frame if predictor.input_format == "RGB" else frame[:, :, ::-1]
+            picture = draw_tracks(rgb, prediction.frame(index), shown)[:, :, ::-1]
+            pictures.append(np.ascontiguousarray(picture))
+            collect()
+    if video_path is not None:
+        stem = os.path.splitext(os.path.basename(video_path))[0]
+        if os.path.splitext(output)[1].lower() not in _VIDEO_CODECS or os.path.isdir(output):
+            output = os.path.join(output, stem + ".mp4")
+        height, width = prediction.frame_size
+        writer = _video_writer(output, fps, (width, height))
+        try:
+            for picture in pictures:
+                writer.write(picture)
+        finally:
+            writer.release()
+        json_path = os.path.splitext(output)[0] + ".tracks.json"
+        report.written.append(output)
+    else:
+        namer = _OutputNamer(output, single_file=False)
+        for name, picture in zip(names, pictures):
+            path = namer.paths(name)["picture"]
+            if not cv2.imwrite(path, picture):
+                raise DemoError(f"could not write {path}; check that the folder is writable")
+            report.written.append(path)
+        json_path = os.path.join(output, "tracks.json")
+    write_tracks(
+        prediction, json_path, video_id=os.path.basename(names[0]), metadata=predictor.metadata
+    )
+    report.written.append(json_path)
+    return report
+
+
 def run_webcam(predictor: Predictor, output: Optional[str], task: str) -> DemoReport:
     """Predict on the first webcam until Esc (window) or Ctrl-C; record to ``output`` if given.
 
@@ -489,7 +591,7 @@ def run_webcam(predictor: Predictor, output: Optional[str], task: str) -> DemoRe
     report = DemoReport()
     try:
         with _frame_garbage_collection() as collect:
-            for frame in _frames(capture):
+            for frame in iter_frames(capture):
                 picture = _draw_frames(predictor, [frame], drawer)[0]
                 collect()
                 if output is not None:
@@ -536,6 +638,16 @@ def build_predictor(
         DemoError: the weights file is missing or refused, or the ONNX file does not fit.
     """
     try:
+        if is_video_config(cfg):
+            if onnx_file is not None:
+                raise DemoError("--onnx: video models are not exported; run the PyTorch model.")
+            return VideoPredictor(
+                cfg,
+                device=args.device,
+                precision=args.precision,
+                score_threshold=score_threshold,
+                tune_cpu_allocator=tune_cpu_allocator,
+            )
         return Predictor(
             cfg,
             onnx_file,
@@ -571,8 +683,12 @@ def run_demo(
     """
     if args.batch_size < 1:
         raise DemoError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise DemoError(f"--max-frames must be at least 1, got {args.max_frames}.")
     onnx_file = open_onnx(args.onnx) if args.onnx else None
     cfg = load_demo_config(args, onnx_file)
+    if is_video_config(cfg):
+        return _run_video_model_demo(args, cfg, tune_cpu_allocator)
     task = args.task or default_task(cfg)
     if task is None:
         raise DemoError(
@@ -596,8 +712,43 @@ def run_demo(
     output = args.output or DEFAULT_OUTPUT
     if args.video_input:
         return run_video(
-            predictor, args.video_input, output, task, batch_size=args.batch_size, progress=progress
+            predictor,
+            args.video_input,
+            output,
+            task,
+            batch_size=args.batch_size,
+            progress=progress,
+            max_frames=args.max_frames,
         )
     return run_images(
         predictor, args.input, output, task, batch_size=args.batch_size, progress=progress
+    )
+
+
+def _run_video_model_demo(
+    args: argparse.Namespace, cfg: CfgNode, tune_cpu_allocator: bool
+) -> DemoReport:
+    """The demo of a video model: one clip, from --video-input or the --input frames."""
+    if args.webcam:
+        raise DemoError(
+            f"{args.config_file} is a video model, which needs a whole clip at once: record "
+            "the webcam and pass the file to --video-input."
+        )
+    if args.task not in (None, "instance"):
+        raise DemoError(f"{args.config_file} is a video instance segmentation model: no --task.")
+    if args.video_input:
+        _open_video(args.video_input).release()  # fail before building the model
+    predictor = build_predictor(
+        args,
+        cfg,
+        tasks=["instance"],
+        score_threshold=args.confidence_threshold,
+        tune_cpu_allocator=tune_cpu_allocator,
+    )
+    return run_video_model(
+        predictor,
+        args.output or DEFAULT_OUTPUT,
+        video_path=args.video_input,
+        frame_patterns=args.input or (),
+        max_frames=args.max_frames,
     )

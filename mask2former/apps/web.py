@@ -39,6 +39,7 @@ except ImportError as error:
         "(it pins the version)."
     ) from error
 
+from ..data import is_video_config
 from ..predictor import Predictor
 from ..utils.export import write_prediction
 from ..utils.image_io import ImageReadError, expand_image_inputs
@@ -554,6 +555,11 @@ def create_web_demo(
     if args.config_file is None and onnx_file is None:
         args = argparse.Namespace(**{**vars(args), "config_file": quickstart_config})
     cfg = load_demo_config(args, onnx_file)
+    if is_video_config(cfg):
+        raise DemoError(
+            f"{args.config_file} is a video instance segmentation model, which the web demo "
+            "does not run: use demo/demo.py --video-input FILE (or mask2former.VideoPredictor)."
+        )
     if onnx_file is None and not cfg.MODEL.WEIGHTS:
         if not quickstart_config or not os.path.samefile(args.config_file, quickstart_config):
             raise DemoError(

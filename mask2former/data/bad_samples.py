@@ -42,7 +42,9 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils import comm
 
 from ..utils.signals import install_worker_stop_handlers
+from .dataset_mappers import is_video_config
 from .exclude import exclude_images, read_exclude_file
+from .records import record_id, record_path, video_has_annotations
 
 __all__ = [
     "BAD_SAMPLES_KEY",
@@ -70,8 +72,9 @@ class BadSample:
     """A sample that the dataset mapper failed on.
 
     Attributes:
-        file_name: the sample's image file (its identity; the reason names other files).
-        image_id: the sample's image id, when the data set has one.
+        file_name: the sample's image file (its identity; the reason names other files); a
+            video's frame folder.
+        image_id: the sample's image id (a video's video id), when the data set has one.
         reason: the exception, as "ExceptionType: message" on one line.
     """
 
@@ -94,7 +97,7 @@ class BadSample:
         ]
         if labels and str(record.get("file_name")) not in message:
             reason += f" (reading the image or its {' or '.join(labels)})"
-        return cls(str(record.get("file_name", "<no file_name>")), record.get("image_id"), reason)
+        return cls(record_path(record), record_id(record), reason)
 
 
 class TooManyBadSamplesError(RuntimeError):
@@ -403,9 +406,14 @@ class SkipBadImagesTestLoader:
 def _training_dicts(cfg: CfgNode) -> List[Dict]:
     """``DATASETS.TRAIN``'s dataset dicts as Detectron2's train loader builds them (Mask2Former
     uses no keypoints or proposals), less the images of ``DATASETS.EXCLUDE_FILE``."""
-    dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-    )
+    filter_empty = cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    # Detectron2's filter reads images' annotations; videos' are filtered here
+    video = is_video_config(cfg)
+    dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=filter_empty and not video)
+    if filter_empty and video:
+        kept = [record for record in dicts if video_has_annotations(record)]
+        logger.info("Left out %d videos without annotations.", len(dicts) - len(kept))
+        dicts = kept
     if not cfg.DATASETS.EXCLUDE_FILE:
         return dicts
     entries = read_exclude_file(cfg.DATASETS.EXCLUDE_FILE)

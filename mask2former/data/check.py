@@ -10,15 +10,24 @@ kind, with file names and counts, then summed up in a table; the exit status is 
 is a problem (2 for a usage error). ``--write-exclude FILE`` writes the ids of the images with
 problems, for ``DATASETS.EXCLUDE_FILE`` (:mod:`mask2former.data.exclude`).
 
+A video data set (YouTube-VIS style: one dataset dict per video, its frames in ``file_names``)
+is checked frame by frame with the same rules, each frame against the video's height and width
+and each per-frame segmentation against the frame; a problem of a frame is a problem of its
+video, which the report counts and ``--write-exclude`` lists by its video id (or its frame
+folder, :mod:`mask2former.data.records`).
+
 What is checked (:data:`PROBLEM_KINDS` names each kind):
 
-- images: missing, unreadable (truncated, not an image), or of another size than the
-  annotation's height and width;
-- instance annotations, from the COCO JSON that the metadata names (``json_file``) when there
-  is one, else from the loaded dataset dicts: an empty segmentation, a degenerate polygon
-  (fewer than 3 points, zero area, or too thin to cover a pixel) or an RLE that cannot be
-  decoded, polygons that cover no pixel of the image (they may reach beyond it) or an RLE of
-  another size, a category id that the annotation file's categories lack;
+- images (a video's frames): missing, unreadable (truncated, not an image), or of another size
+  than the annotation's (the video's) height and width;
+- instance annotations (a video's: each frame's), from the COCO (YouTube-VIS) JSON that the
+  metadata names (``json_file``) when there is one, else from the loaded dataset dicts: an
+  empty segmentation, a degenerate polygon (fewer than 3 points, zero area, or too thin to
+  cover a pixel) or an RLE that cannot be decoded, polygons that cover no pixel of the image
+  (they may reach beyond it) or an RLE of another size, a category id that the annotation
+  file's categories lack;
+- videos: no frames, a ``length`` other than the number of frames, or an annotation whose
+  per-frame segmentations are not one per frame;
 - panoptic PNGs: missing, unreadable, of another size than the image, holding segment ids that
   the JSON's segments_info lacks, or the reverse;
 - semantic PNGs: missing, unreadable, of another size than the image, holding values that are
@@ -39,8 +48,19 @@ import os
 import runpy
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -50,6 +70,7 @@ from panopticapi.utils import rgb2id
 
 from .exclude import write_exclude_file
 from .preparation.progress import progress
+from .records import is_video_record, record_id, record_path
 
 __all__ = [
     "PROBLEM_KINDS",
@@ -82,6 +103,7 @@ PROBLEM_KINDS: Dict[str, str] = {
     "semantic_unreadable": "semantic PNG unreadable",
     "semantic_size_mismatch": "semantic PNG of another size than the image",
     "semantic_unknown_value": "semantic PNG with values outside the classes and the ignore label",
+    "video_frame_count": "video annotation or length that does not match the video's frames",
 }
 # Ids or values quoted in one problem's detail.
 _QUOTED_VALUES = 10
@@ -93,10 +115,12 @@ class Problem:
 
     Attributes:
         kind: a key of :data:`PROBLEM_KINDS`.
-        file_name: the file with the problem (for an instance annotation, its image).
+        file_name: the file with the problem (for an instance annotation, its image or frame;
+            for a video's annotation, the video's frame folder).
         detail: what is wrong, for people.
-        image: the image file of the sample concerned; None for a problem of the data set.
-        image_id: the sample's image id, when the data set has one.
+        image: the image file of the sample concerned, a video's frame folder; None for a
+            problem of the data set.
+        image_id: the sample's image id (a video's video id), when the data set has one.
     """
 
     kind: str
@@ -108,11 +132,19 @@ class Problem:
 
 @dataclass
 class DatasetReport:
-    """The problems of one registered data set."""
+    """The problems of one registered data set.
+
+    Attributes:
+        name: the registered name.
+        num_images: the samples checked: images, or videos when ``unit`` is "video".
+        problems: what was found, sorted by kind and file.
+        unit: what a sample is, "image" or "video".
+    """
 
     name: str
     num_images: int
     problems: List[Problem] = field(default_factory=list)
+    unit: str = "image"
 
     def counts(self) -> Dict[str, int]:
         """Problem kind -> number of problems, in :data:`PROBLEM_KINDS` order."""
@@ -122,7 +154,8 @@ class DatasetReport:
         return {kind: n for kind, n in counts.items() if n}
 
     def bad_images(self) -> Dict[str, List[Problem]]:
-        """Image file -> its problems, for the images with a problem."""
+        """Image file (a video's frame folder) -> its problems, for the samples with a
+        problem."""
         found: Dict[str, List[Problem]] = {}
         for problem in self.problems:
             if problem.image is not None:
@@ -142,6 +175,16 @@ class _Sample:
     pan_seg: Optional[str] = None
     segment_ids: List[int] = field(default_factory=list)
     sem_seg: Optional[str] = None
+
+
+@dataclass
+class _Video:
+    """What is checked of one video: its frames, each with the video's size and the frame's
+    annotations (None without ground truth)."""
+
+    folder: str
+    video_id: Optional[Any]
+    frames: List[_Sample]
 
 
 @dataclass(frozen=True)
@@ -346,6 +389,20 @@ def _check_sample(sample: _Sample, rules: _Rules) -> List[Problem]:
     return found
 
 
+def _check_video(video: _Video, rules: _Rules) -> List[Problem]:
+    """Every problem of one video's frames, as problems of the video."""
+    return [
+        replace(problem, image=video.folder, image_id=video.video_id)
+        for frame in video.frames
+        for problem in _check_sample(frame, rules)
+    ]
+
+
+def _check_item(item: Union[_Sample, _Video], rules: _Rules) -> List[Problem]:
+    """Every problem of an image or a video (runs in the worker processes)."""
+    return _check_video(item, rules) if isinstance(item, _Video) else _check_sample(item, rules)
+
+
 def _sample_from_record(record: Dict) -> _Sample:
     return _Sample(
         image=record["file_name"],
@@ -359,18 +416,25 @@ def _sample_from_record(record: Dict) -> _Sample:
     )
 
 
-def _coco_instances(json_file: str, problems: List[Problem]) -> Optional[Dict]:
-    """The content of a COCO instance JSON, or None (with a problem if it cannot be read)."""
+def _read_json(json_file: str, problems: List[Problem]) -> Optional[Any]:
+    """The content of an annotation JSON, or None (with a problem if it cannot be read)."""
     try:
         with open(json_file) as f:
-            content = json.load(f)
+            return json.load(f)
     except (OSError, ValueError) as error:
         problems.append(Problem("dataset_unloadable", json_file, _error_text(error)))
         return None
+
+
+def _is_coco_instances(content: Any) -> bool:
+    """Whether ``content`` is a COCO instance file with file names (not e.g. LVIS's)."""
     images = content.get("images") if isinstance(content, dict) else None
-    if not images or "file_name" not in images[0] or "annotations" not in content:
-        return None  # not a COCO instance file with file names (e.g. LVIS): use the loader's
-    return content
+    return bool(images) and "file_name" in images[0] and "annotations" in content
+
+
+def _is_ytvis(content: Any) -> bool:
+    """Whether ``content`` is a YouTube-VIS file (a list of videos)."""
+    return isinstance(content, dict) and isinstance(content.get("videos"), list)
 
 
 def _metadata_field(metadata, key: str) -> Any:
@@ -382,8 +446,120 @@ def _metadata_field(metadata, key: str) -> Any:
         return None
 
 
-def _collect(name: str) -> Tuple[List[_Sample], _Rules, List[Problem]]:
-    """The samples of a registered data set, its rules, and its data-set-level problems."""
+def _images(
+    records: List[Dict], content: Optional[Dict], image_root: Optional[str]
+) -> Tuple[List[_Sample], Optional[FrozenSet[int]]]:
+    """The samples of an image data set, and its category ids when the COCO JSON ``content``
+    gives them (None: the records' contiguous ids)."""
+    samples = {os.path.normpath(r["file_name"]): _sample_from_record(r) for r in records}
+    if not _is_coco_instances(content):
+        return list(samples.values()), None
+    # the raw annotations: the loader drops or rejects the broken ones
+    by_image = defaultdict(list)
+    for annotation in content["annotations"]:
+        by_image[annotation.get("image_id")].append(annotation)
+    for sample in samples.values():
+        sample.annotations = None  # contiguous ids; replaced from the JSON below
+    for image in content["images"]:
+        path = os.path.normpath(os.path.join(image_root, image["file_name"]))
+        sample = samples.setdefault(path, _Sample(path, image.get("id")))
+        sample.height = image.get("height", sample.height)
+        sample.width = image.get("width", sample.width)
+        sample.annotations = by_image.get(image.get("id"), [])
+    category_ids = frozenset(c["id"] for c in content.get("categories", []))
+    return list(samples.values()), category_ids
+
+
+def _video_from_record(record: Dict) -> _Video:
+    annotations = record.get("annotations")
+    frames = [
+        _Sample(
+            image=path,
+            height=record.get("height"),
+            width=record.get("width"),
+            annotations=None if annotations is None else annotations[t],
+        )
+        for t, path in enumerate(record["file_names"])
+    ]
+    return _Video(record_path(record), record_id(record), frames)
+
+
+def _video_from_json(
+    video: Dict,
+    annotations: Optional[List[Dict]],
+    image_root: str,
+    add: Callable[[_Video, str], None],
+) -> _Video:
+    """A video of a YouTube-VIS JSON, its frames holding the raw per-frame segmentations of
+    ``annotations`` (None without ground truth); ``add(video, detail)`` reports a video whose
+    frames do not add up."""
+    paths = [os.path.normpath(os.path.join(image_root, n)) for n in video.get("file_names", [])]
+    checked = _Video(record_path({"file_names": paths}), video.get("id"), [])
+    for path in paths:
+        frame = _Sample(path, height=video.get("height"), width=video.get("width"))
+        frame.annotations = None if annotations is None else []
+        checked.frames.append(frame)
+    if not paths:
+        add(checked, f"video {checked.video_id} has no file_names")
+    elif video.get("length", len(paths)) != len(paths):
+        add(
+            checked,
+            f"video {checked.video_id} has length {video['length']} but {len(paths)} frames",
+        )
+    for annotation in annotations or []:
+        segmentations = annotation.get("segmentations")
+        if not isinstance(segmentations, list) or len(segmentations) != len(paths):
+            given = (
+                f"{len(segmentations)} entries"
+                if isinstance(segmentations, list)
+                else type(segmentations).__name__
+            )
+            add(
+                checked,
+                f"annotation {annotation.get('id')}: 'segmentations' is {given}, the video has "
+                f"{len(paths)} frames (one entry per frame, null where the object is absent)",
+            )
+            continue
+        for frame, segmentation in zip(checked.frames, segmentations):
+            if segmentation is not None:
+                entry = {key: annotation.get(key) for key in ("id", "category_id")}
+                frame.annotations.append(dict(entry, segmentation=segmentation))
+    return checked
+
+
+def _videos(
+    records: List[Dict],
+    content: Optional[Dict],
+    image_root: Optional[str],
+    metadata,
+    problems: List[Problem],
+) -> Tuple[List[_Video], Optional[FrozenSet[int]]]:
+    """The videos of a video data set, and its category ids when the YouTube-VIS JSON
+    ``content`` is read (None: the records' contiguous ids)."""
+    if not _is_ytvis(content):
+        return [_video_from_record(r) for r in records], None
+
+    def add(video: _Video, detail: str) -> None:
+        kind = "video_frame_count"
+        problems.append(Problem(kind, video.folder, detail, video.folder, video.video_id))
+
+    by_video = defaultdict(list)
+    for annotation in content.get("annotations") or []:
+        by_video[annotation.get("video_id")].append(annotation)
+    with_truth = "annotations" in content
+    videos = [
+        _video_from_json(video, by_video[video.get("id")] if with_truth else None, image_root, add)
+        for video in content["videos"]
+    ]
+    # the ids the loader maps: the registered metadata's, else the JSON's categories
+    mapping = _metadata_field(metadata, "thing_dataset_id_to_contiguous_id")
+    ids = mapping.keys() if mapping else (c.get("id") for c in content.get("categories", []))
+    return videos, frozenset(ids)
+
+
+def _collect(name: str) -> Tuple[List[Union[_Sample, _Video]], _Rules, List[Problem], str]:
+    """The samples (images or videos) of a registered data set, its rules, its data-set-level
+    problems, and what a sample is ("image" or "video")."""
     metadata = MetadataCatalog.get(name)
     problems: List[Problem] = []
     try:
@@ -392,35 +568,24 @@ def _collect(name: str) -> Tuple[List[_Sample], _Rules, List[Problem]]:
     except Exception as error:
         problems.append(Problem("dataset_unloadable", name, _error_text(error)))
         records = []
-    samples = {os.path.normpath(r["file_name"]): _sample_from_record(r) for r in records}
-
-    category_ids = None
-    thing_classes = _metadata_field(metadata, "thing_classes")
-    if thing_classes:
-        category_ids = frozenset(range(len(thing_classes)))
     json_file, image_root = metadata.get("json_file"), metadata.get("image_root")
-    content = _coco_instances(json_file, problems) if json_file and image_root else None
-    if content is not None:
-        # the raw annotations: the loader drops or rejects the broken ones
-        category_ids = frozenset(c["id"] for c in content.get("categories", []))
-        by_image = defaultdict(list)
-        for annotation in content["annotations"]:
-            by_image[annotation.get("image_id")].append(annotation)
-        for sample in samples.values():
-            sample.annotations = None  # contiguous ids; replaced from the JSON below
-        for image in content["images"]:
-            path = os.path.normpath(os.path.join(image_root, image["file_name"]))
-            sample = samples.setdefault(path, _Sample(path, image.get("id")))
-            sample.height = image.get("height", sample.height)
-            sample.width = image.get("width", sample.width)
-            sample.annotations = by_image.get(image.get("id"), [])
+    content = _read_json(json_file, problems) if json_file and image_root else None
+    video = metadata.get("evaluator_type", None) == "ytvis" or _is_ytvis(content)
+    video = video or bool(records and is_video_record(records[0]))
+    if video:
+        samples, category_ids = _videos(records, content, image_root, metadata, problems)
+    else:
+        samples, category_ids = _images(records, content, image_root)
+    if category_ids is None:
+        thing_classes = _metadata_field(metadata, "thing_classes")
+        category_ids = frozenset(range(len(thing_classes))) if thing_classes else None
     stuff_classes = _metadata_field(metadata, "stuff_classes")
     rules = _Rules(
         category_ids=category_ids,
         num_classes=len(stuff_classes) if stuff_classes else None,
         ignore_label=metadata.get("ignore_label", 255),
     )
-    return list(samples.values()), rules, problems
+    return samples, rules, problems, "video" if video else "image"
 
 
 def _default_workers() -> int:
@@ -450,14 +615,14 @@ def check_dataset(
     Returns:
         the report, problems sorted by kind and file.
     """
-    samples, rules, problems = _collect(name)
+    samples, rules, problems, unit = _collect(name)
     workers = _default_workers() if num_workers is None else num_workers
-    results = _map_in_workers(functools.partial(_check_sample, rules=rules), samples, workers)
+    results = _map_in_workers(functools.partial(_check_item, rules=rules), samples, workers)
     for found in progress(results, f"checking {name}", len(samples), show_progress):
         problems.extend(found)
     order = {kind: i for i, kind in enumerate(PROBLEM_KINDS)}
     problems.sort(key=lambda p: (order[p.kind], p.file_name, p.detail))
-    return DatasetReport(name, len(samples), problems)
+    return DatasetReport(name, len(samples), problems, unit)
 
 
 def _table(rows: List[List[str]]) -> List[str]:
@@ -483,7 +648,7 @@ def format_reports(reports: List[DatasetReport], max_listed: int = 20) -> str:
     for report in reports:
         bad = len(report.bad_images())
         lines.append(
-            f"{report.name}: {report.num_images} images checked, {bad} with problems, "
+            f"{report.name}: {report.num_images} {report.unit}s checked, {bad} with problems, "
             f"{len(report.problems)} problems."
         )
         for kind, count in report.counts().items():
@@ -496,14 +661,16 @@ def format_reports(reports: List[DatasetReport], max_listed: int = 20) -> str:
     kinds = [k for k in PROBLEM_KINDS if any(k in r.counts() for r in reports)]
     rows = [["problem"] + [r.name for r in reports]]
     rows += [[PROBLEM_KINDS[k]] + [str(r.counts().get(k, 0)) for r in reports] for k in kinds]
-    rows.append(["images checked"] + [str(r.num_images) for r in reports])
-    rows.append(["images with problems"] + [str(len(r.bad_images())) for r in reports])
+    units = " or ".join(sorted({f"{r.unit}s" for r in reports}, key=len))
+    rows.append([f"{units} checked"] + [str(r.num_images) for r in reports])
+    rows.append([f"{units} with problems"] + [str(len(r.bad_images())) for r in reports])
     lines += ["", "Summary:", *_table(rows)]
     return "\n".join(lines)
 
 
 def exclude_entries(reports: List[DatasetReport]) -> List[Tuple[str, str]]:
-    """(image id or file, comment) of every image with a problem, for an exclude file."""
+    """(image id or file, comment) of every image with a problem, for an exclude file; for a
+    video, (video id or frame folder, comment)."""
     entries: Dict[str, Tuple[str, List[str]]] = {}
     for report in reports:
         for image, problems in report.bad_images().items():
@@ -554,7 +721,7 @@ def import_registrations(modules_or_files: Iterable[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line (see the module docstring); returns the exit status."""
     parser = argparse.ArgumentParser(
-        description="Check the images and annotation files of registered data sets.",
+        description="Check the images (video frames) and annotation files of registered data sets.",
         epilog="Exit status: 0 no problem, 1 problems found, 2 usage error.",
     )
     parser.add_argument("names", nargs="+", metavar="DATASET_NAME", help="registered data sets")
@@ -567,7 +734,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--write-exclude",
         metavar="FILE",
-        help="write the ids of the images with problems to FILE, for DATASETS.EXCLUDE_FILE",
+        help="write the ids of the images (videos) with problems to FILE, for "
+        "DATASETS.EXCLUDE_FILE",
     )
     parser.add_argument(
         "--max-listed", type=int, default=20, help="files listed per problem kind (0: all)"

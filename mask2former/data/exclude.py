@@ -8,12 +8,15 @@ image with its file name and problems as comment::
     397133  # /data/coco/train2017/000000397133.jpg: image unreadable
 
 An image id matches the images of that id in every data set of ``DATASETS.TRAIN``; when several
-of them use the same ids, list file names instead.
+of them use the same ids, list file names instead. For video data sets (YouTube-VIS style) an
+entry is a video id or a video's frame folder.
 """
 
 import logging
 import os
 from typing import Dict, Iterable, List, Sequence, Set, Tuple
+
+from .records import record_id, record_path
 
 __all__ = ["exclude_images", "read_exclude_file", "write_exclude_file"]
 
@@ -55,10 +58,12 @@ def write_exclude_file(path: str, entries: Iterable[Tuple[str, str]]) -> None:
 
 
 def _keys(record: Dict) -> List[str]:
-    """The entries that match a dataset dict: its image id and file names."""
-    keys = [record["file_name"], os.path.basename(record["file_name"])]
-    if record.get("image_id") is not None:
-        keys.append(str(record["image_id"]))
+    """The entries that match a dataset dict: its image id and file names (a video's: its
+    video id and frame folder)."""
+    path = record_path(record)
+    keys = [path, os.path.basename(path)]
+    if record_id(record) is not None:
+        keys.append(str(record_id(record)))
     return keys
 
 

@@ -32,7 +32,7 @@ import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import cv2
 import numpy as np
@@ -47,6 +47,7 @@ __all__ = [
     "SHAPES_CATEGORIES",
     "SyntheticConfig",
     "generate_synthetic_dataset",
+    "ensure_generated",
     "ensure_synthetic_dataset",
     "is_synthetic_dataset_complete",
     "synthetic_split_paths",
@@ -171,10 +172,9 @@ def _stuff_layout(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List
     return labels, classes
 
 
-def _shape_polygon(rng: np.random.Generator, category_id: int, cx, cy, r) -> np.ndarray:
+def shape_polygon(category_id: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
     """Vertices (K, 2) of a circle (32-gon), triangle, square or cross centred at (cx, cy),
-    radius ~r."""
-    angle = rng.uniform(0, 2 * np.pi)
+    radius ~r, turned by ``angle`` radians."""
     if category_id == 1:
         t = angle + np.arange(32) * 2 * np.pi / 32
         pts = np.stack([np.cos(t), np.sin(t)], axis=1) * r
@@ -217,9 +217,37 @@ def _draw_thing(rng: np.random.Generator, category_id: int, size: int):
     """
     r = rng.uniform(0.08, 0.25) * size
     cx, cy = rng.uniform(0, size, size=2)
-    polygon = [float(v) for v in np.round(_shape_polygon(rng, category_id, cx, cy, r), 2).ravel()]
+    vertices = shape_polygon(category_id, cx, cy, r, rng.uniform(0, 2 * np.pi))
+    polygon = [float(v) for v in np.round(vertices, 2).ravel()]
     rles = mask_util.frPyObjects([polygon], size, size)
     return mask_util.decode(mask_util.merge(rles)).astype(bool), polygon
+
+
+def stuff_background(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Textured stuff bands (sky, ground, water) with wavy borders.
+
+    Returns:
+        image: (size, size, 3) float32 RGB, not clipped.
+        stuff: (size, size) int stuff category ids, 0 on the unlabeled borders between bands.
+    """
+    stuff, classes = _stuff_layout(rng, size)
+    image = np.zeros((size, size, 3), dtype=np.float32)
+    for cat in classes:
+        region = stuff == cat
+        image[region] = _textured_stuff(rng, cat, size)[region]
+    # unlabeled borders between bands
+    kernel = np.ones((_BORDER_WIDTH * 2 + 1, 1), dtype=np.uint8)
+    border = np.zeros((size, size), dtype=bool)
+    for cat in classes:
+        region = (stuff == cat).astype(np.uint8)
+        border |= (cv2.dilate(region, kernel) > 0) & (region == 0)
+    return image, np.where(border, 0, stuff)
+
+
+def thing_color(rng: np.random.Generator, category_id: int) -> np.ndarray:
+    """(3,) float32 RGB base colour of a thing, drawn from its class's colour range."""
+    low, high = _THING_RGB_RANGES[category_id]
+    return rng.integers(low, high).astype(np.float32)
 
 
 def _render_image(rng: np.random.Generator, cfg: SyntheticConfig, allow_overlap: bool):
@@ -236,18 +264,7 @@ def _render_image(rng: np.random.Generator, cfg: SyntheticConfig, allow_overlap:
             the polygon is given when it rasterises to exactly the visible mask.
     """
     size = cfg.size
-    stuff, classes = _stuff_layout(rng, size)
-    image = np.zeros((size, size, 3), dtype=np.float32)
-    for cat in classes:
-        region = stuff == cat
-        image[region] = _textured_stuff(rng, cat, size)[region]
-    # unlabeled borders between bands
-    kernel = np.ones((_BORDER_WIDTH * 2 + 1, 1), dtype=np.uint8)
-    border = np.zeros((size, size), dtype=bool)
-    for cat in classes:
-        region = (stuff == cat).astype(np.uint8)
-        border |= (cv2.dilate(region, kernel) > 0) & (region == 0)
-    stuff = np.where(border, 0, stuff)
+    image, stuff = stuff_background(rng, size)
 
     num = int(rng.integers(cfg.min_things, cfg.max_things + 1))
     if rng.random() < 0.05:
@@ -263,8 +280,7 @@ def _render_image(rng: np.random.Generator, cfg: SyntheticConfig, allow_overlap:
         else:
             continue
         occupied |= mask
-        low, high = _THING_RGB_RANGES[cat]
-        color = rng.integers(low, high).astype(np.float32)
+        color = thing_color(rng, cat)
         drawn.append((cat, mask, polygon, color))
 
     # visible part of each shape: later shapes occlude earlier ones; drop tiny leftovers
@@ -287,13 +303,15 @@ def _render_image(rng: np.random.Generator, cfg: SyntheticConfig, allow_overlap:
     return image, stuff, things
 
 
-def _bbox(mask: np.ndarray) -> List[int]:
+def mask_bbox(mask: np.ndarray) -> List[int]:
+    """[x, y, w, h] of the pixels of a non-empty (H, W) bool mask."""
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
     return [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
 
 
-def _rle(mask: np.ndarray) -> Dict:
+def mask_rle(mask: np.ndarray) -> Dict:
+    """COCO RLE of an (H, W) mask, "counts" as str (JSON-ready)."""
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
@@ -337,7 +355,7 @@ def _write_split(
             seg_id = cat * LABEL_DIVISOR + k + 1
             pan[visible] = seg_id
             segments.append(_segment_info(seg_id, cat, visible))
-            segmentation = [polygon] if polygon is not None else _rle(visible)
+            segmentation = [polygon] if polygon is not None else mask_rle(visible)
             inst_anns.append(
                 {
                     "id": ann_id,
@@ -345,7 +363,7 @@ def _write_split(
                     "category_id": cat,
                     "segmentation": segmentation,
                     "area": int(visible.sum()),
-                    "bbox": _bbox(visible),
+                    "bbox": mask_bbox(visible),
                     "iscrowd": 0,
                 }
             )
@@ -362,11 +380,11 @@ def _write_split(
 
     info = {"description": "synthetic shapes", "version": str(_FORMAT_VERSION)}
     things_only = [c for c in SHAPES_CATEGORIES if c["isthing"]]
-    _dump_json(
+    dump_json(
         paths["instances_json"],
         {"info": info, "images": images, "annotations": inst_anns, "categories": things_only},
     )
-    _dump_json(
+    dump_json(
         paths["panoptic_json"],
         {
             "info": info,
@@ -383,11 +401,11 @@ def _segment_info(seg_id: int, category_id: int, mask: np.ndarray) -> Dict:
         "category_id": int(category_id),
         "iscrowd": 0,
         "area": int(mask.sum()),
-        "bbox": _bbox(mask),
+        "bbox": mask_bbox(mask),
     }
 
 
-def _dump_json(path: str, obj) -> None:
+def dump_json(path: str, obj) -> None:
     with open(path, "w") as f:
         json.dump(obj, f)
 
@@ -406,7 +424,7 @@ def generate_synthetic_dataset(
     for split, num, seed in (("train", cfg.num_train, seeds[0]), ("val", cfg.num_val, seeds[1])):
         _write_split(root, split, num, np.random.default_rng(seed), cfg, show_progress)
     marker = dict(asdict(cfg), format_version=_FORMAT_VERSION)
-    _dump_json(os.path.join(root, _DONE_MARKER), marker)
+    dump_json(os.path.join(root, _DONE_MARKER), marker)
 
 
 def _read_marker(root: str):
@@ -434,6 +452,55 @@ def _exclusive_lock(directory: str) -> Iterator[None]:
         os.close(fd)
 
 
+def ensure_generated(
+    root: str,
+    marker: Dict,
+    generate: Callable[[str], None],
+    *,
+    overwrite: bool = False,
+    what: str = "synthetic data set",
+) -> str:
+    """Run ``generate`` into ``root`` unless ``root`` already holds what it generates.
+
+    Idempotent and safe to call from several processes at once (a lock on the parent folder
+    serialises them). ``generate(folder)`` writes into a temporary folder, which is moved into
+    place with the done-marker ``marker`` (written last), so an interrupted run never leaves a
+    half-written ``root`` behind.
+
+    Args:
+        root: destination folder.
+        marker: JSON-able dict of the generation parameters, with a "format_version".
+        generate: writes the set into the folder it is given.
+        overwrite: regenerate when ``root`` holds a set generated with other parameters;
+            when False such a set is kept as it is. A set of another ``format_version`` is
+            always regenerated.
+        what: the set, in log messages.
+
+    Returns:
+        ``root``.
+    """
+    root = os.path.abspath(root)
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    with _exclusive_lock(parent):
+        found = _read_marker(root)
+        current_format = (
+            found is not None and found.get("format_version") == marker["format_version"]
+        )
+        if found == marker or (current_format and not overwrite):
+            if found != marker:
+                logger.info("Keeping the %s in %s generated with %s", what, root, found)
+            return root
+        tmp = f"{root}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("Generating the %s in %s (%s)", what, root, marker)
+        generate(tmp)
+        dump_json(os.path.join(tmp, _DONE_MARKER), marker)
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)
+    return root
+
+
 def ensure_synthetic_dataset(
     root: str,
     cfg: SyntheticConfig = SyntheticConfig(),
@@ -441,11 +508,8 @@ def ensure_synthetic_dataset(
     overwrite: bool = False,
     show_progress: bool = False,
 ) -> str:
-    """Generate the synthetic set into ``root`` unless it is already there.
-
-    Idempotent and safe to call from several processes at once (a lock on the parent folder
-    serialises them). The set is generated in a temporary folder and moved into place, so an
-    interrupted run never leaves a half-written ``root`` behind.
+    """Generate the synthetic set into ``root`` unless it is already there
+    (:func:`ensure_generated`).
 
     Args:
         root: destination folder, e.g. ``$DETECTRON2_DATASETS/shapes``.
@@ -458,24 +522,13 @@ def ensure_synthetic_dataset(
     Returns:
         ``root``.
     """
-    root = os.path.abspath(root)
-    wanted = dict(asdict(cfg), format_version=_FORMAT_VERSION)
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    with _exclusive_lock(parent):
-        found = _read_marker(root)
-        current_format = found is not None and found.get("format_version") == _FORMAT_VERSION
-        if found == wanted or (current_format and not overwrite):
-            if found != wanted:
-                logger.info("Keeping the synthetic set in %s generated with %s", root, found)
-            return root
-        tmp = f"{root}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        logger.info("Generating the synthetic shapes data set in %s (%s)", root, cfg)
-        generate_synthetic_dataset(tmp, cfg, show_progress=show_progress)
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(tmp, root)
-    return root
+    return ensure_generated(
+        root,
+        dict(asdict(cfg), format_version=_FORMAT_VERSION),
+        lambda folder: generate_synthetic_dataset(folder, cfg, show_progress=show_progress),
+        overwrite=overwrite,
+        what="synthetic shapes data set",
+    )
 
 
 def main(argv=None) -> None:

@@ -34,6 +34,7 @@ from detectron2.utils.registry import Registry
 from ..utils.results import TASK_CONFIG_KEYS
 from .boundary_ap import check_dilation_ratio
 from .partial_evaluation import PartialCOCOEvaluator, PartialCOCOPanopticEvaluator
+from .ytvis_evaluation import YTVISEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,11 @@ def _lvis(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEv
     return [LVISEvaluator(dataset_name, output_dir=output_folder)]
 
 
+def _ytvis(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEvaluator]:
+    _no_boundary_ap(cfg, dataset_name, "YouTube-VIS video AP")
+    return [YTVISEvaluator(dataset_name, output_dir=output_folder)]
+
+
 # The MODEL.MASK_FORMER.TEST flags that turn the model's outputs on, and the outputs' names.
 OUTPUT_FLAGS = {flag: task for task, flag in TASK_CONFIG_KEYS.items()}
 
@@ -218,6 +224,12 @@ def coco() -> Tuple[OutputEvaluation, ...]:
 @EVALUATOR_REGISTRY.register()
 def lvis() -> Tuple[OutputEvaluation, ...]:
     return (OutputEvaluation("INSTANCE_ON", _lvis, requires=("lvis",)),)
+
+
+@EVALUATOR_REGISTRY.register()
+def ytvis() -> Tuple[OutputEvaluation, ...]:
+    """Video instance segmentation: results.json, and video AP where there is ground truth."""
+    return (OutputEvaluation("INSTANCE_ON", _ytvis),)
 
 
 @EVALUATOR_REGISTRY.register()

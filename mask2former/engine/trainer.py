@@ -16,7 +16,7 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
 
-from mask2former.data import bad_samples, build_dataset_mapper
+from mask2former.data import bad_samples, build_dataset_mapper, is_video_config
 
 from .checkpoint import AtomicDetectionCheckpointer
 from .evaluation import build_evaluator, check_evaluation_dependencies
@@ -137,14 +137,14 @@ class MaskFormerTrainer(DefaultTrainer):
     """``DefaultTrainer`` with Mask2Former's data mappers, optimizer, schedule and evaluators.
 
     Differences from ``DefaultTrainer``: the train loader uses the mapper named by
-    ``INPUT.DATASET_MAPPER_NAME``; the optimizer comes from :func:`build_optimizer` (AdamW or
-    SGD, backbone LR multiplier, no weight decay on norms and embeddings, full-model gradient
-    clipping); the LR schedule may be "WarmupPolyLR"; evaluators follow the data set's
-    ``evaluator_type``; checkpoints are written atomically; AMP uses ``SOLVER.AMP.PRECISION``;
-    multi-process training also works on CPUs (gloo); semantic test-time augmentation runs after
-    training when ``TEST.AUG.ENABLED``; bad samples are replaced (training) or left out
-    (evaluation) and reported; a non-finite loss stops training with a message that names the
-    last good checkpoint.
+    ``INPUT.DATASET_MAPPER_NAME`` (for a video model the video mapper, in evaluation too); the
+    optimizer comes from :func:`build_optimizer` (AdamW or SGD, backbone LR multiplier, no
+    weight decay on norms and embeddings, full-model gradient clipping); the LR schedule may be
+    "WarmupPolyLR"; evaluators follow the data set's ``evaluator_type``; checkpoints are
+    written atomically; AMP uses ``SOLVER.AMP.PRECISION``; multi-process training also works on
+    CPUs (gloo); semantic test-time augmentation runs after training when ``TEST.AUG.ENABLED``;
+    bad samples are replaced (training) or left out (evaluation) and reported; a non-finite
+    loss stops training with a message that names the last good checkpoint.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -205,8 +205,10 @@ class MaskFormerTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        """Detectron2's inference loader, leaving out and reporting bad images."""
-        return bad_samples.build_test_loader(cfg, dataset_name)
+        """Detectron2's inference loader, leaving out and reporting bad images; for a video
+        model, one whole video per sample (the video mapper in inference mode)."""
+        mapper = build_dataset_mapper(cfg, is_train=False) if is_video_config(cfg) else None
+        return bad_samples.build_test_loader(cfg, dataset_name, mapper)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -25,6 +25,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from torch import nn
 
+from ..data.dataset_mappers.build import is_video_config
 from ..modeling.meta_arch.mask_former import MaskFormer
 from ..modeling.pixel_decoder.ops import MSDeformAttn, kernel_available
 from .dependencies import require
@@ -60,6 +61,25 @@ _EXAMPLE_SIZE_WITHOUT_DIVISIBILITY = (64, 96)
 
 class ExportError(RuntimeError):
     """The model cannot be exported; the message names the module that blocks it."""
+
+
+def check_exportable(cfg: CfgNode, config_name: str = "the config") -> None:
+    """Refuse a config whose model is not exported, before anything is built.
+
+    Args:
+        config_name: how messages name the config (e.g. its file).
+
+    Raises:
+        ExportError: the config is a video model's (``VideoMaskFormer``): its frames go through
+            the network together and its output is tracks, which the exported image network
+            (:class:`InferenceNetwork`) does not express.
+    """
+    if is_video_config(cfg):
+        raise ExportError(
+            f"{config_name} is a video model (MODEL.META_ARCHITECTURE "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}), and video models are not exported: run it in "
+            "PyTorch with mask2former.VideoPredictor or demo/demo.py --video-input."
+        )
 
 
 class InferenceNetwork(nn.Module):
@@ -323,10 +343,12 @@ def export(
         external_data: ONNX only, see :func:`export_onnx`.
 
     Raises:
-        ExportError: the model cannot be exported (names the blocking module).
+        ExportError: the model cannot be exported (names the blocking module), or is a video
+            model (:func:`check_exportable`).
         MissingDependencyError: ONNX export without onnx / onnxscript.
         ValueError: unknown format.
     """
+    check_exportable(cfg)
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {export_format!r}.")
     if next(model.parameters()).device.type != "cpu":

@@ -44,11 +44,13 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from ..config import load_config
+from ..data.dataset_mappers.build import is_video_config
 from ..data.datasets.catalog_utils import register_metadata_categories
 from ..engine.checkpoint import AtomicDetectionCheckpointer
 from ..utils.visualization import class_names_from_metadata
 from ..utils.weights_io import load_weights_file, save_weights_file
 from .hf_config import (
+    UnsupportedConfigError,
     config_from_hf,
     guess_task,
     hf_config_from_d2,
@@ -396,8 +398,16 @@ def convert_d2_checkpoint_to_hf(
 
     Raises:
         FileNotFoundError: the config or the weights file is missing.
+        mask2former.interop.hf_config.UnsupportedConfigError: a video model's config
+            (transformers' Mask2Former takes images), refused before anything is read.
     """
     cfg = load_config(config_file, ["MODEL.DEVICE", "cpu", *(opts or [])])
+    if is_video_config(cfg):
+        raise UnsupportedConfigError(
+            f"{config_file} is a video model (MODEL.META_ARCHITECTURE "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}); transformers' Mask2Former takes images, so "
+            "video models are not converted. Run it with mask2former.VideoPredictor."
+        )
     weights = cfg.MODEL.WEIGHTS
     if not os.path.isfile(weights):
         raise FileNotFoundError(

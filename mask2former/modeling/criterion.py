@@ -1,8 +1,9 @@
 """Set-prediction losses of Mask2Former.
 
 Shape legend:
-    N: images in the batch, Q: queries, K: classes (+1 for "no object"),
-    R: matched (query, target) pairs of the batch, P: sampled points, H, W: mask size.
+    N: images (or videos) in the batch, Q: queries, K: classes (+1 for "no object"),
+    R: matched (query, target) pairs of the batch, P: sampled points, H, W: mask size,
+    *F: the frame dimensions of a mask, none for images and (T,) for videos of T frames.
 """
 
 from typing import Dict, List, Tuple, Union
@@ -64,6 +65,10 @@ class SetCriterion(nn.Module):
     dice on points importance-sampled from the matched predicted masks. Loss names are
     ``loss_ce``, ``loss_mask``, ``loss_dice`` and, for auxiliary prediction i, the same with a
     ``_{i}`` suffix. The returned losses are unweighted; ``weight_dict`` holds the weights.
+
+    Video masks (a frame dimension T): the R matched (T, H, W) masks are R * T masks for the
+    point sampling (points drawn for every matched instance and frame), and the mask losses
+    are still divided by the number of target instances, not instances times frames.
     """
 
     @configurable
@@ -151,7 +156,8 @@ class SetCriterion(nn.Module):
         indices: List[Tuple[Tensor, Tensor]],
         num_masks: Union[float, Tensor],
     ) -> Dict[str, Tensor]:
-        """Sigmoid BCE and dice on importance-sampled points of the matched masks."""
+        """Sigmoid BCE and dice on importance-sampled points of the matched masks, each frame
+        of a video mask sampled on its own."""
         pred_masks = outputs["pred_masks"]
         batch_idx, query_idx = _query_indices(indices)
         if len(batch_idx) == 0:
@@ -161,8 +167,10 @@ class SetCriterion(nn.Module):
         matched_logits = pred_masks[
             batch_idx.to(pred_masks.device), query_idx.to(pred_masks.device)
         ]
-        matched_logits = matched_logits.float()[:, None]
-        matched_targets = _matched_target_masks(targets, indices, pred_masks.device)[:, None]
+        # (R, *F, H, W) -> (R * F, 1, H, W): every frame of a matched mask is a mask here.
+        matched_logits = matched_logits.float().flatten(0, -3)[:, None]
+        matched_targets = _matched_target_masks(targets, indices, pred_masks.device)
+        matched_targets = matched_targets.flatten(0, -3)[:, None]
         with torch.no_grad():
             point_coords = get_uncertain_point_coords_with_randomness(
                 matched_logits,
@@ -203,10 +211,11 @@ class SetCriterion(nn.Module):
         """Compute all losses, in float32 whatever the autocast state.
 
         Args:
-            outputs: "pred_logits" (N, Q, K+1), "pred_masks" (N, Q, H, W) and optionally
+            outputs: "pred_logits" (N, Q, K+1), "pred_masks" (N, Q, *F, H, W) and optionally
                 "aux_outputs", a list of dicts with the same two keys.
-            targets: N dicts with "labels" (M,) int64 and "masks" (M, H', W') binary masks;
-                all images' masks have the same size (padded to the batch's padded size).
+            targets: N dicts with "labels" (M,) int64 and "masks" (M, *F, H', W') binary
+                masks; all images' masks have the same size (padded to the batch's padded
+                size).
 
         Returns:
             loss name -> scalar float32 tensor (unweighted).
@@ -259,7 +268,7 @@ def _query_indices(indices: List[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor
 def _matched_target_masks(
     targets: List[Dict[str, Tensor]], indices: List[Tuple[Tensor, Tensor]], device: torch.device
 ) -> Tensor:
-    """Target masks in matching order, (R, H', W') float32."""
+    """Target masks in matching order, (R, *F, H', W') float32."""
     sizes = {tuple(t["masks"].shape[-2:]) for t in targets if len(t["masks"])}
     if len(sizes) > 1:
         raise ValueError(

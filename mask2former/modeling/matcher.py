@@ -1,11 +1,13 @@
 """Hungarian matching between predicted masks and ground-truth segments.
 
 Shape legend:
-    N: images in the batch, Q: queries, K: classes (+1 for "no object"),
-    M: ground-truth segments of one image, T: segments of all images, P: sampled points,
-    H, W: mask height and width.
+    N: images (or videos) in the batch, Q: queries, K: classes (+1 for "no object"),
+    M: ground-truth segments of one image, S: segments of all images, P: sampled points,
+    H, W: mask height and width, *F: the frame dimensions of a mask, none for images and (T,)
+    for videos of T frames.
 """
 
+import math
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -73,6 +75,10 @@ class HungarianMatcher(nn.Module):
     ``class_weight * -p_q(class_m) + mask_weight * BCE + dice_weight * dice``, where the mask
     terms are computed on ``num_points`` points drawn uniformly at random, the same points for
     the predictions and the targets of an image.
+
+    Video masks (a frame dimension T) are matched as whole tracks: one set of points per
+    video, used in every frame, and the mask costs are computed on the T * P values as if the
+    frames were more points.
     """
 
     @configurable
@@ -127,8 +133,8 @@ class HungarianMatcher(nn.Module):
         diagonal blocks are the per-image matrices.
 
         Args:
-            outputs: "pred_logits" (N, Q, K+1) and "pred_masks" (N, Q, H, W) logits.
-            targets: N dicts with "labels" (M,) int64 and "masks" (M, H', W') binary masks
+            outputs: "pred_logits" (N, Q, K+1) and "pred_masks" (N, Q, *F, H, W) logits.
+            targets: N dicts with "labels" (M,) int64 and "masks" (M, *F, H', W') binary masks
                 (H', W' may differ from H, W: points are in normalised coordinates).
             point_coords: (N, P, 2) sampling points in [0, 1] x [0, 1], (x, y) order.
 
@@ -139,11 +145,11 @@ class HungarianMatcher(nn.Module):
         device_type = pred_logits.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             class_prob = pred_logits.float().softmax(-1)
-            pred_points = point_sample(
-                outputs["pred_masks"].float(), point_coords, align_corners=False
-            )
             num_queries = class_prob.shape[1]
-            pred_points = pred_points.flatten(0, 1)
+            # (N, Q, *F, H, W) -> (N, Q * F, H, W) -> (N * Q, F * P), frame outermost.
+            pred_masks = outputs["pred_masks"].float().flatten(1, -3)
+            pred_points = point_sample(pred_masks, point_coords, align_corners=False)
+            pred_points = pred_points.view(len(pred_masks) * num_queries, -1)
             target_points = self._sample_targets(targets, point_coords)
             labels = torch.cat([t["labels"] for t in targets]).to(class_prob.device)
             cost = (
@@ -159,18 +165,20 @@ class HungarianMatcher(nn.Module):
 
     @staticmethod
     def _sample_targets(targets: List[Dict[str, Tensor]], point_coords: Tensor) -> Tensor:
-        """Sample every target mask at its image's points: (T, P) float32."""
+        """Sample every target mask at its image's points: (S, F * P) float32, frame
+        outermost."""
         samples = []
         for index, target in enumerate(targets):
             masks = target["masks"]
             if len(masks) == 0:
                 continue
             coords = point_coords[index : index + 1].expand(len(masks), -1, -1)
-            samples.append(
-                point_sample(masks[:, None].float(), coords, align_corners=False).squeeze(1)
-            )
+            # (M, *F, H, W) -> (M, F, H, W): the frames as channels, sampled at the same points.
+            frames = masks.float().reshape(len(masks), -1, *masks.shape[-2:])
+            samples.append(point_sample(frames, coords, align_corners=False).flatten(1))
         if not samples:
-            return point_coords.new_zeros((0, point_coords.shape[1]))
+            frames = math.prod(targets[0]["masks"].shape[1:-2]) if targets else 1
+            return point_coords.new_zeros((0, frames * point_coords.shape[1]))
         return torch.cat(samples)
 
     @torch.no_grad()
@@ -180,9 +188,9 @@ class HungarianMatcher(nn.Module):
         """Match queries to targets.
 
         Args:
-            outputs: "pred_logits" (N, Q, K+1) and "pred_masks" (N, Q, H, W) logits; other
-                keys are ignored.
-            targets: N dicts with "labels" (M,) int64 and "masks" (M, H', W').
+            outputs: "pred_logits" (N, Q, K+1) and "pred_masks" (N, Q, *F, H, W) logits;
+                other keys are ignored.
+            targets: N dicts with "labels" (M,) int64 and "masks" (M, *F, H', W').
 
         Returns:
             N pairs (query_indices, target_indices), int64 tensors of length min(Q, M) each,

@@ -1,4 +1,5 @@
-"""Sine positional encoding of 2D feature maps (DETR, Carion et al. 2020)."""
+"""Sine positional encodings of 2D feature maps (DETR, Carion et al. 2020) and of clips of
+feature maps (Mask2Former for video, Cheng et al. 2021)."""
 
 import math
 from typing import Optional
@@ -6,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["PositionEmbeddingSine"]
+__all__ = ["PositionEmbeddingSine", "PositionEmbeddingSine3D"]
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -64,22 +65,69 @@ class PositionEmbeddingSine(nn.Module):
             not_mask = torch.ones((1, height, width), device=x.device, dtype=torch.bool)
         else:
             not_mask = ~mask
-        y_embed = not_mask.cumsum(1, dtype=torch.float32)
-        x_embed = not_mask.cumsum(2, dtype=torch.float32)
-        if self.normalize:
-            eps = 1e-6
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
-        dim_t = self.temperature ** (
-            2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats
-        )
+        y_embed = self._positions(not_mask, 1)
+        x_embed = self._positions(not_mask, 2)
+        dim_t = self._wavelengths(self.num_pos_feats, x.device)
         pos = torch.cat((self._interleave(y_embed, dim_t), self._interleave(x_embed, dim_t)), 3)
         pos = pos.permute(0, 3, 1, 2).to(dtype)
         return pos.expand(batch, -1, -1, -1) if mask is None else pos
 
+    def _positions(self, not_mask: torch.Tensor, dim: int) -> torch.Tensor:
+        """Count of valid positions up to and including each one along ``dim``, float32;
+        divided by the last count (+ 1e-6) and times ``scale`` when ``normalize``."""
+        embed = not_mask.cumsum(dim, dtype=torch.float32)
+        if self.normalize:
+            eps = 1e-6
+            last = embed.narrow(dim, embed.shape[dim] - 1, 1)
+            embed = embed / (last + eps) * self.scale
+        return embed
+
+    def _wavelengths(self, num_feats: int, device: torch.device) -> torch.Tensor:
+        """(num_feats,) float32 divisors ``T^(2 * (i // 2) / num_feats)``."""
+        dim_t = torch.arange(num_feats, dtype=torch.float32, device=device)
+        return self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+
     @staticmethod
     def _interleave(embed: torch.Tensor, dim_t: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) positions -> (N, H, W, F): sin on even channels, cos on odd ones."""
+        """(*S) positions -> (*S, F) for F = len(dim_t): sin on even channels, cos on odd."""
         phase = embed[..., None] / dim_t
-        return torch.stack((phase[..., 0::2].sin(), phase[..., 1::2].cos()), dim=4).flatten(3)
+        return torch.stack((phase[..., 0::2].sin(), phase[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+class PositionEmbeddingSine3D(PositionEmbeddingSine):
+    """Fixed sine/cosine embedding of the (t, y, x) position of every pixel of a clip.
+
+    The y and x parts are those of :class:`PositionEmbeddingSine` (``F = num_pos_feats``
+    channels each, y first); the t part has ``2 F`` channels, with wavelengths
+    ``T^(2i / (2F))``, and is added to both: ``cat(y_part, x_part) + t_part``. Positions along
+    t count the valid frames like those along y and x count the valid pixels (normalised the
+    same way with ``normalize``). The arguments are those of :class:`PositionEmbeddingSine`.
+    """
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        Args:
+            x: (N, T, C, H, W) clips of feature maps; only the shape, device and dtype are used.
+            mask: optional (N, T, H, W) bool, True at padded pixels. None means no padding.
+
+        Returns:
+            (N, T, 2 * num_pos_feats, H, W) embedding, values in [-2, 2].
+        """
+        batch, frames, _, height, width = x.shape
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        if mask is None:
+            not_mask = torch.ones((1, frames, height, width), device=x.device, dtype=torch.bool)
+        else:
+            not_mask = ~mask
+        dim_t = self._wavelengths(self.num_pos_feats, x.device)
+        dim_t_frames = self._wavelengths(2 * self.num_pos_feats, x.device)
+        pos = torch.cat(
+            (
+                self._interleave(self._positions(not_mask, 2), dim_t),
+                self._interleave(self._positions(not_mask, 3), dim_t),
+            ),
+            4,
+        )
+        pos = pos + self._interleave(self._positions(not_mask, 1), dim_t_frames)
+        pos = pos.permute(0, 1, 4, 2, 3).to(dtype)
+        return pos.expand(batch, -1, -1, -1, -1) if mask is None else pos

@@ -5,7 +5,10 @@
 - instances: a JSON list in the COCO results format (``pycocotools.coco.COCO.loadRes``
   reads it): one dict per instance with an RLE ``segmentation``, an XYWH ``bbox`` and a
   ``score``;
-- semantic: a PNG of class indices (uint8; uint16 when there are more than 256 classes).
+- semantic: a PNG of class indices (uint8; uint16 when there are more than 256 classes);
+- video tracks (a video model's prediction): a JSON list in the YouTube-VIS results format,
+  one dict per track with per-frame RLE ``segmentations`` (None where the track is empty) and a
+  ``score``.
 
 :func:`write_prediction` writes all of them for one image, under the names the demos use
 (``STEM.panoptic.png``, ``STEM.panoptic.json``, ``STEM.instances.json``, ``STEM.semantic.png``).
@@ -31,10 +34,12 @@ __all__ = [
     "RESULT_FILE_SUFFIXES",
     "contiguous_to_dataset_ids",
     "encode_rle",
+    "encode_video_masks",
     "write_prediction",
     "write_panoptic",
     "write_instances",
     "write_semantic",
+    "write_tracks",
 ]
 
 
@@ -57,6 +62,15 @@ def encode_rle(masks: np.ndarray) -> List[Dict[str, Any]]:
     for rle in encoded:
         rle["counts"] = rle["counts"].decode("ascii")
     return encoded
+
+
+def encode_video_masks(masks: np.ndarray) -> List[Optional[Dict[str, Any]]]:
+    """(L, H, W) per-frame masks of one track -> L RLEs (str ``counts``), None for an empty
+    frame: a track's ``segmentations`` in the YouTube-VIS results format."""
+    masks = np.asarray(masks, dtype=bool)
+    present = masks.reshape(len(masks), -1).any(axis=1)
+    encoded = iter(encode_rle(masks[present]))
+    return [next(encoded) if keep else None for keep in present]
 
 
 # The file each result is written to, as a suffix of the image's stem.
@@ -168,6 +182,35 @@ def write_instances(
                 "score": float(result.scores[index]),
                 "bbox": [x0, y0, x1 - x0, y1 - y0],
                 "segmentation": rle,
+            }
+        )
+    _write_json(json_path, entries)
+
+
+def write_tracks(prediction, json_path: str, *, video_id: Union[int, str], metadata=None) -> None:
+    """Write a video's tracks in the YouTube-VIS results format.
+
+    Args:
+        prediction: a :class:`mask2former.VideoPrediction` (masks (D, L, H, W), scores,
+            classes, class_names).
+        json_path: the file to write.
+        video_id: the ``video_id`` of every entry.
+        metadata: the data set's metadata, to translate category ids.
+
+    Each entry: ``video_id``, ``category_id``, ``category_name``, ``score`` and
+    ``segmentations``, one RLE (str ``counts``) per frame, None where the track is empty.
+    """
+    to_dataset_id = contiguous_to_dataset_ids(metadata)
+    entries = []
+    for index, masks in enumerate(prediction.masks):
+        contiguous_id = int(prediction.classes[index])
+        entries.append(
+            {
+                "video_id": video_id,
+                "category_id": to_dataset_id.get(contiguous_id, contiguous_id),
+                "category_name": prediction.class_names[index],
+                "score": float(prediction.scores[index]),
+                "segmentations": encode_video_masks(masks),
             }
         )
     _write_json(json_path, entries)

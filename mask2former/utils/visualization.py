@@ -7,7 +7,7 @@ hold all classes, with the names and colours of the data set's metadata, so that
 visualizers name and colour every segment correctly.
 """
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +28,11 @@ __all__ = [
     "display_metadata",
     "draw_annotations",
     "draw_prediction",
+    "draw_tracks",
     "draw_training_sample",
+    "draw_video_annotations",
+    "draw_video_training_sample",
+    "video_track_ids",
     "VideoPredictionDrawer",
 ]
 
@@ -165,6 +169,127 @@ class VideoPredictionDrawer:
         else:
             output = self._visualizer.draw_sem_seg(frame_rgb, result.label_map)
         return output.get_image()
+
+
+def _overlay_tracks(
+    frame_rgb: np.ndarray,
+    metadata: Metadata,
+    masks: Sequence[Any],
+    labels: Sequence[str],
+    tracks: Sequence[int],
+) -> np.ndarray:
+    """Overlay ``masks`` (binary (H, W) arrays, polygons or RLE), mask ``i`` labelled
+    ``labels[i]`` in the colour of track ``tracks[i]``: track ``d`` in the ``d``-th colour of
+    Detectron2's palette, so that an object keeps its colour in every frame."""
+    visualizer = Visualizer(frame_rgb, metadata, instance_mode=ColorMode.IMAGE)
+    palette = colormap(rgb=True, maximum=1)
+    output = visualizer.overlay_instances(
+        masks=list(masks),
+        labels=list(labels),
+        assigned_colors=[palette[d % len(palette)] for d in tracks],
+    )
+    return output.get_image()
+
+
+def draw_tracks(frame_rgb: np.ndarray, prediction: Prediction, metadata: Metadata) -> np.ndarray:
+    """Draw one frame of a video model's tracks (``VideoPrediction.frame``), track ``d`` in
+    the ``d``-th colour of Detectron2's palette in every frame, labelled "class score".
+
+    Args:
+        frame_rgb: (H, W, 3) uint8 RGB frame.
+        prediction: the frame's prediction; its instances are the tracks, in track order,
+            empty masks included (not drawn).
+        metadata: see :func:`display_metadata`.
+
+    Returns:
+        (H, W, 3) uint8 RGB picture.
+    """
+    tracks = prediction.instances
+    shown = [d for d in range(len(tracks)) if tracks.masks[d].any()]
+    return _overlay_tracks(
+        frame_rgb,
+        metadata,
+        masks=[tracks.masks[d] for d in shown],
+        labels=[f"{tracks.class_names[d]} {tracks.scores[d]:.0%}" for d in shown],
+        tracks=shown,
+    )
+
+
+def video_track_ids(record: Dict[str, Any]) -> List[int]:
+    """The track ids ("id") of a video's dataset dict, in the order of their first appearance
+    (frame by frame, then in annotation order): track ``video_track_ids(record)[d]`` is drawn
+    in the ``d``-th colour."""
+    return list(
+        dict.fromkeys(entry["id"] for frame in record.get("annotations") or [] for entry in frame)
+    )
+
+
+def draw_video_annotations(
+    frame_rgb: np.ndarray,
+    frame_annotations: Sequence[Dict[str, Any]],
+    track_ids: Sequence[int],
+    metadata: Metadata,
+) -> np.ndarray:
+    """Draw one frame's ground truth of a video dataset dict: each instance's segmentation
+    (RLE or polygons) in its track's colour, labelled "class #track id".
+
+    Args:
+        frame_rgb: (H, W, 3) uint8 RGB frame ``record["file_names"][t]``.
+        frame_annotations: ``record["annotations"][t]``, entries with "id", "category_id"
+            (contiguous) and "segmentation".
+        track_ids: :func:`video_track_ids` of the record (the colour order).
+        metadata: the data set's metadata (``thing_classes`` names the contiguous ids).
+
+    Returns:
+        (H, W, 3) uint8 RGB picture.
+    """
+    names = metadata.get("thing_classes", None) or []
+
+    def name(category: int) -> str:
+        return str(names[category]) if 0 <= category < len(names) else f"class {category}"
+
+    return _overlay_tracks(
+        frame_rgb,
+        metadata,
+        masks=[entry["segmentation"] for entry in frame_annotations],
+        labels=[f"{name(e['category_id'])} #{e['id']}" for e in frame_annotations],
+        tracks=[track_ids.index(entry["id"]) for entry in frame_annotations],
+    )
+
+
+def draw_video_training_sample(
+    sample: Dict[str, Any], metadata: Metadata, input_format: str
+) -> List[np.ndarray]:
+    """Draw a training clip as the video model trains on it: each augmented frame with the
+    target masks of the instances present in it (``gt_ids`` not -1), instance ``m`` of the
+    clip in the ``m``-th colour in every frame, labelled with its class.
+
+    Args:
+        sample: the video training mapper's output: "image" (T tensors (3, H, W)) and
+            "instances" (T Instances with gt_classes, gt_ids, gt_masks (M, H, W)).
+        metadata: see :func:`display_metadata` (the targets' classes are the model's).
+        input_format: INPUT.FORMAT, the channel order of the frames.
+
+    Returns:
+        T (H, W, 3) uint8 RGB pictures.
+    """
+    pictures = []
+    for image, instances in zip(sample["image"], sample["instances"]):
+        frame = convert_image_to_rgb(image.permute(1, 2, 0).cpu().numpy(), input_format)
+        masks = instances.gt_masks
+        masks = masks.tensor if isinstance(masks, BitMasks) else torch.as_tensor(masks)
+        present = (instances.gt_ids != -1).nonzero().flatten().tolist()
+        classes = instances.gt_classes.tolist()
+        pictures.append(
+            _overlay_tracks(
+                frame,
+                metadata,
+                masks=[masks[m].cpu().numpy().astype(np.uint8) for m in present],
+                labels=[metadata.thing_classes[classes[m]] for m in present],
+                tracks=present,
+            )
+        )
+    return pictures
 
 
 # The keys of a data set record that hold each task's ground truth (Detectron2's format).

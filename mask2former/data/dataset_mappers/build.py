@@ -3,7 +3,12 @@
 from detectron2.config import CfgNode
 from detectron2.utils.registry import Registry
 
-__all__ = ["MASK_FORMER_MAPPER_REGISTRY", "build_dataset_mapper"]
+__all__ = [
+    "MASK_FORMER_MAPPER_REGISTRY",
+    "VIDEO_MAPPER_NAME",
+    "build_dataset_mapper",
+    "is_video_config",
+]
 
 MASK_FORMER_MAPPER_REGISTRY = Registry("MASK_FORMER_MAPPER")
 MASK_FORMER_MAPPER_REGISTRY.__doc__ = """
@@ -17,8 +22,21 @@ Classes are registered under their class name (``@MASK_FORMER_MAPPER_REGISTRY.re
 A registered object is called as ``mapper = obj(cfg, is_train)`` and the mapper as
 ``mapper(dataset_dict) -> dict``: it reads one image's files and returns the model input
 ("image" (3, H, W) uint8 tensor, "instances" with gt_classes and gt_masks, "sem_seg" where
-applicable, "padding_mask").
+applicable, "padding_mask"); the video mapper ("ytvis", :class:`YTVISDatasetMapper`) maps
+one video's dict to a clip, with lists of T frames under "image" and "instances".
 """
+
+
+# Meta-architectures whose inputs are video clips, not images.
+_VIDEO_META_ARCHITECTURES = ("VideoMaskFormer",)
+# The mapper of the video models, in training and inference: the official video configs leave
+# INPUT.DATASET_MAPPER_NAME at its (image) default.
+VIDEO_MAPPER_NAME = "ytvis"
+
+
+def is_video_config(cfg: CfgNode) -> bool:
+    """Whether ``cfg``'s model takes videos (``MODEL.META_ARCHITECTURE`` "VideoMaskFormer")."""
+    return cfg.MODEL.META_ARCHITECTURE in _VIDEO_META_ARCHITECTURES
 
 
 def _names(registered_name: str, mapper_class) -> tuple:
@@ -27,12 +45,13 @@ def _names(registered_name: str, mapper_class) -> tuple:
 
 
 def build_dataset_mapper(cfg: CfgNode, is_train: bool = True):
-    """Build the mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``.
+    """Build the mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``; for a video model
+    (:func:`is_video_config`) the video mapper, whatever that key says.
 
     Raises:
         KeyError: when no mapper has that name; the message lists the registered ones.
     """
-    name = cfg.INPUT.DATASET_MAPPER_NAME
+    name = VIDEO_MAPPER_NAME if is_video_config(cfg) else cfg.INPUT.DATASET_MAPPER_NAME
     for registered_name, mapper_class in MASK_FORMER_MAPPER_REGISTRY:
         if name in _names(registered_name, mapper_class):
             return mapper_class(cfg, is_train)

@@ -156,9 +156,13 @@ class MaskFormer(nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and pad the images into one (N, 3, H_pad, W_pad) batch."""
+        return self.normalize_and_pad([x["image"] for x in batched_inputs])
+
+    def normalize_and_pad(self, images: List[Tensor]) -> ImageList:
+        """(3, H_i, W_i) images in INPUT.FORMAT -> one normalised (N, 3, H_pad, W_pad) batch,
+        padded to a multiple of ``size_divisibility``."""
         # images from a data loader are on the host: copied without waiting for the device
-        images = [to_device(x["image"], self.device) for x in batched_inputs]
-        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+        images = [(to_device(x, self.device) - self.pixel_mean) / self.pixel_std for x in images]
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def losses(
@@ -181,20 +185,28 @@ class MaskFormer(nn.Module):
         self, gt_instances: List[Instances], images: ImageList
     ) -> List[Dict[str, Tensor]]:
         """Criterion targets: labels (M,) and masks (M, H_pad, W_pad) zero-padded like images."""
-        padded_h, padded_w = images.tensor.shape[-2:]
-        targets = []
-        for instances in gt_instances:
-            gt_masks = instances.gt_masks
-            if isinstance(gt_masks, BitMasks):
-                gt_masks = gt_masks.tensor
-            # from the data loader, on the host: copied without waiting for the device
-            gt_masks = to_device(gt_masks, self.device)
-            height, width = gt_masks.shape[-2:]
-            padded = gt_masks.new_zeros((len(gt_masks), padded_h, padded_w))
-            padded[:, :height, :width] = gt_masks
-            labels = to_device(instances.gt_classes, self.device)
-            targets.append({"labels": labels, "masks": padded})
-        return targets
+        padded_size = tuple(images.tensor.shape[-2:])
+        return [
+            {
+                # from the data loader, on the host: copied without waiting for the device
+                "labels": to_device(instances.gt_classes, self.device),
+                "masks": self.padded_masks(instances, padded_size),
+            }
+            for instances in gt_instances
+        ]
+
+    def padded_masks(self, instances: Instances, padded_size: Tuple[int, int]) -> Tensor:
+        """``instances.gt_masks`` (BitMasks or (M, H, W)) zero-padded at the bottom and right
+        to ``padded_size``, (M, H_pad, W_pad) on the model's device."""
+        gt_masks = instances.gt_masks
+        if isinstance(gt_masks, BitMasks):
+            gt_masks = gt_masks.tensor
+        # from the data loader, on the host: copied without waiting for the device
+        gt_masks = to_device(gt_masks, self.device)
+        height, width = gt_masks.shape[-2:]
+        padded = gt_masks.new_zeros((len(gt_masks), *padded_size))
+        padded[:, :height, :width] = gt_masks
+        return padded
 
     def inference(
         self, outputs: Dict, batched_inputs: List[Dict], images: ImageList

@@ -22,6 +22,10 @@ A registered class is built as ``cls(cfg, in_channels)`` (``@configurable``), wh
   (the last logit is "no object") and ``aux_outputs`` holds the earlier predictions, first
   to last.
 
+A video decoder (``VideoMultiScaleMaskedTransformerDecoder``) is called the same way with the
+frames of N videos as the batch (N * T maps, the frames of a video consecutive) and returns
+"pred_masks" (N, Q, T, H / 4, W / 4), one mask per frame.
+
 The class is chosen by MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME.
 """
 

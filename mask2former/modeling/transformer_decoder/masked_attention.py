@@ -177,11 +177,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         memories, positions, sizes = [], [], []
         for level, features in enumerate(multi_scale_features):
             sizes.append(features.shape[-2:])
-            # (N, C, H_l, W_l) -> (H_l * W_l, N, C)
-            positions.append(self.pe_layer(features).flatten(2).permute(2, 0, 1))
-            memory = self.input_proj[level](features).flatten(2)
-            memory = memory + self.level_embed.weight[level][None, :, None]
-            memories.append(memory.permute(2, 0, 1))
+            positions.append(self._sequence(self.pe_layer(self._group_frames(features))))
+            memory = self._group_frames(self.input_proj[level](features))
+            memories.append(self._sequence(memory + self.level_embed.weight[level][:, None, None]))
+        mask_features = self._group_frames(mask_features)
 
         batch = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, batch, -1)
@@ -191,7 +190,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if not with_aux and self.num_layers > 0:
             # Mask features at the resolution of each level that an attention mask is made for.
             level_mask_features = [
-                F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+                _resize(mask_features, size)
                 for size in sizes[: min(self.num_layers, self.num_feature_levels)]
             ]
 
@@ -201,9 +200,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             if with_aux:
                 class_logits, mask_logits = self._predict(queries, mask_features)
                 predictions.append((class_logits, mask_logits))
-                level_logits = F.interpolate(
-                    mask_logits.detach(), size=sizes[level], mode="bilinear", align_corners=False
-                )
+                level_logits = _resize(mask_logits.detach(), sizes[level])
             else:
                 decoded = self.decoder_norm(queries).transpose(0, 1)
                 level_logits = self._mask_logits(decoded, level_mask_features[level])
@@ -226,6 +223,20 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             ],
         }
 
+    def _group_frames(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The per-image tensor (N, ...) as the decoder's batch; the identity for images.
+
+        A video decoder overrides it to group the frames of each video: (N * T, ...) ->
+        (N, T, ...).
+        """
+        return tensor
+
+    @staticmethod
+    def _sequence(maps: torch.Tensor) -> torch.Tensor:
+        """(N, C, H_l, W_l) maps -> (H_l * W_l, N, C) tokens; (N, T, C, H_l, W_l) clips ->
+        (T * H_l * W_l, N, C), frame outermost."""
+        return maps.movedim(-3, -1).flatten(1, -2).transpose(0, 1)
+
     def _predict(
         self, queries: torch.Tensor, mask_features: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -242,12 +253,20 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
         Args:
             level_logits: (N, Q, H_l, W_l) previous mask prediction at the size of the level
-                attended to next.
+                attended to next; (N, Q, T, H_l, W_l) for a video decoder.
 
         Returns:
-            (N * M, Q, H_l * W_l) bool, True = hidden; never True on a whole row.
+            (N * M, Q, H_l * W_l) bool (video: (N * M, Q, T * H_l * W_l), frame outermost
+            like the memory), True = hidden; never True on a whole row.
         """
         hidden = level_logits.detach().sigmoid().flatten(2) < self.mask_threshold
         # A query with an empty mask attends everywhere (an all-hidden row would give NaN).
         hidden &= ~hidden.all(-1, keepdim=True)
         return hidden.repeat_interleave(self.num_heads, dim=0)
+
+
+def _resize(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners False) of the last two dims: (N, ..., h, w) ->
+    (N, ..., *size); each (h, w) map on its own (the frames of a video too)."""
+    resized = F.interpolate(maps.flatten(1, -3), size=size, mode="bilinear", align_corners=False)
+    return resized.unflatten(1, maps.shape[1:-2])

@@ -1,0 +1,224 @@
+"""The Mask2Former meta-architecture for video instance segmentation (Mask2Former for video,
+Cheng et al. 2021): one set of (class, mask track) predictions per video.
+
+Shape legend:
+    N: videos in the batch, T: frames of a training clip, L: frames of a video at inference,
+    Q: queries, K: classes (without "no object"), D: detections of a video,
+    M: ground-truth instances of a clip, H, W: output (original frame) size.
+"""
+
+from typing import Dict, List, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import ImageList, Instances
+from torch import Tensor
+
+from ..postprocessing import instance_queries, resize_mask_logits
+from .mask_former import MaskFormer
+
+__all__ = ["VideoMaskFormer", "RESIZE_FRAMES"]
+
+# Frames of one query's masks resized together at inference. The resized float32 logits of
+# these frames are the only full-size float intermediate (16 frames of 720 x 1280 are 59 MB),
+# so memory does not grow with the length of the video beyond the bool results themselves.
+RESIZE_FRAMES = 16
+
+
+@META_ARCH_REGISTRY.register()
+class VideoMaskFormer(MaskFormer):
+    """Mask classification of videos: each query predicts a class and a mask in every frame.
+
+    Input: a list of dicts, one per video, in the video dataset mappers' format:
+    "image" a list of frames (3, H_in, W_in) in INPUT.FORMAT, all of one size. Training:
+    clips of ``num_frames`` frames with "instances", one detectron2 Instances per frame
+    (``gt_classes`` (M,), ``gt_ids`` (M,), ``gt_masks`` BitMasks or (M, H_in, W_in)), the
+    same M instances in the same order in every frame, ``gt_ids`` -1 where an instance is
+    absent; returns the weighted losses. Inference: all L frames of each video, with the
+    output "height"/"width" (default: the frame size); videos are processed one at a time,
+    the decoder seeing the whole video at once, and each gives
+    ``{"image_size": (H, W), "pred_scores": [float] * D, "pred_labels": [int] * D,
+    "pred_masks": [(L, H, W) bool CPU tensor] * D}``, sorted by descending score.
+
+    Of MaskFormer's inference options only ``mask_threshold`` is used (besides the pre-
+    processing ones); the semantic, panoptic and instance flags are ignored.
+    """
+
+    @configurable
+    def __init__(self, *, num_frames: int, detections_per_video: int, **kwargs):
+        """
+        Args:
+            num_frames: frames of a training clip (INPUT.SAMPLING_FRAME_NUM).
+            detections_per_video: D, (query, class) pairs returned per video, the highest
+                class probabilities (MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO).
+            kwargs: the arguments of :class:`MaskFormer`.
+        """
+        super().__init__(**kwargs)
+        if num_frames < 1:
+            raise ValueError(
+                f"VideoMaskFormer: INPUT.SAMPLING_FRAME_NUM must be >= 1, got {num_frames}."
+            )
+        if detections_per_video < 0:
+            raise ValueError(
+                "VideoMaskFormer: MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO must be >= 0, "
+                f"got {detections_per_video}."
+            )
+        self.num_frames = num_frames
+        self.detections_per_video = detections_per_video
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        return {
+            **super().from_config(cfg),
+            "num_frames": cfg.INPUT.SAMPLING_FRAME_NUM,
+            "detections_per_video": cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO,
+        }
+
+    def forward(self, batched_inputs: List[Dict]) -> object:
+        """Losses (training) or per-video results (inference); see the class docstring."""
+        self.check_inputs(batched_inputs)
+        if self.training:
+            return super().forward(batched_inputs)
+        results = []
+        for video in batched_inputs:
+            results.extend(super().forward([video]))
+        return results
+
+    def check_inputs(self, batched_inputs: List[Dict]) -> None:
+        """Raise a ValueError naming what is wrong with a video input."""
+        for index, video in enumerate(batched_inputs):
+            frames = video.get("image")
+            if not isinstance(frames, (list, tuple)) or len(frames) == 0:
+                raise ValueError(
+                    f"VideoMaskFormer: input {index} needs 'image', a non-empty list of the "
+                    f"video's frames (3, H, W), got {type(frames).__name__}; use a video "
+                    "dataset mapper."
+                )
+            if not self.training:
+                continue
+            if len(frames) != self.num_frames:
+                raise ValueError(
+                    f"VideoMaskFormer: training clip {index} has {len(frames)} frames, but "
+                    f"INPUT.SAMPLING_FRAME_NUM is {self.num_frames}; every clip of a batch "
+                    "must have that many."
+                )
+            instances = video.get("instances")
+            if not isinstance(instances, (list, tuple)) or len(instances) != len(frames):
+                raise ValueError(
+                    f"VideoMaskFormer: training clip {index} needs 'instances', a list of one "
+                    f"Instances per frame ({len(frames)}), got {type(instances).__name__}; use "
+                    "a video dataset mapper that produces them."
+                )
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise and pad all frames of all videos into one (N * T, 3, H_pad, W_pad)
+        batch, the frames of a video consecutive."""
+        return self.normalize_and_pad(
+            [frame for video in batched_inputs for frame in video["image"]]
+        )
+
+    def prepare_targets(
+        self, gt_instances: List[List[Instances]], images: ImageList
+    ) -> List[Dict[str, Tensor]]:
+        """Criterion targets per clip: "labels" (M',) and "masks" (M', T, H_pad, W_pad), the
+        M' instances present (``gt_ids`` not -1) in at least one frame."""
+        padded_size = tuple(images.tensor.shape[-2:])
+        targets = []
+        for index, frames in enumerate(gt_instances):
+            counts = [len(instances) for instances in frames]
+            if len(set(counts)) > 1 or not all(instances.has("gt_ids") for instances in frames):
+                raise ValueError(
+                    f"VideoMaskFormer: the frames of training clip {index} must list the same "
+                    f"instances in the same order, with 'gt_ids' (-1 where absent); got "
+                    f"{counts} instances."
+                )
+            ids = torch.stack([instances.gt_ids for instances in frames], 1)
+            present = (ids != -1).any(1).to(self.device)
+            masks = torch.stack([self.padded_masks(x, padded_size) for x in frames], 1)
+            labels = frames[0].gt_classes.to(self.device)
+            targets.append({"labels": labels[present], "masks": masks[present]})
+        return targets
+
+    def inference(
+        self, outputs: Dict, batched_inputs: List[Dict], images: ImageList
+    ) -> List[Dict[str, object]]:
+        """The result of ONE video (``batched_inputs`` of length 1), at its "height" x
+        "width"; see :meth:`inference_video`."""
+        (video,) = batched_inputs
+        image_size = images.image_sizes[0]
+        if any(tuple(size) != tuple(image_size) for size in images.image_sizes):
+            raise ValueError(
+                f"VideoMaskFormer: the frames of a video must share a size, got "
+                f"{sorted(set(images.image_sizes))}."
+            )
+        output_size = (video.get("height", image_size[0]), video.get("width", image_size[1]))
+        result = self.inference_video(
+            outputs["pred_logits"][0],
+            outputs["pred_masks"][0],
+            tuple(images.tensor.shape[-2:]),
+            image_size,
+            output_size,
+        )
+        return [result]
+
+    def inference_video(
+        self,
+        class_logits: Tensor,
+        mask_logits: Tensor,
+        padded_size: Tuple[int, int],
+        image_size: Tuple[int, int],
+        output_size: Tuple[int, int],
+    ) -> Dict[str, object]:
+        """The top-D (query, class) pairs of a video with their binary mask tracks.
+
+        Class probabilities are the softmax over K + 1 without the "no object" column; the D
+        pairs with the highest probability over all Q * K pairs are kept (a query may come
+        with several classes), scored by that probability alone. A kept query's mask logits
+        are upsampled to ``padded_size``, cropped to ``image_size`` and resized to
+        ``output_size`` (bilinear; see ``resize_mask_logits``), in float32, then binarised
+        where the probability is above ``mask_threshold``. Only the kept queries are
+        resized, ``RESIZE_FRAMES`` frames at a time.
+
+        Args:
+            class_logits: (Q, K + 1).
+            mask_logits: (Q, L, h, w).
+            padded_size: (height, width) of the padded frames.
+            image_size: size of the frames inside the padded ones.
+            output_size: (H, W) of the masks returned.
+
+        Returns:
+            {"image_size": output_size, "pred_scores": [float] * D (descending),
+            "pred_labels": [int] * D, "pred_masks": [(L, H, W) bool CPU tensor] * D}; pairs of
+            the same query share one mask tensor.
+        """
+        scores, labels, queries = instance_queries(class_logits, self.detections_per_video)
+        unique_queries, inverse = torch.unique(queries, return_inverse=True)
+        masks = [
+            self._binary_masks(mask_logits[query], padded_size, image_size, output_size)
+            for query in unique_queries.tolist()
+        ]
+        return {
+            "image_size": tuple(output_size),
+            "pred_scores": scores.tolist(),
+            "pred_labels": labels.tolist(),
+            "pred_masks": [masks[i] for i in inverse.tolist()],
+        }
+
+    def _binary_masks(
+        self,
+        mask_logits: Tensor,
+        padded_size: Tuple[int, int],
+        image_size: Tuple[int, int],
+        output_size: Tuple[int, int],
+    ) -> Tensor:
+        """(L, h, w) mask logits of one query -> (L, H, W) bool on the CPU."""
+        # sigmoid(x) > p  <=>  x > logit(p): compare the logits, no sigmoid on full-size maps.
+        threshold = torch.logit(torch.tensor(self.mask_threshold, dtype=torch.float64)).item()
+        chunks = []
+        for start in range(0, len(mask_logits), RESIZE_FRAMES):
+            resized = resize_mask_logits(
+                mask_logits[start : start + RESIZE_FRAMES], padded_size, image_size, output_size
+            )
+            chunks.append((resized > threshold).cpu())
+        return torch.cat(chunks)
