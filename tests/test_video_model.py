@@ -442,6 +442,33 @@ def test_inference_output_format_sizes_and_sorted_scores():
             assert mask.device.type == "cpu"
 
 
+@pytest.mark.parametrize("frames_per_pass", [1, 2])
+def test_frames_per_pass_gives_the_all_at_once_result(frames_per_pass):
+    model, _ = _model()
+    model.eval()
+    video = {"image": _frames(5, 40, 56, seed=3)}
+    backbone_batches = []
+    model.backbone.register_forward_hook(lambda m, args, out: backbone_batches.append(len(args[0])))
+    with torch.no_grad():
+        model.frames_per_pass = 0
+        (expected,) = model([video])
+        model.frames_per_pass = frames_per_pass
+        (chunked,) = model([video])
+    per_pass = [frames_per_pass] * (5 // frames_per_pass) + [5 % frames_per_pass] * (
+        5 % frames_per_pass > 0
+    )
+    assert backbone_batches == [5] + per_pass  # all at once, then in passes
+    assert chunked["pred_labels"] == expected["pred_labels"]
+    torch.testing.assert_close(chunked["pred_scores"], expected["pred_scores"], rtol=0, atol=1e-5)
+    for mask, expected_mask in zip(chunked["pred_masks"], expected["pred_masks"]):
+        assert (mask != expected_mask).float().mean() < 1e-3  # float rounding at the threshold
+
+
+def test_frames_per_pass_must_not_be_negative():
+    with pytest.raises(ValueError, match="FRAMES_PER_PASS must be >= 0"):
+        _model(**{"MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS": -1})
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.7])
 def test_inference_equals_the_official_computation(threshold, monkeypatch):
     model, _ = _model(**{"MODEL.MASK_FORMER.TEST.MASK_THRESHOLD": threshold})
