@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Instances
-from helpers import shrunk_config
+from helpers import needs_cuda, shrunk_config
 from scipy.optimize import linear_sum_assignment
 from test_criterion import FixedMatcher, _criterion
 from test_transformer_decoder import HIDDEN, MASK_DIM, QUERIES, _cfg
@@ -557,3 +557,41 @@ def test_inputs_are_checked():
     clip["instances"][1] = clip["instances"][1][:1]
     with pytest.raises(ValueError, match=r"same instances.*\[2, 1\]"):
         model([clip])
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.usefixtures("no_tf32")
+@pytest.mark.parametrize("precision", [None, torch.bfloat16, torch.float16])
+def test_cuda_inference_matches_the_cpu(precision):
+    model, cfg = _model()
+    model.eval()
+    video = {"image": _frames(4, 48, 64, seed=4)}
+    autocast = torch.autocast("cuda", dtype=precision or torch.float32, enabled=bool(precision))
+    with torch.no_grad():
+        (expected,) = model([video])
+        model.to("cuda")
+        with autocast:
+            (result,) = model([video])
+    assert result["pred_masks"][0].device.type == "cpu"
+    # scores only: a random model's class probabilities are near ties, whose order may differ
+    tolerance = 1e-4 if precision is None else 0.05  # as test_head's CUDA autocast test
+    scores, expected_scores = (torch.tensor(r["pred_scores"]) for r in (result, expected))
+    torch.testing.assert_close(scores, expected_scores, rtol=0, atol=tolerance)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_training_step_under_amp_is_finite():
+    model, cfg = _model()
+    model.to("cuda").train()
+    with torch.autocast("cuda", dtype=torch.float16):
+        losses = model([_clip_with_instances(cfg.INPUT.SAMPLING_FRAME_NUM)])
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all()
+        for p in model.parameters()
+        if p.requires_grad
+    )
