@@ -237,6 +237,11 @@ def _add_mask_former_config(cfg: CfgNode) -> None:
     # Not in the official release (hard-coded 10 there): VideoMaskFormer returns this many
     # (query, class) pairs per video, the highest class scores.
     cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO = 10
+    # Not in the official release (which runs every frame of a video through the backbone and
+    # the pixel decoder at once): at inference VideoMaskFormer runs them this many frames at a
+    # time, keeping only the features the transformer decoder reads, so a video's memory grows
+    # by those, not by the backbone's activations; the results are the same. 0: all at once.
+    cfg.MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS = 4
 
     # Images of a batch are padded to a multiple of this; a negative value uses the backbone's
     # size_divisibility (which is 0 for detectron2's ResNet).

@@ -3,10 +3,11 @@ and the JSON report the GPU measurements of issue 9 rely on; its CUDA run is mar
 
 import json
 import math
+import os
 
 import pytest
 import torch
-from helpers import TINY_CONFIG, load_script, on_cuda
+from helpers import ROOT, TINY_CONFIG, load_script, on_cuda
 
 benchmark_inference = load_script("tools/benchmark_inference.py")
 
@@ -97,3 +98,25 @@ def test_cuda_without_a_gpu_and_cpu_only_variants_are_refused(monkeypatch, capsy
         benchmark_inference.main([*TINY_RUN, "--variants", "ours-cuda-graphs"])
     err = capsys.readouterr().err
     assert "cannot time ours-cuda-graphs with --device cpu: CUDA graphs need a GPU" in err
+
+
+def test_video_inference_benchmark_report(capsys):
+    benchmark_video = load_script("tools/benchmark_video_inference.py")
+    shapes = os.path.join(ROOT, "configs", "shapes")
+    report = benchmark_video.main(
+        ["--config-file", os.path.join(shapes, "video_maskformer2_R18.yaml")]
+        + ["--frame-size", "48", "64", "--lengths", "3", "2", "--repeats", "1", "--threads", "1"]
+        + ["--image-config", os.path.join(shapes, "maskformer2_R18_instance.yaml")]
+    )
+    rows = report["rows"]
+    assert [(row["model"], row["frames"]) for row in rows] == [
+        ("video", 2),
+        ("video", 3),
+        ("image, frame by frame", 3),
+    ]
+    for row in rows:
+        assert row["seconds"] > 0 and row["peak_rss_mib"] > 0
+        assert row["seconds_per_frame"] == pytest.approx(row["seconds"] / row["frames"], abs=1e-3)
+    assert rows[0]["peak_rss_mib"] <= rows[1]["peak_rss_mib"] <= rows[2]["peak_rss_mib"]
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") :]) == report

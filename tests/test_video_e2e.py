@@ -5,10 +5,14 @@ video file, or frames as --input), on a narrow ResNet-18 VideoMaskFormer."""
 import json
 import math
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
+import torch
+from detectron2.modeling import build_model
 from helpers import NARROW_HEADS, ROOT, TINY_TRAINING, load_script, read_video, write_clip
 
 from mask2former import Predictor, VideoPredictor
@@ -129,3 +133,49 @@ def test_demo_errors_for_what_a_video_model_cannot_do(tmp_path, capsys):
 def test_image_predictor_is_not_a_video_predictor():
     # an image config still builds the image Predictor (the demo's choice is by the config)
     assert not isinstance(Predictor(IMAGE_CONFIG, ""), VideoPredictor)
+
+
+def _fake_ytvis_2019_val(root):
+    """The official YouTube-VIS 2019 val layout with two short videos and no ground truth."""
+    rng = np.random.default_rng(2)
+    videos = []
+    for video_id, (name, length) in enumerate([("0a1b", 3), ("9z8y", 2)], start=1):
+        folder = root / "ytvis_2019" / "valid" / "JPEGImages" / name
+        folder.mkdir(parents=True)
+        for frame in range(length):
+            picture = rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)
+            cv2.imwrite(str(folder / f"{5 * frame:05d}.jpg"), picture)
+        files = [f"{name}/{5 * frame:05d}.jpg" for frame in range(length)]
+        videos.append(
+            {"id": video_id, "width": 48, "height": 36, "length": length, "file_names": files}
+        )
+    categories = [{"id": i, "name": f"class{i}"} for i in range(1, 41)]
+    (root / "ytvis_2019" / "valid.json").write_text(
+        json.dumps({"videos": videos, "categories": categories})
+    )
+
+
+@pytest.mark.slow
+def test_eval_only_on_the_official_val_layout_writes_the_submission_file(tmp_path):
+    _fake_ytvis_2019_val(tmp_path / "datasets")
+    opts = ["MODEL.DEVICE", "cpu", *NARROW_HEADS, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "40"]
+    weights = tmp_path / "model.pth"
+    torch.save({"model": build_model(load_config(CONFIG, opts)).state_dict()}, weights)
+    command = [
+        sys.executable, os.path.join(ROOT, "train_net.py"), "--eval-only",
+        "--config-file", CONFIG, *opts, "MODEL.WEIGHTS", str(weights),
+        "DATASETS.TEST", "('ytvis_2019_val',)", "MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO", "3",
+        "OUTPUT_DIR", str(tmp_path / "out"),
+    ]  # fmt: skip
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "submit it to the YouTube-VIS challenge server" in run.stderr + run.stdout
+    results = json.loads((tmp_path / "out" / "inference" / "results.json").read_text())
+    assert sorted({entry["video_id"] for entry in results}) == [1, 2]
+    assert len(results) == 2 * 3
+    for entry in results:
+        assert 1 <= entry["category_id"] <= 40  # the JSON's ids
+        assert len(entry["segmentations"]) == {1: 3, 2: 2}[entry["video_id"]]
+        for rle in entry["segmentations"]:
+            assert rle is None or rle["size"] == [36, 48]  # the original frame size

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Instances
-from helpers import shrunk_config
+from helpers import needs_cuda, shrunk_config
 from scipy.optimize import linear_sum_assignment
 from test_criterion import FixedMatcher, _criterion
 from test_transformer_decoder import HIDDEN, MASK_DIM, QUERIES, _cfg
@@ -442,6 +442,33 @@ def test_inference_output_format_sizes_and_sorted_scores():
             assert mask.device.type == "cpu"
 
 
+@pytest.mark.parametrize("frames_per_pass", [1, 2])
+def test_frames_per_pass_gives_the_all_at_once_result(frames_per_pass):
+    model, _ = _model()
+    model.eval()
+    video = {"image": _frames(5, 40, 56, seed=3)}
+    backbone_batches = []
+    model.backbone.register_forward_hook(lambda m, args, out: backbone_batches.append(len(args[0])))
+    with torch.no_grad():
+        model.frames_per_pass = 0
+        (expected,) = model([video])
+        model.frames_per_pass = frames_per_pass
+        (chunked,) = model([video])
+    per_pass = [frames_per_pass] * (5 // frames_per_pass) + [5 % frames_per_pass] * (
+        5 % frames_per_pass > 0
+    )
+    assert backbone_batches == [5] + per_pass  # all at once, then in passes
+    assert chunked["pred_labels"] == expected["pred_labels"]
+    torch.testing.assert_close(chunked["pred_scores"], expected["pred_scores"], rtol=0, atol=1e-5)
+    for mask, expected_mask in zip(chunked["pred_masks"], expected["pred_masks"]):
+        assert (mask != expected_mask).float().mean() < 1e-3  # float rounding at the threshold
+
+
+def test_frames_per_pass_must_not_be_negative():
+    with pytest.raises(ValueError, match="FRAMES_PER_PASS must be >= 0"):
+        _model(**{"MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS": -1})
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.7])
 def test_inference_equals_the_official_computation(threshold, monkeypatch):
     model, _ = _model(**{"MODEL.MASK_FORMER.TEST.MASK_THRESHOLD": threshold})
@@ -530,3 +557,41 @@ def test_inputs_are_checked():
     clip["instances"][1] = clip["instances"][1][:1]
     with pytest.raises(ValueError, match=r"same instances.*\[2, 1\]"):
         model([clip])
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.usefixtures("no_tf32")
+@pytest.mark.parametrize("precision", [None, torch.bfloat16, torch.float16])
+def test_cuda_inference_matches_the_cpu(precision):
+    model, cfg = _model()
+    model.eval()
+    video = {"image": _frames(4, 48, 64, seed=4)}
+    autocast = torch.autocast("cuda", dtype=precision or torch.float32, enabled=bool(precision))
+    with torch.no_grad():
+        (expected,) = model([video])
+        model.to("cuda")
+        with autocast:
+            (result,) = model([video])
+    assert result["pred_masks"][0].device.type == "cpu"
+    # scores only: a random model's class probabilities are near ties, whose order may differ
+    tolerance = 1e-4 if precision is None else 0.05  # as test_head's CUDA autocast test
+    scores, expected_scores = (torch.tensor(r["pred_scores"]) for r in (result, expected))
+    torch.testing.assert_close(scores, expected_scores, rtol=0, atol=tolerance)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_training_step_under_amp_is_finite():
+    model, cfg = _model()
+    model.to("cuda").train()
+    with torch.autocast("cuda", dtype=torch.float16):
+        losses = model([_clip_with_instances(cfg.INPUT.SAMPLING_FRAME_NUM)])
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all()
+        for p in model.parameters()
+        if p.requires_grad
+    )

@@ -1,6 +1,6 @@
 """The Mask2Former head: a pixel decoder followed by a transformer decoder."""
 
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -70,5 +70,16 @@ class MaskFormerHead(nn.Module):
         Returns:
             the transformer decoder's prediction dict.
         """
+        return self.predictor(*self.pixel_features(features))
+
+    def pixel_features(
+        self, features: Dict[str, torch.Tensor]
+    ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """The pixel decoder's part, per image: what the transformer decoder reads.
+
+        Returns:
+            the multi-scale features (N, CONVS_DIM, H_l, W_l), low resolution first, and the
+            mask features (N, MASK_DIM, H / 4, W / 4).
+        """
         mask_features, multi_scale_features = self.pixel_decoder(features)
-        return self.predictor(multi_scale_features, mask_features)
+        return multi_scale_features, mask_features

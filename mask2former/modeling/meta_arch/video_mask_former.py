@@ -46,15 +46,25 @@ class VideoMaskFormer(MaskFormer):
     """
 
     @configurable
-    def __init__(self, *, num_frames: int, detections_per_video: int, **kwargs):
+    def __init__(
+        self, *, num_frames: int, detections_per_video: int, frames_per_pass: int = 0, **kwargs
+    ):
         """
         Args:
             num_frames: frames of a training clip (INPUT.SAMPLING_FRAME_NUM).
             detections_per_video: D, (query, class) pairs returned per video, the highest
                 class probabilities (MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO).
+            frames_per_pass: at inference, frames run through the backbone and the pixel
+                decoder together (MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS); 0: all.
             kwargs: the arguments of :class:`MaskFormer`.
         """
         super().__init__(**kwargs)
+        if frames_per_pass < 0:
+            raise ValueError(
+                "VideoMaskFormer: MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS must be >= 0 (0: all "
+                f"frames at once), got {frames_per_pass}."
+            )
+        self.frames_per_pass = frames_per_pass
         if num_frames < 1:
             raise ValueError(
                 f"VideoMaskFormer: INPUT.SAMPLING_FRAME_NUM must be >= 1, got {num_frames}."
@@ -73,6 +83,7 @@ class VideoMaskFormer(MaskFormer):
             **super().from_config(cfg),
             "num_frames": cfg.INPUT.SAMPLING_FRAME_NUM,
             "detections_per_video": cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO,
+            "frames_per_pass": cfg.MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS,
         }
 
     def forward(self, batched_inputs: List[Dict]) -> object:
@@ -110,6 +121,24 @@ class VideoMaskFormer(MaskFormer):
                     f"Instances per frame ({len(frames)}), got {type(instances).__name__}; use "
                     "a video dataset mapper that produces them."
                 )
+
+    def network(self, images: Tensor) -> Dict[str, object]:
+        """Backbone and pixel decoder per frame, then the transformer decoder over the frames.
+
+        At inference the per-frame part runs ``frames_per_pass`` frames at a time and only the
+        features the transformer decoder reads are kept: what the official release computes
+        in one pass over all frames, with the memory of a long video growing by those
+        features instead of by the backbone's activations (BENCHMARKS.md, "Video inference").
+        """
+        if self.training or not 0 < self.frames_per_pass < len(images):
+            return super().network(images)
+        multi_scale, mask_features = [], []
+        for frames in images.split(self.frames_per_pass):
+            levels, masks = self.sem_seg_head.pixel_features(self.backbone(frames))
+            multi_scale.append(levels)
+            mask_features.append(masks)
+        multi_scale = [torch.cat(level) for level in zip(*multi_scale)]
+        return self.sem_seg_head.predictor(multi_scale, torch.cat(mask_features))
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and pad all frames of all videos into one (N * T, 3, H_pad, W_pad)
