@@ -73,6 +73,17 @@ def _median_seconds(run, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _row(model: str, frames: int, seconds: float) -> Dict:
+    """One line of the report, with the peak memory so far."""
+    return {
+        "model": model,
+        "frames": frames,
+        "seconds": round(seconds, 3),
+        "seconds_per_frame": round(seconds / frames, 3),
+        "peak_rss_mib": round(_peak_rss_mib()),
+    }
+
+
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -89,15 +100,7 @@ def main(argv=None) -> Dict:
     for length in sorted(args.lengths):
         clip = frames[:length]
         seconds = _median_seconds(lambda clip=clip: video.predict_arrays(clip), args.repeats)
-        rows.append(
-            {
-                "model": "video",
-                "frames": length,
-                "seconds": round(seconds, 3),
-                "seconds_per_frame": round(seconds / length, 3),
-                "peak_rss_mib": round(_peak_rss_mib()),
-            }
-        )
+        rows.append(_row("video", length, seconds))
     if args.image_config:
         # at the video config's test size, so that both see the same pixels
         sizes = ["INPUT.MIN_SIZE_TEST", str(video.cfg.INPUT.MIN_SIZE_TEST)]
@@ -111,15 +114,7 @@ def main(argv=None) -> Dict:
                 image.predict_arrays([frame])
 
         seconds = _median_seconds(frame_by_frame, args.repeats)
-        rows.append(
-            {
-                "model": "image, frame by frame",
-                "frames": length,
-                "seconds": round(seconds, 3),
-                "seconds_per_frame": round(seconds / length, 3),
-                "peak_rss_mib": round(_peak_rss_mib()),
-            }
-        )
+        rows.append(_row("image, frame by frame", length, seconds))
     report = {
         "config": args.config_file,
         "image_config": args.image_config,
