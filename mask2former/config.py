@@ -135,6 +135,13 @@ def _add_solver_config(cfg: CfgNode) -> None:
     # Not in the official release (which trained in float16): autocast dtype when
     # SOLVER.AMP.ENABLED, "float16" (with loss scaling) or "bfloat16".
     cfg.SOLVER.AMP.PRECISION = "float16"
+    # Not in the official release: gradient accumulation. Each iteration (one optimizer step,
+    # as MAX_ITER, STEPS and the checkpoint and evaluation periods count them) sums the
+    # gradients of this many batches of SOLVER.IMS_PER_BATCH / (this x processes) images per
+    # process, so IMS_PER_BATCH stays the images per optimizer step and an official recipe
+    # (16 images) trains on fewer or smaller GPUs with its learning rate and schedule
+    # unchanged. The losses are normalised as they would be on (this x processes) processes.
+    cfg.SOLVER.GRADIENT_ACCUMULATION_STEPS = 1
     # Not in the official release: train_net.py and the quickstart also save the final model's
     # weights as OUTPUT_DIR/model_final.safetensors (the format to share weights in).
     cfg.SOLVER.SAVE_SAFETENSORS = False

@@ -1,5 +1,7 @@
-"""tools/benchmark_inference.py on a tiny model: the device, precision and batch-size options
-and the JSON report the GPU measurements of issue 9 rely on; its CUDA run is marked cuda."""
+"""The benchmark tools on tiny models. tools/benchmark_inference.py: the device, precision and
+batch-size options and the JSON report the GPU measurements of issue 9 rely on (its CUDA run is
+marked cuda); tools/benchmark_video_inference.py and tools/benchmark_accumulation.py: their
+reports."""
 
 import json
 import math
@@ -116,3 +118,31 @@ def test_video_inference_benchmark_report(capsys):
     assert rows[0]["peak_rss_mib"] <= rows[1]["peak_rss_mib"] <= rows[2]["peak_rss_mib"]
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{") :]) == report
+
+
+@pytest.mark.slow
+def test_accumulation_benchmark_report(capsys):
+    benchmark_accumulation = load_script("tools/benchmark_accumulation.py")
+    report = benchmark_accumulation.main(
+        ["--config-file", os.path.join(ROOT, "configs", "shapes", "maskformer2_R18_panoptic.yaml")]
+        + ["--ims-per-batch", "2", "--image-size", "64", "--steps", "1", "2"]
+        + ["--iterations", "1", "--threads", "1", "--opts", "MODEL.RESNETS.NORM", "FrozenBN"]
+    )
+    rows = report["rows"]
+    assert [(row["accumulation_steps"], row["images_per_batch"]) for row in rows] == [
+        (1, 2),
+        (2, 1),
+    ]
+    for row in rows:
+        assert row["seconds_per_step"] > 0
+        assert row["peak_mib"] >= row["before_training_mib"] > 0
+        assert math.isfinite(row["last_total_loss"]) and row["last_total_loss"] > 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") :]) == report
+
+
+def test_accumulation_benchmark_refuses_steps_that_do_not_divide_the_batch(capsys):
+    benchmark_accumulation = load_script("tools/benchmark_accumulation.py")
+    with pytest.raises(SystemExit):
+        benchmark_accumulation.main(["--ims-per-batch", "4", "--steps", "3"])
+    assert "--steps 3 does not divide --ims-per-batch 4" in capsys.readouterr().err

@@ -395,6 +395,29 @@ def test_targets_keep_instances_present_in_some_frame():
     assert not target["masks"][1, 0].any()  # absent in frame 0
 
 
+def test_count_targets_is_what_the_criterion_gets():
+    # gradient accumulation counts the targets of its batches before running them
+    model, cfg = _model()
+    model.train()
+    num_frames = cfg.INPUT.SAMPLING_FRAME_NUM
+    clips = [_clip_with_instances(num_frames), _empty_clip(num_frames)]
+    absent = torch.zeros(1, 48, 64, dtype=torch.bool)
+    clips[0]["instances"] = [  # a third instance, absent from every frame: not a target
+        _frame_instances(
+            [*x.gt_classes.tolist(), 2],
+            [*x.gt_ids.tolist(), -1],
+            torch.cat([x.gt_masks.tensor, absent]),
+        )
+        for x in clips[0]["instances"]
+    ]
+    images = model.preprocess_image(clips)
+    targets = model.prepare_targets([clip["instances"] for clip in clips], images)
+    assert model.count_targets(clips) == sum(len(t["labels"]) for t in targets) == 2
+    clips[1]["instances"] = clips[1]["instances"][:1]
+    with pytest.raises(ValueError, match="one Instances per frame"):
+        model.count_targets(clips)
+
+
 def test_inference_output_format_sizes_and_sorted_scores():
     model, cfg = _model()
     model.eval()

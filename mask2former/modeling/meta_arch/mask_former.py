@@ -167,17 +167,28 @@ class MaskFormer(nn.Module):
         self, outputs: Dict, batched_inputs: List[Dict], images: ImageList
     ) -> Dict[str, Tensor]:
         """Weighted criterion losses; losses without a weight in ``weight_dict`` are dropped."""
-        if "instances" not in batched_inputs[0]:
-            raise ValueError(
-                "MaskFormer: training inputs need 'instances' (gt_classes, gt_masks); use a "
-                "dataset mapper that produces them (INPUT.DATASET_MAPPER_NAME)."
-            )
-        targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
+        targets = self.prepare_targets(self.training_instances(batched_inputs), images)
         losses = self.criterion(outputs, targets)
         weight_dict = self.criterion.weight_dict
         return {
             name: loss * weight_dict[name] for name, loss in losses.items() if name in weight_dict
         }
+
+    @staticmethod
+    def training_instances(batched_inputs: List[Dict]) -> List[object]:
+        """Each input's "instances", or a ValueError that says which mapper gives them."""
+        if any("instances" not in x for x in batched_inputs):
+            raise ValueError(
+                "MaskFormer: training inputs need 'instances' (gt_classes, gt_masks); use a "
+                "dataset mapper that produces them (INPUT.DATASET_MAPPER_NAME)."
+            )
+        return [x["instances"] for x in batched_inputs]
+
+    def count_targets(self, batched_inputs: List[Dict]) -> int:
+        """How many target masks the criterion gets for these training inputs (the number it
+        normalises the mask losses by), counted without running the model; gradient
+        accumulation adds these up over its batches."""
+        return sum(len(instances) for instances in self.training_instances(batched_inputs))
 
     def prepare_targets(
         self, gt_instances: List[Instances], images: ImageList
