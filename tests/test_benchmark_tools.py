@@ -1,6 +1,6 @@
 """The benchmark tools on tiny models. tools/benchmark_inference.py: the device, precision and
 batch-size options and the JSON report the GPU measurements of issue 9 rely on (its CUDA run is
-marked cuda); tools/benchmark_video_inference.py and tools/benchmark_accumulation.py: their
+marked cuda); the video inference, gradient accumulation and sliding-window benchmarks: their
 reports."""
 
 import json
@@ -146,3 +146,23 @@ def test_accumulation_benchmark_refuses_steps_that_do_not_divide_the_batch(capsy
     with pytest.raises(SystemExit):
         benchmark_accumulation.main(["--ims-per-batch", "4", "--steps", "3"])
     assert "--steps 3 does not divide --ims-per-batch 4" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sliding_window_benchmark_report(capsys):
+    benchmark_sliding = load_script("tools/benchmark_sliding_window.py")
+    report = benchmark_sliding.main(
+        ["--config-file", TINY_CONFIG, "--image-size", "100", "150", "--window", "64", "64"]
+        + ["--stride", "48", "48", "--windows-per-pass", "2", "--threads", "1"]
+    )
+    rows = report["rows"]
+    assert [(row["setting"], row["windows"]) for row in rows] == [
+        ("whole image", None),
+        ("windows, 2/pass", 2 * 3),
+    ]
+    for row in rows:
+        assert row["seconds"] > 0 and row["peak_mib"] >= row["before_mib"] > 0
+        assert 0.0 <= row["same_label_as_whole"] <= 1.0
+    assert rows[0]["same_label_as_whole"] == 1.0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") :]) == report

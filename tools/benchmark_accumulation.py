@@ -21,9 +21,7 @@ Usage:
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -41,6 +39,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 import mask2former.modeling  # noqa: E402, F401  only registration
 from mask2former.config import add_opts_argument, load_config  # noqa: E402
 from mask2former.engine import build_optimizer, build_train_loop  # noqa: E402
+from mask2former.utils.benchmarking import peak_rss_mib, run_child  # noqa: E402
 from mask2former.utils.cpu_memory import keep_freed_memory  # noqa: E402
 
 INSTANCES_PER_IMAGE = 8
@@ -82,15 +81,10 @@ def _image(generator: torch.Generator, size: int, num_classes: int) -> Dict:
     }
 
 
-def _peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return _peak_rss_mib()
+    return peak_rss_mib()
 
 
 def run_setting(args: argparse.Namespace, steps: int) -> Dict:
@@ -159,13 +153,11 @@ def main(argv=None) -> Dict:
             "--iterations", str(args.iterations),
             "--threads", str(args.threads),
             "--device", args.device,
+            "--steps", str(steps),
             "--child", str(steps),
             "--opts", *args.opts,
         ]  # fmt: skip
-        run = subprocess.run(command, capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit(f"accumulation steps {steps} failed:\n{run.stderr[-3000:]}")
-        rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        rows.append(run_child(command, f"accumulation steps {steps}"))
     memory = "peak CUDA MiB" if torch.device(args.device).type == "cuda" else "peak RSS MiB"
     report = {
         "config": args.config_file,

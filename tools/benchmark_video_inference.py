@@ -24,7 +24,6 @@ Usage:
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarn
 
 from mask2former import Predictor, VideoPredictor  # noqa: E402
 from mask2former.config import add_opts_argument  # noqa: E402
+from mask2former.utils.benchmarking import peak_rss_mib  # noqa: E402
 from mask2former.utils.cpu_memory import keep_freed_memory  # noqa: E402
 
 
@@ -59,11 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _median_seconds(run, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -80,7 +75,7 @@ def _row(model: str, frames: int, seconds: float) -> Dict:
         "frames": frames,
         "seconds": round(seconds, 3),
         "seconds_per_frame": round(seconds / frames, 3),
-        "peak_rss_mib": round(_peak_rss_mib()),
+        "peak_rss_mib": round(peak_rss_mib()),
     }
 
 

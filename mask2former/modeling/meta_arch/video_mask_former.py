@@ -56,8 +56,13 @@ class VideoMaskFormer(MaskFormer):
                 class probabilities (MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO).
             frames_per_pass: at inference, frames run through the backbone and the pixel
                 decoder together (MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS); 0: all.
-            kwargs: the arguments of :class:`MaskFormer`.
+            kwargs: the arguments of :class:`MaskFormer`, without ``sliding_window``.
         """
+        if kwargs.get("sliding_window") is not None:
+            raise ValueError(
+                "VideoMaskFormer: MODEL.MASK_FORMER.TEST.SLIDING_WINDOW is for image models' "
+                "semantic output; set its ENABLED False for a video model."
+            )
         super().__init__(**kwargs)
         if frames_per_pass < 0:
             raise ValueError(
