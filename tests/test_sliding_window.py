@@ -181,3 +181,28 @@ def test_evaluation_through_the_semantic_evaluator(tmp_path):
     (dataset,) = cfg.DATASETS.TEST
     results = MaskFormerTrainer.test(cfg, model)
     assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0, (dataset, results)
+
+
+def test_test_time_augmentation_runs_the_windows_of_every_augmented_image():
+    from mask2former.engine import SemanticSegmentorWithTTA
+
+    opts = [*_sliding((48, 48), (32, 32)), "TEST.AUG.MIN_SIZES", "(64, 96)"]
+    opts += ["TEST.AUG.MAX_SIZE", "200", "TEST.AUG.FLIP", "True"]
+    cfg = load_config(TINY_CONFIG, [*SEMANTIC_ONLY, *opts])
+    model = build_model(cfg).eval()
+    seen = []
+    network = model.network
+
+    def recording_network(images):
+        seen.append(tuple(images.shape[-2:]))
+        return network(images)
+
+    image = _image(64, 96).to(torch.uint8)
+    with mock.patch.object(model, "network", recording_network):
+        (output,) = SemanticSegmentorWithTTA(cfg, model)(
+            [{"image": image, "height": 64, "width": 96}]
+        )
+    assert output["sem_seg"].shape == (7, 64, 96)
+    # 64 x 96 px: 2 x 3 windows; 96 x 144 px: 3 x 4; each size also flipped
+    assert len(seen) == 2 * (2 * 3 + 3 * 4)
+    assert set(seen) == {(64, 64)}  # 48 px windows padded to a multiple of 32

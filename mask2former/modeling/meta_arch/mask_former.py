@@ -43,6 +43,18 @@ def sliding_window_from_config(cfg) -> Optional[SlidingWindow]:
     )
 
 
+def _scores_at_output_size(
+    scores: Tensor, image_size: Tuple[int, int], output_size: Tuple[int, int]
+) -> Tensor:
+    """(K, H', W') per-class scores, the image in their top-left ``image_size``, resized to
+    ``output_size``: Detectron2's ``sem_seg_postprocess``, except that no copy is made when the
+    sizes already match (bilinear resizing to the same size changes nothing), which spares a
+    second K x H x W tensor on large images."""
+    if tuple(scores.shape[-2:]) == tuple(image_size) == tuple(output_size):
+        return scores
+    return sem_seg_postprocess(scores, image_size, *output_size)
+
+
 @META_ARCH_REGISTRY.register()
 class MaskFormer(nn.Module):
     """Mask classification model: a set of (class, mask) predictions per image.
@@ -306,7 +318,7 @@ class MaskFormer(nn.Module):
                 scores[:, top:bottom, left:right] += window_scores
                 coverage[top:bottom, left:right] += 1
         scores /= coverage
-        return {"sem_seg": sem_seg_postprocess(scores, (height, width), *output_size)}
+        return {"sem_seg": _scores_at_output_size(scores, (height, width), output_size)}
 
     def inference_single_image(
         self,
@@ -330,7 +342,7 @@ class MaskFormer(nn.Module):
             # Semantic only, the official order: infer at the input resolution, then resize.
             mask_probs = resize_mask_logits(mask_logits, padded_size, image_size, image_size)
             sem_seg = semantic_inference(class_logits, mask_probs.sigmoid_())
-            result["sem_seg"] = sem_seg_postprocess(sem_seg, image_size, *output_size)
+            result["sem_seg"] = _scores_at_output_size(sem_seg, image_size, output_size)
             return result
         queries = self._queries_needed(class_logits)
         if queries is not None:
