@@ -164,6 +164,13 @@ def _add_test_config(cfg: CfgNode) -> None:
     cfg.TEST.BOUNDARY_AP.ENABLED = False
     # Width of the boundary region, as a fraction of the image diagonal (0.02: Boundary IoU's).
     cfg.TEST.BOUNDARY_AP.DILATION_RATIO = 0.02
+    # Not in the official release (which evaluates in float32): evaluation (train_net.py
+    # --eval-only, TEST.EVAL_PERIOD, TTA) runs the model's forwards under autocast in
+    # PRECISION, "float16" or "bfloat16", as SOLVER.AMP does for training; the post-processing
+    # stays float32. On a CPU, float16 falls back to float32 with a warning.
+    cfg.TEST.AMP = CfgNode()
+    cfg.TEST.AMP.ENABLED = False
+    cfg.TEST.AMP.PRECISION = "float16"
 
 
 def _add_mask_former_config(cfg: CfgNode) -> None:

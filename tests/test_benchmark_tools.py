@@ -1,7 +1,7 @@
 """The benchmark tools on tiny models. tools/benchmark_inference.py: the device, precision and
 batch-size options and the JSON report the GPU measurements of issue 9 rely on (its CUDA run is
-marked cuda); the video inference, gradient accumulation and sliding-window benchmarks: their
-reports."""
+marked cuda); the video inference, gradient accumulation, sliding-window and evaluation
+benchmarks: their reports."""
 
 import json
 import math
@@ -164,5 +164,24 @@ def test_sliding_window_benchmark_report(capsys):
         assert row["seconds"] > 0 and row["peak_mib"] >= row["before_mib"] > 0
         assert 0.0 <= row["same_label_as_whole"] <= 1.0
     assert rows[0]["same_label_as_whole"] == 1.0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") :]) == report
+
+
+@pytest.mark.slow
+def test_evaluation_benchmark_report(weights, capsys):
+    benchmark_evaluation = load_script("tools/benchmark_evaluation.py")
+    report = benchmark_evaluation.main(
+        ["--config-file", TINY_CONFIG, "--weights", weights, "--precisions", "float32"]
+        + ["bfloat16", "--warmup", "1", "--threads", "1"]
+    )
+    rows = report["rows"]
+    assert [row["precision"] for row in rows] == ["float32", "bfloat16"]
+    for row in rows:
+        assert row["images"] == 50 and row["seconds"] > 0
+        assert row["seconds_per_image"] == pytest.approx(row["seconds"] / 50, abs=1e-3)
+        assert {"panoptic_seg/PQ", "segm/AP", "sem_seg/mIoU"} <= set(row["metrics"])
+        assert all(math.isfinite(value) for value in row["metrics"].values())
+    assert set(rows[0]["change"].values()) == {0.0}
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{") :]) == report

@@ -41,6 +41,50 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def amp_dtype(cfg: CfgNode, key: str) -> torch.dtype:
+    """The autocast dtype that config ``key`` (``SOLVER.AMP.PRECISION`` or
+    ``TEST.AMP.PRECISION``) names, or a ValueError naming the key and the choices."""
+    name = cfg
+    for part in key.split("."):
+        name = name[part]
+    if name not in AMP_PRECISIONS:
+        raise ValueError(f"{key} is {name!r}; supported: {sorted(AMP_PRECISIONS)}.")
+    return AMP_PRECISIONS[name]
+
+
+class AutocastInference(torch.nn.Module):
+    """A model whose forward runs under autocast: evaluation in mixed precision
+    (``TEST.AMP``). Training mode and parameters are the wrapped model's."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, batched_inputs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(batched_inputs)
+
+
+def evaluation_model(cfg: CfgNode, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` as evaluation runs it: under autocast when ``TEST.AMP.ENABLED`` (in
+    ``TEST.AMP.PRECISION``; float16 on a CPU falls back to float32 with a warning), else as it
+    is."""
+    if not cfg.TEST.AMP.ENABLED:
+        return model
+    dtype = amp_dtype(cfg, "TEST.AMP.PRECISION")
+    device_type = _model_device(model).type
+    if device_type != "cuda" and dtype == torch.float16:
+        logger.warning(
+            "TEST.AMP.ENABLED with PRECISION float16 but the model is on the CPU: evaluating in "
+            "float32 (set TEST.AMP.PRECISION bfloat16 for mixed precision on a CPU)."
+        )
+        return model
+    logger.info("Evaluating under %s autocast (TEST.AMP).", cfg.TEST.AMP.PRECISION)
+    return AutocastInference(model, device_type, dtype)
+
+
 def accumulation_steps(cfg: CfgNode, world_size: Optional[int] = None) -> int:
     """``SOLVER.GRADIENT_ACCUMULATION_STEPS``, checked against ``SOLVER.IMS_PER_BATCH``.
 
@@ -216,12 +260,7 @@ def build_train_loop(
     checks = {"checkpoint_dir": cfg.OUTPUT_DIR, "accumulation_steps": accumulation_steps(cfg)}
     if not cfg.SOLVER.AMP.ENABLED:
         return CheckedSimpleTrainer(model, data_loader, optimizer, **checks)
-    precision_name = cfg.SOLVER.AMP.PRECISION
-    if precision_name not in AMP_PRECISIONS:
-        raise ValueError(
-            f"SOLVER.AMP.PRECISION is {precision_name!r}; supported: {sorted(AMP_PRECISIONS)}."
-        )
-    precision = AMP_PRECISIONS[precision_name]
+    precision = amp_dtype(cfg, "SOLVER.AMP.PRECISION")
     if _model_device(model).type != "cuda":
         if precision == torch.bfloat16:
             return CPUAutocastTrainer(model, data_loader, optimizer, precision=precision, **checks)
@@ -248,7 +287,8 @@ class MaskFormerTrainer(DefaultTrainer):
     CPUs (gloo); semantic test-time augmentation runs after training when ``TEST.AUG.ENABLED``;
     bad samples are replaced (training) or left out (evaluation) and reported; a non-finite
     loss stops training with a message that names the last good checkpoint; an iteration may
-    accumulate the gradients of several batches (``SOLVER.GRADIENT_ACCUMULATION_STEPS``).
+    accumulate the gradients of several batches (``SOLVER.GRADIENT_ACCUMULATION_STEPS``);
+    evaluation may run in mixed precision (``TEST.AMP``).
     """
 
     def __init__(self, cfg: CfgNode):
@@ -342,6 +382,12 @@ class MaskFormerTrainer(DefaultTrainer):
         model, one whole video per sample (the video mapper in inference mode)."""
         mapper = build_dataset_mapper(cfg, is_train=False) if is_video_config(cfg) else None
         return bad_samples.build_test_loader(cfg, dataset_name, mapper)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """Detectron2's evaluation on ``DATASETS.TEST``, under autocast when ``TEST.AMP.ENABLED``
+        (:func:`evaluation_model`)."""
+        return super().test(cfg, evaluation_model(cfg, model), evaluators)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
