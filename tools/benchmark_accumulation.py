@@ -39,8 +39,12 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 import mask2former.modeling  # noqa: E402, F401  only registration
 from mask2former.config import add_opts_argument, load_config  # noqa: E402
 from mask2former.engine import build_optimizer, build_train_loop  # noqa: E402
-from mask2former.utils.benchmarking import peak_rss_mib, run_child  # noqa: E402
-from mask2former.utils.cpu_memory import keep_freed_memory  # noqa: E402
+from mask2former.utils.benchmarking import (  # noqa: E402
+    add_setting_arguments,
+    peak_memory_mib,
+    run_child,
+    start_setting,
+)
 
 INSTANCES_PER_IMAGE = 8
 
@@ -55,9 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=512, help="square training images")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--iterations", type=int, default=2, help="timed steps after a warm-up")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    add_setting_arguments(parser)  # --threads, --device
     add_opts_argument(parser)
     args = parser.parse_args(argv)
     if args.iterations < 1 or min(args.steps) < 1:
@@ -81,18 +83,9 @@ def _image(generator: torch.Generator, size: int, num_classes: int) -> Dict:
     }
 
 
-def _peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mib()
-
-
 def run_setting(args: argparse.Namespace, steps: int) -> Dict:
     """One optimizer-step configuration, in this process: warm-up, then timed steps."""
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # as train_net.py does on a CPU
+    device = start_setting(args.threads, args.device)
     opts = [
         "MODEL.DEVICE", args.device,
         "MODEL.WEIGHTS", "",
@@ -115,7 +108,7 @@ def run_setting(args: argparse.Namespace, steps: int) -> Dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    before_mib = _peak_mib(device)
+    before_mib = peak_memory_mib(device)
     seconds: List[float] = []
     with EventStorage(0) as storage:
         loop.storage = storage
@@ -132,7 +125,7 @@ def run_setting(args: argparse.Namespace, steps: int) -> Dict:
         "accumulation_steps": steps,
         "images_per_batch": per_batch,
         "seconds_per_step": round(statistics.median(seconds), 3),
-        "peak_mib": round(_peak_mib(device)),
+        "peak_mib": round(peak_memory_mib(device)),
         "before_training_mib": round(before_mib),
         "last_total_loss": round(total_loss, 3),
     }

@@ -40,8 +40,11 @@ import mask2former.modeling  # noqa: E402, F401  only registration
 from mask2former.config import add_opts_argument, load_config  # noqa: E402
 from mask2former.engine import MaskFormerTrainer  # noqa: E402
 from mask2former.engine.trainer import evaluation_model  # noqa: E402
-from mask2former.utils.benchmarking import run_child  # noqa: E402
-from mask2former.utils.cpu_memory import keep_freed_memory  # noqa: E402
+from mask2former.utils.benchmarking import (  # noqa: E402
+    add_setting_arguments,
+    run_child,
+    start_setting,
+)
 
 HEADLINE = ("PQ", "SQ", "RQ", "AP", "AP50", "AP75", "mIoU", "pACC")
 PRECISIONS = ("float32", "float16", "bfloat16")
@@ -55,9 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--precisions", nargs="+", choices=PRECISIONS, default=["float32", "bfloat16"]
     )
     parser.add_argument("--warmup", type=int, default=2, help="images evaluated before timing")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--child", choices=PRECISIONS, help=argparse.SUPPRESS)
+    add_setting_arguments(parser, child_type=str, child_choices=PRECISIONS)
     add_opts_argument(parser)
     args = parser.parse_args(argv)
     if args.warmup < 0:
@@ -77,9 +78,7 @@ def _headline(results: Dict) -> Dict[str, float]:
 
 def run_setting(args: argparse.Namespace, precision: str) -> Dict:
     """One evaluation in this process."""
-    torch.set_num_threads(args.threads)
-    if torch.device(args.device).type == "cpu":
-        keep_freed_memory()  # as train_net.py does on a CPU
+    start_setting(args.threads, args.device)
     amp = ["TEST.AMP.ENABLED", str(precision != "float32")]
     if precision != "float32":
         amp += ["TEST.AMP.PRECISION", precision]

@@ -37,8 +37,12 @@ warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarn
 
 from mask2former import Predictor  # noqa: E402
 from mask2former.config import add_opts_argument  # noqa: E402
-from mask2former.utils.benchmarking import peak_rss_mib, run_child  # noqa: E402
-from mask2former.utils.cpu_memory import keep_freed_memory  # noqa: E402
+from mask2former.utils.benchmarking import (  # noqa: E402
+    add_setting_arguments,
+    peak_memory_mib,
+    run_child,
+    start_setting,
+)
 
 DEFAULT_CONFIG = "configs/ade20k/semantic-segmentation/maskformer2_R50_bs16_160k.yaml"
 
@@ -53,9 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--windows-per-pass", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--no-whole", action="store_true", help="skip the whole-image run")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # windows per pass, 0: whole
+    add_setting_arguments(parser)  # --threads, --device; the child's windows per pass, 0: whole
     parser.add_argument("--labels-out", help=argparse.SUPPRESS)
     add_opts_argument(parser)
     args = parser.parse_args(argv)
@@ -64,18 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mib()
-
-
 def run_setting(args: argparse.Namespace, windows_per_pass: int) -> Dict:
     """One setting in this process: 0 windows per pass is the whole image."""
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # as the demo does on a CPU
+    device = start_setting(args.threads, args.device)
     opts = ["MODEL.DEVICE", args.device, "INPUT.MIN_SIZE_TEST", "0", *args.opts]
     if windows_per_pass > 0:
         sliding = "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW"
@@ -90,7 +83,7 @@ def run_setting(args: argparse.Namespace, windows_per_pass: int) -> Dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    before_mib = _peak_mib(device)
+    before_mib = peak_memory_mib(device)
     seconds: List[float] = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -105,7 +98,7 @@ def run_setting(args: argparse.Namespace, windows_per_pass: int) -> Dict:
         "setting": "whole image" if windows_per_pass == 0 else f"windows, {windows_per_pass}/pass",
         "windows": windows,
         "seconds": round(statistics.median(seconds), 3),
-        "peak_mib": round(_peak_mib(device)),
+        "peak_mib": round(peak_memory_mib(device)),
         "before_mib": round(before_mib),
     }
 
