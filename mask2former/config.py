@@ -135,6 +135,13 @@ def _add_solver_config(cfg: CfgNode) -> None:
     # Not in the official release (which trained in float16): autocast dtype when
     # SOLVER.AMP.ENABLED, "float16" (with loss scaling) or "bfloat16".
     cfg.SOLVER.AMP.PRECISION = "float16"
+    # Not in the official release: gradient accumulation. Each iteration (one optimizer step,
+    # as MAX_ITER, STEPS and the checkpoint and evaluation periods count them) sums the
+    # gradients of this many batches of SOLVER.IMS_PER_BATCH / (this x processes) images per
+    # process, so IMS_PER_BATCH stays the images per optimizer step and an official recipe
+    # (16 images) trains on fewer or smaller GPUs with its learning rate and schedule
+    # unchanged. The losses are normalised as they would be on (this x processes) processes.
+    cfg.SOLVER.GRADIENT_ACCUMULATION_STEPS = 1
     # Not in the official release: train_net.py and the quickstart also save the final model's
     # weights as OUTPUT_DIR/model_final.safetensors (the format to share weights in).
     cfg.SOLVER.SAVE_SAFETENSORS = False
@@ -157,6 +164,13 @@ def _add_test_config(cfg: CfgNode) -> None:
     cfg.TEST.BOUNDARY_AP.ENABLED = False
     # Width of the boundary region, as a fraction of the image diagonal (0.02: Boundary IoU's).
     cfg.TEST.BOUNDARY_AP.DILATION_RATIO = 0.02
+    # Not in the official release (which evaluates in float32): evaluation (train_net.py
+    # --eval-only, TEST.EVAL_PERIOD, TTA) runs the model's forwards under autocast in
+    # PRECISION, "float16" or "bfloat16", as SOLVER.AMP does for training; the post-processing
+    # stays float32. On a CPU, float16 falls back to float32 with a warning.
+    cfg.TEST.AMP = CfgNode()
+    cfg.TEST.AMP.ENABLED = False
+    cfg.TEST.AMP.PRECISION = "float16"
 
 
 def _add_mask_former_config(cfg: CfgNode) -> None:
@@ -242,6 +256,17 @@ def _add_mask_former_config(cfg: CfgNode) -> None:
     # time, keeping only the features the transformer decoder reads, so a video's memory grows
     # by those, not by the backbone's activations; the results are the same. 0: all at once.
     cfg.MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS = 4
+    # Not in the official release: semantic inference in overlapping windows, for images too
+    # large for one forward (semantic output only; the panoptic and instance outputs must be
+    # off). Each window's per-class scores are computed at its own resolution and averaged
+    # where windows overlap. SIZE and STRIDE are (height, width) in pixels of the model's input,
+    # after the test-time resize (INPUT.MIN_SIZE_TEST 0 keeps the original resolution);
+    # WINDOWS_PER_PASS windows run in one forward.
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW = CfgNode()
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED = False
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.SIZE = [512, 512]
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.STRIDE = [341, 341]
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.WINDOWS_PER_PASS = 1
 
     # Images of a batch are padded to a multiple of this; a negative value uses the backbone's
     # size_divisibility (which is 0 for detectron2's ResNet).

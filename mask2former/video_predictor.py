@@ -20,7 +20,7 @@ Shapes: D: tracks (instances followed through the clip), L: frames, H, W: the fr
 
 import os
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from .data import is_video_config
 from .predictor import Predictor, precision_autocast
 from .utils.image_io import ImageSource
 from .utils.results import InstanceResult, Prediction
-from .utils.video_io import read_video_frames
+from .utils.video_io import read_video
 
 __all__ = ["VideoPrediction", "VideoPredictor"]
 
@@ -161,7 +161,7 @@ class VideoPredictor(Predictor):
     def __call__(
         self,
         video: Union[str, os.PathLike, Sequence[ImageSource]],
-        max_frames: int = None,
+        max_frames: Optional[int] = None,
     ) -> VideoPrediction:
         """Predict on a video file or on a clip's frames.
 
@@ -174,7 +174,7 @@ class VideoPredictor(Predictor):
             mask2former.utils.ImageReadError: a frame or the video cannot be read.
         """
         if isinstance(video, (str, os.PathLike)):
-            frames = read_video_frames(os.fspath(video), self.input_format, max_frames)
+            frames = read_video(os.fspath(video), self.input_format, max_frames).frames
         else:
             frames = [self.read(frame) for frame in list(video)[:max_frames]]
         return self.predict_arrays(frames)

@@ -1,5 +1,5 @@
 """What several test files share: paths, config overrides that shrink a model, loading a script
-as a module, random pictures and clips, and a comparison of JSON results.
+as a module, uncompressed RLEs, random pictures and clips, and a comparison of JSON results.
 
 Fixtures (the tiny model's weights) are in conftest.py. The tests import this module as
 ``helpers``: pytest puts tests/ on ``sys.path`` for the test files there.
@@ -125,6 +125,20 @@ def load_script(relative_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def uncompressed_rle(mask):
+    """COCO's uncompressed RLE of a (H, W) mask: "counts" a list of column-major run lengths,
+    starting with a run of zeros (written here, independently of pycocotools)."""
+    flat = np.asarray(mask).flatten(order="F").astype(np.uint8)
+    counts, current, run = [], 0, 0
+    for value in flat:
+        if value != current:
+            counts.append(run)
+            current, run = value, 0
+        run += 1
+    counts.append(run)
+    return {"size": list(np.asarray(mask).shape), "counts": counts}
 
 
 def random_picture(height, width, seed=0):

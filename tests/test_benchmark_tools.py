@@ -1,5 +1,7 @@
-"""tools/benchmark_inference.py on a tiny model: the device, precision and batch-size options
-and the JSON report the GPU measurements of issue 9 rely on; its CUDA run is marked cuda."""
+"""The benchmark tools on tiny models. tools/benchmark_inference.py: the device, precision and
+batch-size options and the JSON report the GPU measurements of issue 9 rely on (its CUDA run is
+marked cuda); the video inference, gradient accumulation, sliding-window and evaluation
+benchmarks: their reports."""
 
 import json
 import math
@@ -118,5 +120,72 @@ def test_video_inference_benchmark_report(capsys):
         assert row["seconds"] > 0 and row["peak_rss_mib"] > 0
         assert row["seconds_per_frame"] == pytest.approx(row["seconds"] / row["frames"], abs=1e-3)
     assert rows[0]["peak_rss_mib"] <= rows[1]["peak_rss_mib"] <= rows[2]["peak_rss_mib"]
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") :]) == report
+
+
+@pytest.mark.slow
+def test_accumulation_benchmark_report(capsys):
+    benchmark_accumulation = load_script("tools/benchmark_accumulation.py")
+    report = benchmark_accumulation.main(
+        ["--config-file", os.path.join(ROOT, "configs", "shapes", "maskformer2_R18_panoptic.yaml")]
+        + ["--ims-per-batch", "2", "--image-size", "64", "--steps", "1", "2"]
+        + ["--iterations", "1", "--threads", "1", "--opts", "MODEL.RESNETS.NORM", "FrozenBN"]
+    )
+    rows = report["rows"]
+    assert [(row["accumulation_steps"], row["images_per_batch"]) for row in rows] == [
+        (1, 2),
+        (2, 1),
+    ]
+    for row in rows:
+        assert row["seconds_per_step"] > 0
+        assert row["peak_mib"] >= row["before_training_mib"] > 0
+        assert math.isfinite(row["last_total_loss"]) and row["last_total_loss"] > 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") :]) == report
+
+
+def test_accumulation_benchmark_refuses_steps_that_do_not_divide_the_batch(capsys):
+    benchmark_accumulation = load_script("tools/benchmark_accumulation.py")
+    with pytest.raises(SystemExit):
+        benchmark_accumulation.main(["--ims-per-batch", "4", "--steps", "3"])
+    assert "--steps 3 does not divide --ims-per-batch 4" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sliding_window_benchmark_report(capsys):
+    benchmark_sliding = load_script("tools/benchmark_sliding_window.py")
+    report = benchmark_sliding.main(
+        ["--config-file", TINY_CONFIG, "--image-size", "100", "150", "--window", "64", "64"]
+        + ["--stride", "48", "48", "--windows-per-pass", "2", "--threads", "1"]
+    )
+    rows = report["rows"]
+    assert [(row["setting"], row["windows"]) for row in rows] == [
+        ("whole image", None),
+        ("windows, 2/pass", 2 * 3),
+    ]
+    for row in rows:
+        assert row["seconds"] > 0 and row["peak_mib"] >= row["before_mib"] > 0
+        assert 0.0 <= row["same_label_as_whole"] <= 1.0
+    assert rows[0]["same_label_as_whole"] == 1.0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") :]) == report
+
+
+@pytest.mark.slow
+def test_evaluation_benchmark_report(weights, capsys):
+    benchmark_evaluation = load_script("tools/benchmark_evaluation.py")
+    report = benchmark_evaluation.main(
+        ["--config-file", TINY_CONFIG, "--weights", weights, "--precisions", "float32"]
+        + ["bfloat16", "--warmup", "1", "--threads", "1"]
+    )
+    rows = report["rows"]
+    assert [row["precision"] for row in rows] == ["float32", "bfloat16"]
+    for row in rows:
+        assert row["images"] == 50 and row["seconds"] > 0
+        assert row["seconds_per_image"] == pytest.approx(row["seconds"] / 50, abs=1e-3)
+        assert {"panoptic_seg/PQ", "segm/AP", "sem_seg/mIoU"} <= set(row["metrics"])
+        assert all(math.isfinite(value) for value in row["metrics"].values())
+    assert set(rows[0]["change"].values()) == {0.0}
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{") :]) == report

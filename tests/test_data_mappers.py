@@ -6,6 +6,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
+from helpers import uncompressed_rle
 from panopticapi.utils import id2rgb
 from PIL import Image
 
@@ -106,7 +107,7 @@ def _all_formats():
     rle = mask_util.encode(np.asfortranarray(rle_mask))
     rle["counts"] = rle["counts"].decode("ascii")
     raw_mask = _box_mask(35, 45, 2, 12)
-    raw_rle = {"size": [H, W], "counts": _uncompressed_counts(raw_mask)}
+    raw_rle = uncompressed_rle(raw_mask)
     bit_mask = _box_mask(40, 47, 50, 60)
     annotations = [
         {"category_id": 0, "segmentation": polygon, "iscrowd": 0},
@@ -115,18 +116,6 @@ def _all_formats():
         {"category_id": 3, "segmentation": bit_mask, "iscrowd": 0},
     ]
     return annotations, [poly_mask, rle_mask, raw_mask, bit_mask]
-
-
-def _uncompressed_counts(mask):
-    flat = mask.flatten(order="F")
-    counts, current, run = [], 0, 0
-    for value in flat:
-        if value != current:
-            counts.append(run)
-            current, run = value, 0
-        run += 1
-    counts.append(run)
-    return counts
 
 
 def test_registry_has_all_mappers_and_names_unknown_ones():

@@ -156,6 +156,28 @@ def test_onnx_runtime_predictions_equal_pytorch(tiny_predictors):
     assert ort.input_format == pytorch.input_format
 
 
+def test_onnx_runtime_sliding_window_equals_pytorch(tiny):
+    # the windows are the model's pre- and post-processing: the same with the ONNX network
+    opts = [
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "False",
+        "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False",
+        "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED", "True",
+        "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.SIZE", "[64, 64]",
+        "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.STRIDE", "[40, 40]",
+        "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.WINDOWS_PER_PASS", "2",
+        "INPUT.MIN_SIZE_TEST", "0",
+    ]  # fmt: skip
+    pytorch = Predictor(CONFIG, tiny["weights"], opts=opts, return_probabilities=True)
+    ort = Predictor(tiny["onnx"], backend="onnxruntime", opts=opts, return_probabilities=True)
+    assert ort.model.sliding_window == pytorch.model.sliding_window
+    (expected,), (actual,) = pytorch(_pictures([(100, 150)])), ort(_pictures([(100, 150)]))
+    assert actual.panoptic is None and actual.instances is None
+    np.testing.assert_array_equal(actual.semantic.label_map, expected.semantic.label_map)
+    np.testing.assert_allclose(
+        actual.semantic.probabilities, expected.semantic.probabilities, atol=1e-5
+    )
+
+
 def test_exported_program_reloads_and_matches(tiny, tiny_predictors, tmp_path, capsys):
     pytorch, _ = tiny_predictors
     path = str(tmp_path / "tiny.pt2")

@@ -26,21 +26,24 @@ def _random_batch(num_targets, num_queries=7, num_classes=5, size=(16, 20), seed
 
 
 def _reference_cost(matcher, logits, masks, labels, target_masks, coords):
-    """Per-pair loop: -p(class) + mean BCE + dice on the sampled points."""
+    """Per-pair loop: -p(class) + mean BCE + dice on the sampled points. A video's masks
+    (Q, T, H, W) / (M, T, H, W) are sampled at the same points in every frame, the frames
+    counting as more points."""
     prob = logits.softmax(-1)
-    grid = (2 * coords - 1)[None, :, None]
-    pred = F.grid_sample(masks[:, None], grid.expand(len(masks), -1, -1, -1), align_corners=False)
-    pred = pred[:, 0, :, 0]
-    tgt = F.grid_sample(
-        target_masks[:, None].float(),
-        grid.expand(len(target_masks), -1, -1, -1),
-        align_corners=False,
-    )[:, 0, :, 0]
+    grid = (2 * coords - 1)[None, :, None]  # (1, P, 1, 2)
+
+    def points(mask):
+        """(*frames, H, W) -> (frames * P,) values at the points."""
+        frames = mask.reshape(-1, 1, *mask.shape[-2:]).float()
+        sampled = F.grid_sample(frames, grid.expand(len(frames), -1, -1, -1), align_corners=False)
+        return sampled.flatten()
+
     cost = torch.zeros(len(masks), len(target_masks))
     for q, m in itertools.product(range(len(masks)), range(len(target_masks))):
-        bce = F.binary_cross_entropy_with_logits(pred[q], tgt[m])
-        p = pred[q].sigmoid()
-        dice = 1 - (2 * (p * tgt[m]).sum() + 1) / (p.sum() + tgt[m].sum() + 1)
+        pred, tgt = points(masks[q]), points(target_masks[m])
+        bce = F.binary_cross_entropy_with_logits(pred, tgt)
+        p = pred.sigmoid()
+        dice = 1 - (2 * (p * tgt).sum() + 1) / (p.sum() + tgt.sum() + 1)
         cost[q, m] = (
             -matcher.class_weight * prob[q, labels[m]]
             + matcher.mask_weight * bce

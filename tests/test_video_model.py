@@ -5,7 +5,6 @@ Models are the shipped youtubevis configs shrunk by ``helpers.shrunk_config``, o
 with clips of small random frames.
 """
 
-import itertools
 import math
 
 import pytest
@@ -16,6 +15,7 @@ from detectron2.structures import BitMasks, Instances
 from helpers import needs_cuda, shrunk_config
 from scipy.optimize import linear_sum_assignment
 from test_criterion import FixedMatcher, _criterion
+from test_matcher import _reference_cost
 from test_transformer_decoder import HIDDEN, MASK_DIM, QUERIES, _cfg
 
 from mask2former.modeling.criterion import SetCriterion
@@ -221,28 +221,6 @@ def _without_frames(outputs, targets):
     return images, [{"labels": t["labels"], "masks": t["masks"][:, 0]} for t in targets]
 
 
-def _brute_force_cost(matcher, logits, masks, labels, target_masks, coords):
-    """Per (query, target) pair, the same points in every frame, frames as more points."""
-    grid = (2 * coords - 1)[None, :, None]  # (1, P, 1, 2)
-
-    def sample(mask):
-        return F.grid_sample(mask[None, None].float(), grid, align_corners=False).flatten()
-
-    cost = torch.zeros(len(masks), len(target_masks))
-    for q, m in itertools.product(range(len(masks)), range(len(target_masks))):
-        pred = torch.cat([sample(frame) for frame in masks[q]])
-        target = torch.cat([sample(frame) for frame in target_masks[m]])
-        bce = F.binary_cross_entropy_with_logits(pred, target)
-        p = pred.sigmoid()
-        dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
-        cost[q, m] = (
-            -matcher.class_weight * logits.softmax(-1)[q, labels[m]]
-            + matcher.mask_weight * bce
-            + matcher.dice_weight * dice
-        )
-    return cost
-
-
 def test_video_matcher_cost_equals_brute_force_and_assignment_uses_it():
     matcher = HungarianMatcher(class_weight=2.0, mask_weight=5.0, dice_weight=5.0, num_points=30)
     outputs, targets = _video_batch([3, 0, 2], frames=3)
@@ -250,7 +228,7 @@ def test_video_matcher_cost_equals_brute_force_and_assignment_uses_it():
     costs = matcher.cost_matrices(outputs, targets, coords)
     assert [c.shape for c in costs] == [(6, 3), (6, 0), (6, 2)]
     for i, target in enumerate(targets):
-        expected = _brute_force_cost(
+        expected = _reference_cost(
             matcher,
             outputs["pred_logits"][i],
             outputs["pred_masks"][i],
@@ -415,6 +393,29 @@ def test_targets_keep_instances_present_in_some_frame():
         assert torch.equal(target["masks"][:, t, :48], instances.gt_masks.tensor[:2])
     assert not target["masks"][:, :, 48:].any()
     assert not target["masks"][1, 0].any()  # absent in frame 0
+
+
+def test_count_targets_is_what_the_criterion_gets():
+    # gradient accumulation counts the targets of its batches before running them
+    model, cfg = _model()
+    model.train()
+    num_frames = cfg.INPUT.SAMPLING_FRAME_NUM
+    clips = [_clip_with_instances(num_frames), _empty_clip(num_frames)]
+    absent = torch.zeros(1, 48, 64, dtype=torch.bool)
+    clips[0]["instances"] = [  # a third instance, absent from every frame: not a target
+        _frame_instances(
+            [*x.gt_classes.tolist(), 2],
+            [*x.gt_ids.tolist(), -1],
+            torch.cat([x.gt_masks.tensor, absent]),
+        )
+        for x in clips[0]["instances"]
+    ]
+    images = model.preprocess_image(clips)
+    targets = model.prepare_targets([clip["instances"] for clip in clips], images)
+    assert model.count_targets(clips) == sum(len(t["labels"]) for t in targets) == 2
+    clips[1]["instances"] = clips[1]["instances"][:1]
+    with pytest.raises(ValueError, match="one Instances per frame"):
+        model.count_targets(clips)
 
 
 def test_inference_output_format_sizes_and_sorted_scores():

@@ -20,7 +20,7 @@ from mask2former.data.records import (
 )
 from mask2former.utils.export import write_tracks
 from mask2former.utils.image_io import ImageReadError
-from mask2former.utils.video_io import VideoReadError, read_video_frames
+from mask2former.utils.video_io import VideoReadError, read_video
 from mask2former.utils.visualization import display_metadata, draw_tracks
 from mask2former.video_predictor import VideoPrediction
 
@@ -101,23 +101,25 @@ def _write_video(path, frames):
     writer.release()
 
 
-def test_read_video_frames_in_rgb_with_a_cap(tmp_path):
+def test_read_video_in_rgb_with_a_cap(tmp_path):
     path = tmp_path / "clip.avi"
     red_bgr = np.zeros((24, 32, 3), np.uint8)
     red_bgr[..., 2] = 255
     _write_video(path, [red_bgr] * 5)
-    frames = read_video_frames(str(path), "RGB", max_frames=3)
+    clip = read_video(str(path), "RGB", max_frames=3)
+    assert clip.cut_short and clip.fps == pytest.approx(5.0)
+    frames = clip.frames
     assert len(frames) == 3 and frames[0].shape == (24, 32, 3)
     assert frames[0][..., 0].mean() > 200 and frames[0][..., 2].mean() < 50  # red first in RGB
 
 
-def test_read_video_frames_errors_name_the_file(tmp_path):
+def test_read_video_errors_name_the_file(tmp_path):
     with pytest.raises(VideoReadError, match="gone.mp4: no such video file"):
-        read_video_frames(str(tmp_path / "gone.mp4"))
+        read_video(str(tmp_path / "gone.mp4"))
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     with pytest.raises(ImageReadError, match="broken.mp4: cannot open the video"):
-        read_video_frames(str(broken))
+        read_video(str(broken))
 
 
 VIDEO = {

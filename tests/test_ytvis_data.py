@@ -12,6 +12,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
+from helpers import uncompressed_rle
 
 import mask2former.data  # noqa: F401  registers the data sets
 from mask2former.config import add_maskformer2_config
@@ -48,19 +49,6 @@ def train_dicts(video_root):
     return load_ytvis_json(paths["json_file"], paths["image_root"])
 
 
-def _uncompressed(mask):
-    """COCO uncompressed RLE (counts a list, column-major runs starting with zeros)."""
-    flat = mask.flatten(order="F").astype(np.uint8)
-    counts, current, run = [], 0, 0
-    for value in flat:
-        if value != current:
-            counts.append(run)
-            current, run = value, 0
-        run += 1
-    counts.append(run)
-    return {"size": list(mask.shape), "counts": counts}
-
-
 def _write(path, content):
     with open(path, "w") as f:
         json.dump(content, f)
@@ -88,7 +76,7 @@ def _handmade(tmp_path, with_annotations=True):
                 "video_id": 7,
                 "category_id": 9,
                 "iscrowd": 0,
-                "segmentations": [_uncompressed(mask), compressed, None],
+                "segmentations": [uncompressed_rle(mask), compressed, None],
                 "bboxes": [[3, 2, 4, 3], [3, 2, 4, 3], None],
                 "areas": [12, 12, None],
             },

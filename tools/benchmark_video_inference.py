@@ -24,7 +24,6 @@ Usage:
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarn
 
 from mask2former import Predictor, VideoPredictor  # noqa: E402
 from mask2former.config import add_opts_argument  # noqa: E402
+from mask2former.utils.benchmarking import peak_rss_mib  # noqa: E402
 from mask2former.utils.cpu_memory import keep_freed_memory  # noqa: E402
 
 
@@ -59,11 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _median_seconds(run, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -71,6 +66,17 @@ def _median_seconds(run, repeats: int) -> float:
         run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _row(model: str, frames: int, seconds: float) -> Dict:
+    """One line of the report, with the peak memory so far."""
+    return {
+        "model": model,
+        "frames": frames,
+        "seconds": round(seconds, 3),
+        "seconds_per_frame": round(seconds / frames, 3),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
 
 
 def main(argv=None) -> Dict:
@@ -89,15 +95,7 @@ def main(argv=None) -> Dict:
     for length in sorted(args.lengths):
         clip = frames[:length]
         seconds = _median_seconds(lambda clip=clip: video.predict_arrays(clip), args.repeats)
-        rows.append(
-            {
-                "model": "video",
-                "frames": length,
-                "seconds": round(seconds, 3),
-                "seconds_per_frame": round(seconds / length, 3),
-                "peak_rss_mib": round(_peak_rss_mib()),
-            }
-        )
+        rows.append(_row("video", length, seconds))
     if args.image_config:
         # at the video config's test size, so that both see the same pixels
         sizes = ["INPUT.MIN_SIZE_TEST", str(video.cfg.INPUT.MIN_SIZE_TEST)]
@@ -111,15 +109,7 @@ def main(argv=None) -> Dict:
                 image.predict_arrays([frame])
 
         seconds = _median_seconds(frame_by_frame, args.repeats)
-        rows.append(
-            {
-                "model": "image, frame by frame",
-                "frames": length,
-                "seconds": round(seconds, 3),
-                "seconds_per_frame": round(seconds / length, 3),
-                "peak_rss_mib": round(_peak_rss_mib()),
-            }
-        )
+        rows.append(_row("image, frame by frame", length, seconds))
     report = {
         "config": args.config_file,
         "image_config": args.image_config,

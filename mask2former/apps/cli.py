@@ -46,7 +46,7 @@ from ..utils.batching import batched
 from ..utils.export import write_prediction, write_tracks
 from ..utils.image_io import ImageReadError, expand_image_inputs, read_image
 from ..utils.results import TASK_CONFIG_KEYS, TASKS, Prediction
-from ..utils.video_io import VideoReadError, iter_frames, open_video
+from ..utils.video_io import VideoReadError, iter_frames, open_video, read_video
 from ..utils.visualization import (
     VideoPredictionDrawer,
     display_metadata,
@@ -430,7 +430,7 @@ def run_video(
     """
     capture = _open_video(video_path)
     try:
-        fps = _video_fps(capture, video_path)
+        fps = _frame_rate(capture.get(cv2.CAP_PROP_FPS), video_path)
         width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -476,8 +476,8 @@ def run_video(
     return report
 
 
-def _video_fps(capture: cv2.VideoCapture, video_path: str) -> float:
-    fps = capture.get(cv2.CAP_PROP_FPS)
+def _frame_rate(fps: float, video_path: str) -> float:
+    """The frame rate to write a video read from ``video_path`` with: its own, else 30."""
     if not fps or fps <= 0 or not np.isfinite(fps):
         logger.warning("%s does not say its frame rate: writing 30 fps.", video_path)
         fps = 30.0
@@ -509,23 +509,14 @@ def run_video_model(
     """
     report = DemoReport()
     if video_path is not None:
-        capture = _open_video(video_path)
         try:
-            fps = _video_fps(capture, video_path)
-            frames_bgr = list(itertools.islice(iter_frames(capture), max_frames))
-            more = capture.grab()
-        finally:
-            capture.release()
-        if not frames_bgr:
-            raise DemoError(
-                f"{video_path}: no frame could be decoded; the video is empty or corrupt."
-            )
-        if max_frames is not None and more:
+            clip = read_video(video_path, predictor.input_format, max_frames)
+        except VideoReadError as error:
+            raise DemoError(f"{error} Check the file given to --video-input.") from error
+        fps = _frame_rate(clip.fps, video_path)
+        if clip.cut_short:
             report.notes.append(f"{video_path}: only the first {max_frames} frames were used.")
-        frames = [
-            read_image(frame, predictor.input_format, array_channel_order="BGR")
-            for frame in frames_bgr
-        ]
+        frames = clip.frames
         names = [video_path]
     else:
         names, frames = [], []

@@ -441,13 +441,17 @@ def _training_dicts(cfg: CfgNode) -> List[Dict]:
     return kept
 
 
-def build_train_loader(cfg: CfgNode, mapper: Callable[[Dict], Dict]) -> SkipBadSamplesTrainLoader:
+def build_train_loader(
+    cfg: CfgNode, mapper: Callable[[Dict], Dict], total_batch_size: Optional[int] = None
+) -> SkipBadSamplesTrainLoader:
     """Detectron2's training loader over ``DATASETS.TRAIN`` (less ``DATASETS.EXCLUDE_FILE``)
     that replaces bad samples and reports them (see the module docstring).
 
     Args:
         cfg: the full config.
         mapper: the dataset mapper, e.g. ``build_dataset_mapper(cfg, is_train=True)``.
+        total_batch_size: images per batch over all processes; default
+            ``SOLVER.IMS_PER_BATCH`` (smaller with gradient accumulation).
 
     Returns:
         an iterable of batches (lists of mapped samples), with the :class:`BadSampleLog` of
@@ -465,8 +469,13 @@ def build_train_loader(cfg: CfgNode, mapper: Callable[[Dict], Dict]) -> SkipBadS
             announce=announce,
         )
 
+    if total_batch_size is None:
+        total_batch_size = cfg.SOLVER.IMS_PER_BATCH
     loader = build_detection_train_loader(
-        cfg, mapper=_ReplaceBadSamples(mapper, new_log(announce=False)), dataset=dicts
+        cfg,
+        mapper=_ReplaceBadSamples(mapper, new_log(announce=False)),
+        dataset=dicts,
+        total_batch_size=total_batch_size,
     )
     return SkipBadSamplesTrainLoader(loader, new_log(announce=True))
 

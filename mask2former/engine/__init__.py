@@ -11,7 +11,7 @@ from .evaluation import (
     check_evaluation_dependencies,
 )
 from .optimizer import add_full_model_gradient_clipping, build_optimizer
-from .trainer import MaskFormerTrainer, build_train_loop
+from .trainer import MaskFormerTrainer, accumulation_steps, build_train_loop
 from .tta import SemanticSegmentorWithTTA
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "OUTPUT_FLAGS",
     "OutputEvaluation",
     "SemanticSegmentorWithTTA",
+    "accumulation_steps",
     "add_full_model_gradient_clipping",
     "build_evaluator",
     "check_evaluation_dependencies",

@@ -37,6 +37,7 @@ __all__ = [
     "check_dilation_ratio",
     "evaluate_mask_ap",
     "mask_boundary",
+    "pairs_to_score",
     "summarize_coco_eval",
 ]
 
@@ -83,6 +84,24 @@ def mask_boundary(mask: np.ndarray, width: int) -> np.ndarray:
     return boundary
 
 
+def pairs_to_score(
+    coco_eval: COCOeval_opt, image_id: Any, category_id: Any
+) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """The ground truths and detections whose IoUs ``computeIoU(image_id, category_id)`` of
+    a ``COCOeval`` subclass computes, as COCOeval selects them: of that category (of all with
+    ``useCats`` off), the detections by decreasing score (stable), at most ``maxDets[-1]``.
+
+    Returns:
+        (ground truths, detections), annotation dicts.
+    """
+    params = coco_eval.params
+    category_ids = [category_id] if params.useCats else params.catIds
+    gt = [g for c in category_ids for g in coco_eval._gts[image_id, c]]
+    dt = [d for c in category_ids for d in coco_eval._dts[image_id, c]]
+    order = np.argsort([-d["score"] for d in dt], kind="mergesort")
+    return gt, [dt[i] for i in order[: params.maxDets[-1]]]
+
+
 class BoundaryCOCOeval(COCOeval_opt):
     """COCO segmentation evaluation with ``min(mask IoU, boundary IoU)`` as the IoU of a
     detection and a non-crowd object (Detectron2's fast ``COCOeval_opt`` otherwise).
@@ -124,15 +143,9 @@ class BoundaryCOCOeval(COCOeval_opt):
         return self._boundaries[key]
 
     def computeIoU(self, imgId, catId):  # noqa: N802 (pycocotools' name)
-        params = self.params
-        category_ids = [catId] if params.useCats else params.catIds
-        gt = [g for c in category_ids for g in self._gts[imgId, c]]
-        dt = [d for c in category_ids for d in self._dts[imgId, c]]
+        gt, dt = pairs_to_score(self, imgId, catId)
         if not gt and not dt:
             return []
-        # as COCOeval: by decreasing score (stable), at most maxDets[-1]
-        order = np.argsort([-d["score"] for d in dt], kind="mergesort")
-        dt = [dt[i] for i in order[: params.maxDets[-1]]]
         iscrowd = [int(g["iscrowd"]) for g in gt]
         ious = mask_utils.iou(
             [d["segmentation"] for d in dt], [g["segmentation"] for g in gt], iscrowd
@@ -140,7 +153,7 @@ class BoundaryCOCOeval(COCOeval_opt):
         if not gt or not dt:
             return ious
         ious = np.asarray(ious, dtype=np.float64)
-        lowest = -math.inf if self.all_pairs else min(params.iouThrs)
+        lowest = -math.inf if self.all_pairs else min(self.params.iouThrs)
         for column, g in enumerate(gt):
             if g["iscrowd"]:
                 continue

@@ -14,22 +14,27 @@ Both contain a collective call in ``evaluate``, which, as in Detectron2, every p
 make.
 
 ``PartialCOCOEvaluator`` also scores boundary AP when given ``boundary_dilation_ratio``
-(:mod:`mask2former.engine.boundary_ap`, ``TEST.BOUNDARY_AP``).
+(:mod:`mask2former.engine.boundary_ap`, ``TEST.BOUNDARY_AP``); ``PartialCOCOPanopticEvaluator``
+also reports each class's PQ.
 """
 
+import contextlib
 import json
+import logging
+import math
 import os
 import tempfile
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 from detectron2.data.catalog import Metadata
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
+from tabulate import tabulate
 
 from .boundary_ap import COCO_METRICS, check_dilation_ratio, evaluate_mask_ap
 
-__all__ = ["PartialCOCOEvaluator", "PartialCOCOPanopticEvaluator"]
+__all__ = ["PartialCOCOEvaluator", "PartialCOCOPanopticEvaluator", "per_class_pq"]
 
 
 def _evaluated_image_ids(predictions: List[Dict[str, Any]], *, distributed: bool) -> Set[Any]:
@@ -94,11 +99,107 @@ class PartialCOCOEvaluator(COCOEvaluator):
         self._results["boundary"] = results
 
 
+@contextlib.contextmanager
+def _capturing_pq_stat() -> Iterator[Dict[str, Any]]:
+    """While active, panopticapi's ``pq_compute`` leaves its per-class counts (``PQStat``) in
+    the yielded dict, under "pq_stat": ``pq_compute`` returns only the per-class PQ, SQ and RQ,
+    with 0 for a class that neither the ground truth nor the predictions have."""
+    from panopticapi import evaluation as panoptic_evaluation
+
+    captured: Dict[str, Any] = {}
+    compute = panoptic_evaluation.pq_compute_multi_core
+
+    def capturing(*args, **kwargs):
+        captured["pq_stat"] = compute(*args, **kwargs)
+        return captured["pq_stat"]
+
+    panoptic_evaluation.pq_compute_multi_core = capturing
+    try:
+        yield captured
+    finally:
+        panoptic_evaluation.pq_compute_multi_core = compute
+
+
+def per_class_pq(pq_stat, class_names: Dict[int, str]) -> Dict[str, Dict[str, float]]:
+    """PQ, SQ and RQ (in %) and the TP, FP and FN counts of each class, by name.
+
+    Args:
+        pq_stat: panopticapi's ``PQStat`` of an evaluation.
+        class_names: dataset category id -> name, in the order to report.
+
+    Returns:
+        name -> {"PQ", "SQ", "RQ", "TP", "FP", "FN"}; PQ, SQ and RQ are NaN for a class with
+        neither ground truth nor predictions (as Detectron2 reports per-class AP), SQ is NaN
+        without true positives.
+    """
+    results = {}
+    for category_id, name in class_names.items():
+        if category_id in pq_stat.pq_per_cat:
+            stat = pq_stat.pq_per_cat[category_id]
+            iou, tp, fp, fn = stat.iou, stat.tp, stat.fp, stat.fn
+        else:
+            iou, tp, fp, fn = 0.0, 0, 0, 0
+        denominator = tp + 0.5 * fp + 0.5 * fn
+        results[name] = {
+            "PQ": 100 * iou / denominator if denominator else math.nan,
+            "SQ": 100 * iou / tp if tp else math.nan,
+            "RQ": 100 * tp / denominator if denominator else math.nan,
+            "TP": tp,
+            "FP": fp,
+            "FN": fn,
+        }
+    return results
+
+
 class PartialCOCOPanopticEvaluator(COCOPanopticEvaluator):
     """``COCOPanopticEvaluator`` that scores only the images it processed (see the module
-    docstring)."""
+    docstring), and also reports each class's PQ ("PQ-{name}", as ``COCOEvaluator`` reports
+    "AP-{name}"), logging a per-class table of PQ, SQ, RQ, TP, FP and FN."""
 
     def evaluate(self):
+        with _capturing_pq_stat() as captured:
+            results = self._evaluate_processed_images()
+        if results is None or "pq_stat" not in captured:
+            return results
+        per_class = per_class_pq(captured["pq_stat"], self._class_names())
+        results["panoptic_seg"].update({f"PQ-{name}": v["PQ"] for name, v in per_class.items()})
+        self._log_per_class(per_class)
+        return results
+
+    def _class_names(self) -> Dict[int, str]:
+        """Dataset category id -> class name, in the contiguous order of the metadata: the
+        stuff map and names (which list every class in the COCO-panoptic convention), then any
+        thing the stuff map lacks."""
+
+        def named(map_key: str, names_key: str) -> Dict[int, str]:
+            to_contiguous = self._metadata.get(map_key, {})
+            names = self._metadata.get(names_key, [])
+            return {
+                dataset_id: names[index] if index < len(names) else f"class {dataset_id}"
+                for dataset_id, index in sorted(to_contiguous.items(), key=lambda kv: kv[1])
+            }
+
+        things = named("thing_dataset_id_to_contiguous_id", "thing_classes")
+        stuff = named("stuff_dataset_id_to_contiguous_id", "stuff_classes")
+        return {**stuff, **{k: v for k, v in things.items() if k not in stuff}}
+
+    def _log_per_class(self, per_class: Dict[str, Dict[str, float]]) -> None:
+        things = set(self._metadata.get("thing_classes", []))
+        rows = [
+            [name, "thing" if name in things else "stuff"]
+            + [v[key] for key in ("PQ", "SQ", "RQ", "TP", "FP", "FN")]
+            for name, v in per_class.items()
+        ]
+        table = tabulate(
+            rows,
+            headers=["category", "kind", "PQ", "SQ", "RQ", "TP", "FP", "FN"],
+            tablefmt="pipe",
+            floatfmt=".3f",
+            numalign="right",
+        )
+        logging.getLogger(__name__).info("Per-category panoptic results:\n" + table)
+
+    def _evaluate_processed_images(self):
         evaluated = _evaluated_image_ids(self._predictions, distributed=True)
         if not comm.is_main_process():
             return super().evaluate()

@@ -6,23 +6,31 @@ terms of every step before the optimizer step (so no NaN reaches the weights) an
 :class:`NonFiniteLossError`, naming the non-finite terms, the iteration and the last checkpoint,
 written before the loss went bad, which ``--resume`` continues from.
 
+Every loop also sums the gradients of several batches per optimizer step when built with
+``accumulation_steps`` > 1 (:class:`GradientAccumulation`; ``SOLVER.GRADIENT_ACCUMULATION_STEPS``).
+
 With float16 AMP, the gradient scaler is in charge: a non-finite loss or gradient makes it skip
 the optimizer step and lower the loss scale, which is how loss scaling works, not an error.
 :class:`CheckedAMPTrainer` counts such steps in the event storage
 (``[metric]amp_skipped_steps``, shown in the training log) and goes on.
 """
 
+import contextlib
 import math
 import os
-from typing import Mapping, Optional
+import time
+from typing import ContextManager, Dict, List, Mapping, Optional
 
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "CheckedAMPTrainer",
     "CheckedSimpleTrainer",
+    "GradientAccumulation",
     "NonFiniteLossCheck",
     "NonFiniteLossError",
     "non_finite_loss_message",
@@ -111,18 +119,126 @@ class NonFiniteLossCheck:
         super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
 
 
-class CheckedSimpleTrainer(NonFiniteLossCheck, SimpleTrainer):
-    """Detectron2's float32 ``SimpleTrainer`` with :class:`NonFiniteLossCheck`."""
+class GradientAccumulation:
+    """Mixin for Detectron2 training loops: one optimizer step per ``accumulation_steps``
+    batches, their gradients summed.
+
+    With ``accumulation_steps`` 1 the loop's own ``run_step`` runs unchanged. With K > 1 a step
+    takes K batches from the data loader and runs forward and backward on each in turn (so only
+    one batch's activations are alive at a time), each loss divided by K; the optimizer steps
+    once. Under ``DistributedDataParallel`` the gradients are all-reduced only after the last
+    batch (``no_sync`` before it). The metrics written are the K batches' average losses.
+
+    Mask2Former's mask losses are divided by the number of target masks, averaged over the
+    workers. Here that average is taken over the K batches of all workers, counted before the
+    first forward (the model's ``count_targets``) and given to its criterion
+    (``SetCriterion.normalized_by``): K accumulated batches on N workers train as one batch
+    each on K x N workers would. A model without ``count_targets`` and ``criterion`` (not a
+    Mask2Former meta-architecture) gets its losses averaged over the K batches as they are.
+
+    Subclasses change how a batch's forward, backward and the optimizer step run through
+    :meth:`_forward_context`, :meth:`_backward` and :meth:`_optimizer_step`.
+    """
+
+    def __init__(self, *args, accumulation_steps: int = 1, **kwargs):
+        """
+        Args:
+            args, kwargs: those of the training loop class.
+            accumulation_steps: batches per optimizer step (>= 1).
+        """
+        if not (isinstance(accumulation_steps, int) and accumulation_steps >= 1):
+            raise ValueError(
+                f"accumulation_steps (SOLVER.GRADIENT_ACCUMULATION_STEPS) must be an integer "
+                f">= 1, got {accumulation_steps!r}."
+            )
+        super().__init__(*args, **kwargs)
+        self.accumulation_steps = accumulation_steps
+
+    def run_step(self) -> None:
+        if self.accumulation_steps == 1:
+            super().run_step()
+            return
+        assert self.model.training, "[GradientAccumulation] model was changed to eval mode!"
+        start = time.perf_counter()
+        batches = [next(self._data_loader_iter) for _ in range(self.accumulation_steps)]
+        data_time = time.perf_counter() - start
+
+        self.optimizer.zero_grad()
+        sums: Dict[str, torch.Tensor] = {}
+        with self._loss_normalization(batches):
+            for index, batch in enumerate(batches):
+                with self._gradient_sync(last=index == len(batches) - 1):
+                    with self._forward_context():
+                        loss_dict = self.model(batch)
+                        if isinstance(loss_dict, torch.Tensor):
+                            loss_dict = {"total_loss": loss_dict}
+                        losses = sum(loss_dict.values()) / self.accumulation_steps
+                    self._backward(losses)
+                for name, value in loss_dict.items():
+                    value = value.detach() / self.accumulation_steps
+                    sums[name] = sums[name] + value if name in sums else value
+                del loss_dict, losses
+        self.after_backward()
+        self._write_metrics(sums, data_time)
+        self._optimizer_step()
+
+    def _forward_context(self) -> ContextManager:
+        """The context a batch's forward (and loss sum) runs in."""
+        return contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def _optimizer_step(self) -> None:
+        self.optimizer.step()
+
+    def _gradient_sync(self, last: bool) -> ContextManager:
+        """DistributedDataParallel's ``no_sync`` for every batch but the last of a step."""
+        if last or not isinstance(self.model, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _loss_normalization(self, batches: List[object]) -> ContextManager:
+        """The criterion's mask-loss normaliser for the step: target masks per batch, averaged
+        over the step's batches on all workers (see the class docstring)."""
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        count_targets = getattr(model, "count_targets", None)
+        criterion = getattr(model, "criterion", None)
+        if count_targets is None or not hasattr(criterion, "normalized_by"):
+            return contextlib.nullcontext()
+        total = torch.tensor(float(sum(count_targets(batch) for batch in batches)))
+        if comm.get_world_size() > 1:
+            device = next(model.parameters()).device
+            total = total.to(device)
+            torch.distributed.all_reduce(total)
+        batches_in_step = len(batches) * comm.get_world_size()
+        return criterion.normalized_by(max(float(total) / batches_in_step, 1.0))
 
 
-class CheckedAMPTrainer(NonFiniteLossCheck, AMPTrainer):
-    """Detectron2's ``AMPTrainer`` with :class:`NonFiniteLossCheck`, counting the steps that its
-    gradient scaler skips (those after which the loss scale went down)."""
+class CheckedSimpleTrainer(GradientAccumulation, NonFiniteLossCheck, SimpleTrainer):
+    """Detectron2's float32 ``SimpleTrainer`` with :class:`NonFiniteLossCheck` and
+    :class:`GradientAccumulation`."""
+
+
+class CheckedAMPTrainer(GradientAccumulation, NonFiniteLossCheck, AMPTrainer):
+    """Detectron2's ``AMPTrainer`` with :class:`NonFiniteLossCheck` and
+    :class:`GradientAccumulation`, counting the steps that its gradient scaler skips (those
+    after which the loss scale went down)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skipped_steps = 0
         self._scale: Optional[float] = None
+
+    def _forward_context(self) -> ContextManager:
+        return torch.autocast("cuda", dtype=self.precision)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.grad_scaler.scale(loss).backward()
+
+    def _optimizer_step(self) -> None:
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
 
     def run_step(self) -> None:
         if not self.grad_scaler.is_enabled():

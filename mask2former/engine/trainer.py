@@ -7,7 +7,7 @@ import os
 import warnings
 import weakref
 from collections import OrderedDict
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from detectron2.config import CfgNode
@@ -23,7 +23,12 @@ from .evaluation import build_evaluator, check_evaluation_dependencies
 from .hooks import BadSampleHook, BestCheckpointHook, best_checkpoint_metric
 from .interrupt import CheckpointOnInterrupt
 from .optimizer import build_optimizer
-from .train_loops import CheckedAMPTrainer, CheckedSimpleTrainer, NonFiniteLossCheck
+from .train_loops import (
+    CheckedAMPTrainer,
+    CheckedSimpleTrainer,
+    GradientAccumulation,
+    NonFiniteLossCheck,
+)
 from .tta import SemanticSegmentorWithTTA
 
 logger = logging.getLogger(__name__)
@@ -34,6 +39,86 @@ AMP_PRECISIONS: Dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def amp_dtype(cfg: CfgNode, key: str) -> torch.dtype:
+    """The autocast dtype that config ``key`` (``SOLVER.AMP.PRECISION`` or
+    ``TEST.AMP.PRECISION``) names, or a ValueError naming the key and the choices."""
+    name = cfg
+    for part in key.split("."):
+        name = name[part]
+    if name not in AMP_PRECISIONS:
+        raise ValueError(f"{key} is {name!r}; supported: {sorted(AMP_PRECISIONS)}.")
+    return AMP_PRECISIONS[name]
+
+
+class AutocastInference(torch.nn.Module):
+    """A model whose forward runs under autocast: evaluation in mixed precision
+    (``TEST.AMP``). Training mode and parameters are the wrapped model's."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, batched_inputs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(batched_inputs)
+
+
+def evaluation_model(cfg: CfgNode, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` as evaluation runs it: under autocast when ``TEST.AMP.ENABLED`` (in
+    ``TEST.AMP.PRECISION``; float16 on a CPU falls back to float32 with a warning), else as it
+    is."""
+    if not cfg.TEST.AMP.ENABLED:
+        return model
+    dtype = amp_dtype(cfg, "TEST.AMP.PRECISION")
+    device_type = _model_device(model).type
+    if device_type != "cuda" and dtype == torch.float16:
+        logger.warning(
+            "TEST.AMP.ENABLED with PRECISION float16 but the model is on the CPU: evaluating in "
+            "float32 (set TEST.AMP.PRECISION bfloat16 for mixed precision on a CPU)."
+        )
+        return model
+    logger.info("Evaluating under %s autocast (TEST.AMP).", cfg.TEST.AMP.PRECISION)
+    return AutocastInference(model, device_type, dtype)
+
+
+def accumulation_steps(cfg: CfgNode, world_size: Optional[int] = None) -> int:
+    """``SOLVER.GRADIENT_ACCUMULATION_STEPS``, checked against ``SOLVER.IMS_PER_BATCH``.
+
+    Args:
+        cfg: the full config.
+        world_size: training processes; default the current world size.
+
+    Returns:
+        the number of batches per optimizer step; each batch has ``IMS_PER_BATCH`` / (that x
+        ``world_size``) images per process.
+
+    Raises:
+        ValueError: naming both keys, when the steps are not a positive integer or do not
+            split ``IMS_PER_BATCH`` into whole batches on every process.
+    """
+    steps = cfg.SOLVER.GRADIENT_ACCUMULATION_STEPS
+    if world_size is None:
+        world_size = comm.get_world_size()
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(
+            f"SOLVER.GRADIENT_ACCUMULATION_STEPS must be an integer >= 1 (1: no accumulation), "
+            f"got {steps!r}."
+        )
+    total = cfg.SOLVER.IMS_PER_BATCH
+    if total % (steps * world_size) != 0:
+        per_step = steps * world_size
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH {total} cannot be split into "
+            f"SOLVER.GRADIENT_ACCUMULATION_STEPS {steps} batches on each of {world_size} "
+            f"process(es): it must be a multiple of {per_step} (steps x processes). "
+            "IMS_PER_BATCH is the number of images per optimizer step over all processes; "
+            "choose steps that divide IMS_PER_BATCH / processes."
+        )
+    return steps
 
 
 @contextlib.contextmanager
@@ -56,7 +141,67 @@ def _ddp_for_cpu_processes(cfg: CfgNode) -> Iterator[None]:
         d2_defaults.create_ddp_model = create_ddp_model
 
 
-class CPUAutocastTrainer(NonFiniteLossCheck, SimpleTrainer):
+def out_of_memory_message(cfg: CfgNode, world_size: int, error: BaseException) -> str:
+    """What to change when a training step ran out of GPU memory: more accumulation steps (the
+    same recipe in smaller batches) while a batch has more than one image per process, else
+    smaller images or mixed precision."""
+    steps = cfg.SOLVER.GRADIENT_ACCUMULATION_STEPS
+    total = cfg.SOLVER.IMS_PER_BATCH
+    images = total // (steps * world_size)
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    summary = (
+        f"Out of memory in a training step ({first_line}). Each process trains on batches of "
+        f"{images} image(s) (SOLVER.IMS_PER_BATCH {total} over {world_size} process(es) and "
+        f"SOLVER.GRADIENT_ACCUMULATION_STEPS {steps})."
+    )
+    more_steps = next(
+        (k for k in range(steps + 1, total // world_size + 1) if total % (k * world_size) == 0),
+        None,
+    )
+    if more_steps is not None:
+        advice = (
+            f" Set SOLVER.GRADIENT_ACCUMULATION_STEPS {more_steps} for batches of "
+            f"{total // (more_steps * world_size)} image(s): the same recipe (images per "
+            "step, learning rate, schedule) in less memory."
+        )
+    else:
+        advice = (
+            " A batch already has one image per process: train on smaller images "
+            "(INPUT.IMAGE_SIZE in the LSJ configs, INPUT.MIN_SIZE_TRAIN / INPUT.CROP.SIZE in "
+            "the others) or use a GPU with more memory."
+        )
+    if not cfg.SOLVER.AMP.ENABLED:
+        advice += " Mixed precision (SOLVER.AMP.ENABLED True) also needs less memory."
+    return summary + advice
+
+
+def _warn_batch_norm_with_accumulation(cfg: CfgNode, model: torch.nn.Module) -> None:
+    """A warning when gradient accumulation trains batch-norm layers, whose statistics are
+    those of each accumulated batch, not of the whole optimizer step."""
+    steps = accumulation_steps(cfg)
+    layers = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training
+    ]
+    if steps == 1 or not layers:
+        return
+    images = cfg.SOLVER.IMS_PER_BATCH // (steps * comm.get_world_size())
+    logger.warning(
+        "SOLVER.GRADIENT_ACCUMULATION_STEPS is %d and the model has %d batch-norm layers that "
+        "train (%s, ...; e.g. MODEL.RESNETS.NORM 'BN' or 'SyncBN'): they normalise with the "
+        "statistics of each batch of %d image(s) per process, not of the %d images of a step, "
+        "so training will differ from training on larger batches ('FrozenBN', as in the "
+        "official ResNet configs but Cityscapes', avoids this).",
+        steps,
+        len(layers),
+        layers[0],
+        images,
+        cfg.SOLVER.IMS_PER_BATCH,
+    )
+
+
+class CPUAutocastTrainer(GradientAccumulation, NonFiniteLossCheck, SimpleTrainer):
     """``SimpleTrainer`` whose model forward runs under CPU autocast (bfloat16, no loss scaling).
 
     Detectron2's ``AMPTrainer`` is CUDA-only; bfloat16 has float32's range, so on a CPU the
@@ -73,7 +218,8 @@ class CPUAutocastTrainer(NonFiniteLossCheck, SimpleTrainer):
         """
         Args:
             model, data_loader, optimizer, kwargs: as for ``SimpleTrainer`` (and
-                ``NonFiniteLossCheck``'s ``checkpoint_dir``).
+                ``NonFiniteLossCheck``'s ``checkpoint_dir``, ``GradientAccumulation``'s
+                ``accumulation_steps``).
             precision: the autocast dtype.
         """
         super().__init__(model, data_loader, optimizer, **kwargs)
@@ -108,17 +254,13 @@ def build_train_loop(
     "bfloat16" (without). On CUDA this is Detectron2's ``AMPTrainer``; on a CPU bfloat16 runs
     in :class:`CPUAutocastTrainer`, and float16 (which CPUs do not speed up and which would
     need loss scaling) falls back to float32 with a warning, so the official configs, which
-    enable AMP, run unchanged. Every loop stops on a non-finite loss (see ``train_loops``).
+    enable AMP, run unchanged. Every loop stops on a non-finite loss (see ``train_loops``) and
+    accumulates the gradients of ``SOLVER.GRADIENT_ACCUMULATION_STEPS`` batches per step.
     """
-    checks = {"checkpoint_dir": cfg.OUTPUT_DIR}
+    checks = {"checkpoint_dir": cfg.OUTPUT_DIR, "accumulation_steps": accumulation_steps(cfg)}
     if not cfg.SOLVER.AMP.ENABLED:
         return CheckedSimpleTrainer(model, data_loader, optimizer, **checks)
-    precision_name = cfg.SOLVER.AMP.PRECISION
-    if precision_name not in AMP_PRECISIONS:
-        raise ValueError(
-            f"SOLVER.AMP.PRECISION is {precision_name!r}; supported: {sorted(AMP_PRECISIONS)}."
-        )
-    precision = AMP_PRECISIONS[precision_name]
+    precision = amp_dtype(cfg, "SOLVER.AMP.PRECISION")
     if _model_device(model).type != "cuda":
         if precision == torch.bfloat16:
             return CPUAutocastTrainer(model, data_loader, optimizer, precision=precision, **checks)
@@ -144,7 +286,9 @@ class MaskFormerTrainer(DefaultTrainer):
     written atomically; AMP uses ``SOLVER.AMP.PRECISION``; multi-process training also works on
     CPUs (gloo); semantic test-time augmentation runs after training when ``TEST.AUG.ENABLED``;
     bad samples are replaced (training) or left out (evaluation) and reported; a non-finite
-    loss stops training with a message that names the last good checkpoint.
+    loss stops training with a message that names the last good checkpoint; an iteration may
+    accumulate the gradients of several batches (``SOLVER.GRADIENT_ACCUMULATION_STEPS``);
+    evaluation may run in mixed precision (``TEST.AMP``).
     """
 
     def __init__(self, cfg: CfgNode):
@@ -163,12 +307,22 @@ class MaskFormerTrainer(DefaultTrainer):
         # What DefaultTrainer.__init__ hard-codes and Mask2Former changes: the inner loop
         # (SOLVER.AMP.PRECISION, CPU autocast) and the checkpointer (atomic files).
         self._trainer = build_train_loop(self.cfg, self.model, self.data_loader, self.optimizer)
+        _warn_batch_norm_with_accumulation(self.cfg, self.model)
         self.checkpointer = AtomicDetectionCheckpointer(
             self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         for hook in self._hooks:
             if isinstance(hook, hooks.PeriodicCheckpointer):
                 hook.checkpointer = self.checkpointer
+
+    def run_step(self) -> None:
+        """Detectron2's step; running out of GPU memory raises ``torch.OutOfMemoryError``
+        with what to change (:func:`out_of_memory_message`), the original error chained."""
+        try:
+            super().run_step()
+        except torch.OutOfMemoryError as error:
+            message = out_of_memory_message(self.cfg, comm.get_world_size(), error)
+            raise torch.OutOfMemoryError(message) from error
 
     def build_hooks(self):
         """Detectron2's default hooks, plus the bad-sample count, when ``TEST.AUG.ENABLED`` a
@@ -200,8 +354,27 @@ class MaskFormerTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         """The mapper named by ``INPUT.DATASET_MAPPER_NAME`` in a loader that replaces and
-        reports bad samples (:mod:`mask2former.data.bad_samples`)."""
-        return bad_samples.build_train_loader(cfg, build_dataset_mapper(cfg, is_train=True))
+        reports bad samples (:mod:`mask2former.data.bad_samples`); with gradient accumulation
+        its batches are ``SOLVER.IMS_PER_BATCH`` / ``SOLVER.GRADIENT_ACCUMULATION_STEPS``
+        images over all processes."""
+        steps = accumulation_steps(cfg)
+        if steps > 1:
+            world_size = comm.get_world_size()
+            logger.info(
+                "Gradient accumulation: each optimizer step sums the gradients of %d batches of "
+                "%d image(s) on each of %d process(es), %d images per step "
+                "(SOLVER.IMS_PER_BATCH); the losses are normalised as on %d processes.",
+                steps,
+                cfg.SOLVER.IMS_PER_BATCH // (steps * world_size),
+                world_size,
+                cfg.SOLVER.IMS_PER_BATCH,
+                steps * world_size,
+            )
+        return bad_samples.build_train_loader(
+            cfg,
+            build_dataset_mapper(cfg, is_train=True),
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH // steps,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -209,6 +382,12 @@ class MaskFormerTrainer(DefaultTrainer):
         model, one whole video per sample (the video mapper in inference mode)."""
         mapper = build_dataset_mapper(cfg, is_train=False) if is_video_config(cfg) else None
         return bad_samples.build_test_loader(cfg, dataset_name, mapper)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """Detectron2's evaluation on ``DATASETS.TEST``, under autocast when ``TEST.AMP.ENABLED``
+        (:func:`evaluation_model`)."""
+        return super().test(cfg, evaluation_model(cfg, model), evaluators)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -40,7 +40,7 @@ from detectron2.utils.logger import create_small_table
 from pycocotools.coco import COCO
 
 from ..utils.export import encode_video_masks
-from .boundary_ap import summarize_coco_eval
+from .boundary_ap import pairs_to_score, summarize_coco_eval
 
 __all__ = [
     "VideoCOCOeval",
@@ -152,15 +152,9 @@ class VideoCOCOeval(COCOeval_opt):
         self.params.areaRng = [list(r) for r in YTVIS_AREA_RANGES]
 
     def computeIoU(self, imgId, catId):  # noqa: N802 (pycocotools' name)
-        params = self.params
-        category_ids = [catId] if params.useCats else params.catIds
-        gt = [g for c in category_ids for g in self._gts[imgId, c]]
-        dt = [d for c in category_ids for d in self._dts[imgId, c]]
+        gt, dt = pairs_to_score(self, imgId, catId)
         if not gt and not dt:
             return []
-        # as COCOeval: by decreasing score (stable), at most maxDets[-1]
-        order = np.argsort([-d["score"] for d in dt], kind="mergesort")
-        dt = [dt[i] for i in order[: params.maxDets[-1]]]
         return video_mask_iou(
             [d["segmentation"] for d in dt],
             [g["segmentation"] for g in gt],

@@ -47,6 +47,7 @@ from ..config import load_config
 from ..data.dataset_mappers.build import is_video_config
 from ..data.datasets.catalog_utils import register_metadata_categories
 from ..engine.checkpoint import AtomicDetectionCheckpointer
+from ..utils.json_io import read_json
 from ..utils.visualization import class_names_from_metadata
 from ..utils.weights_io import load_weights_file, save_weights_file
 from .hf_config import (
@@ -120,14 +121,6 @@ class ConvertedModel:
     categories: List[Dict[str, Any]]
 
 
-def _read_json(path: str) -> Dict[str, Any]:
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}).") from error
-
-
 def read_hf_folder(path: Union[str, os.PathLike]) -> HFFolder:
     """Read a Hugging Face model folder from disk (no network).
 
@@ -152,8 +145,8 @@ def read_hf_folder(path: Union[str, os.PathLike]) -> HFFolder:
             f"'{path}' is not a Hugging Face model folder: it has no config.json."
         )
     preprocessor_path = os.path.join(path, "preprocessor_config.json")
-    preprocessor = _read_json(preprocessor_path) if os.path.isfile(preprocessor_path) else None
-    return HFFolder(path, _read_json(config_path), preprocessor, _read_weights(path))
+    preprocessor = read_json(preprocessor_path) if os.path.isfile(preprocessor_path) else None
+    return HFFolder(path, read_json(config_path), preprocessor, _read_weights(path))
 
 
 def _read_weights(path: str) -> Dict[str, torch.Tensor]:
@@ -161,7 +154,7 @@ def _read_weights(path: str) -> Dict[str, torch.Tensor]:
     if os.path.isfile(os.path.join(path, _SAFETENSORS)):
         files = [_SAFETENSORS]
     elif os.path.isfile(index_path):
-        files = sorted(set(_read_json(index_path)["weight_map"].values()))
+        files = sorted(set(read_json(index_path)["weight_map"].values()))
     elif os.path.isfile(os.path.join(path, "pytorch_model.bin")):
         raise FileNotFoundError(
             f"'{path}' has its weights only as pytorch_model.bin, a pickle that can run code when "

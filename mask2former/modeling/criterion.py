@@ -6,7 +6,8 @@ Shape legend:
     *F: the frame dimensions of a mask, none for images and (T,) for videos of T frames.
 """
 
-from typing import Dict, List, Tuple, Union
+import contextlib
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,8 @@ class SetCriterion(nn.Module):
         empty_weight[-1] = no_object_weight
         # Persistent: the official checkpoints contain "criterion.empty_weight".
         self.register_buffer("empty_weight", empty_weight)
+        # The mask-loss normaliser while ``normalized_by`` is active (None: count the targets).
+        self.fixed_num_masks: Optional[float] = None
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -221,7 +224,9 @@ class SetCriterion(nn.Module):
             loss name -> scalar float32 tensor (unweighted).
         """
         device = outputs["pred_logits"].device
-        num_masks = self._average_num_masks(targets, device)
+        num_masks = self.fixed_num_masks
+        if num_masks is None:
+            num_masks = self._average_num_masks(targets, device)
         with torch.autocast(device_type=device.type, enabled=False):
             final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
             losses = self._losses(final, targets, num_masks)
@@ -229,6 +234,23 @@ class SetCriterion(nn.Module):
                 aux_losses = self._losses(aux_outputs, targets, num_masks)
                 losses.update({f"{name}_{i}": value for name, value in aux_losses.items()})
         return losses
+
+    @contextlib.contextmanager
+    def normalized_by(self, num_masks: float) -> Iterator[None]:
+        """Divide the mask losses by ``num_masks`` instead of by the batch's number of target
+        masks averaged over the workers, while the context is active.
+
+        Gradient accumulation uses it: the losses of each of K accumulated batches are then
+        normalised by the average over all K batches of all workers, as they would be if the
+        K batches ran on K times as many workers.
+        """
+        if not num_masks > 0:
+            raise ValueError(f"SetCriterion.normalized_by: num_masks must be > 0, got {num_masks}.")
+        previous, self.fixed_num_masks = self.fixed_num_masks, float(num_masks)
+        try:
+            yield
+        finally:
+            self.fixed_num_masks = previous
 
     @staticmethod
     def _average_num_masks(

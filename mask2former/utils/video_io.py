@@ -2,6 +2,7 @@
 
 import itertools
 import os
+from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
 import cv2
@@ -9,7 +10,7 @@ import numpy as np
 
 from .image_io import ImageReadError, read_image
 
-__all__ = ["VideoReadError", "iter_frames", "open_video", "read_video_frames"]
+__all__ = ["VideoClip", "VideoReadError", "iter_frames", "open_video", "read_video"]
 
 
 class VideoReadError(ImageReadError):
@@ -43,7 +44,22 @@ def iter_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
         yield frame
 
 
-def read_video_frames(path: str, format: str = "RGB", max_frames: Optional[int] = None) -> List:
+@dataclass
+class VideoClip:
+    """Frames read from a video file.
+
+    Attributes:
+        frames: (H, W, 3) uint8 arrays in the format asked for.
+        fps: the frame rate the file gives (0 or NaN when it gives none).
+        cut_short: ``max_frames`` stopped the reading before the end of the video.
+    """
+
+    frames: List[np.ndarray]
+    fps: float
+    cut_short: bool
+
+
+def read_video(path: str, format: str = "RGB", max_frames: Optional[int] = None) -> VideoClip:
     """All frames of a video file (the first ``max_frames``) in ``format`` ("RGB", "BGR", ...
     as for images), in memory.
 
@@ -52,12 +68,14 @@ def read_video_frames(path: str, format: str = "RGB", max_frames: Optional[int] 
     """
     capture = open_video(path)
     try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
         frames = [
             read_image(frame, format, array_channel_order="BGR")
             for frame in itertools.islice(iter_frames(capture), max_frames)
         ]
+        cut_short = max_frames is not None and capture.grab()
     finally:
         capture.release()
     if not frames:
         raise VideoReadError(f"{path}: no frame could be decoded; the video is empty or corrupt.")
-    return frames
+    return VideoClip(frames, fps, bool(cut_short))

@@ -14,6 +14,8 @@ from typing import Callable, Dict, List, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 
+from ...utils.json_io import read_json
+
 __all__ = [
     "DatasetFilesMissingError",
     "FileCategoryMetadata",
@@ -191,13 +193,7 @@ def register_metadata_file(path: str) -> str:
         FileNotFoundError: the file does not exist.
         ValueError: the file is not such a table, or names a registered data set.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Metadata file '{path}' (DATASETS.METADATA_FILE) does not exist.")
-    with open(path) as f:
-        try:
-            table = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"Metadata file '{path}' is not valid JSON ({error}).") from error
+    table = read_json(path, "Metadata file (DATASETS.METADATA_FILE)")
     categories = table.get("categories") if isinstance(table, dict) else None
     if not isinstance(table, dict) or not isinstance(table.get("name"), str) or not categories:
         raise ValueError(

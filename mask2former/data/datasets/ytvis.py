@@ -22,7 +22,6 @@ A frame where an instance is absent has no entry for it; a split without ground 
 "annotations".
 """
 
-import json
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -30,6 +29,7 @@ import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from ...utils.json_io import read_json
 from .catalog_utils import _default_color, get_datasets_root, require_paths
 
 __all__ = [
@@ -79,13 +79,7 @@ def ytvis_metadata(class_names: Sequence[str]) -> Dict:
 
 
 def _read_ytvis_json(json_file: str) -> Dict:
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"YouTube-VIS annotation file {json_file} does not exist.")
-    with open(json_file) as f:
-        try:
-            content = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{json_file} is not valid JSON ({error}).") from error
+    content = read_json(json_file, "YouTube-VIS annotation file")
     if not isinstance(content, dict) or not isinstance(content.get("videos"), list):
         raise ValueError(
             f"{json_file} is not in the YouTube-VIS format: it needs a 'videos' list (and "

@@ -26,8 +26,34 @@ from ..postprocessing import (
     resize_mask_logits,
     semantic_inference,
 )
+from ..sliding_window import SlidingWindow
 
-__all__ = ["MaskFormer"]
+__all__ = ["MaskFormer", "sliding_window_from_config"]
+
+
+def sliding_window_from_config(cfg) -> Optional[SlidingWindow]:
+    """``MODEL.MASK_FORMER.TEST.SLIDING_WINDOW``, checked; None when it is not enabled."""
+    settings = cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW
+    if not settings.ENABLED:
+        return None
+    return SlidingWindow.from_values(
+        settings.SIZE,
+        settings.STRIDE,
+        settings.WINDOWS_PER_PASS,
+        where="MODEL.MASK_FORMER.TEST.SLIDING_WINDOW",
+    )
+
+
+def _scores_at_output_size(
+    scores: Tensor, image_size: Tuple[int, int], output_size: Tuple[int, int]
+) -> Tensor:
+    """(K, H', W') per-class scores, the image in their top-left ``image_size``, resized to
+    ``output_size``: Detectron2's ``sem_seg_postprocess``, except that no copy is made when the
+    sizes already match (bilinear resizing to the same size changes nothing), which spares a
+    second K x H x W tensor on large images."""
+    if tuple(scores.shape[-2:]) == tuple(image_size) == tuple(output_size):
+        return scores
+    return sem_seg_postprocess(scores, image_size, *output_size)
 
 
 @META_ARCH_REGISTRY.register()
@@ -60,6 +86,7 @@ class MaskFormer(nn.Module):
         panoptic_on: bool,
         instance_on: bool,
         test_topk_per_image: int,
+        sliding_window: Optional[SlidingWindow] = None,
     ):
         """
         Args:
@@ -78,6 +105,8 @@ class MaskFormer(nn.Module):
             pixel_mean, pixel_std: per-channel normalisation, in INPUT.FORMAT order.
             semantic_on, panoptic_on, instance_on: which outputs inference returns.
             test_topk_per_image: instances returned per image (before the thing filter).
+            sliding_window: at inference, segment each image in these overlapping windows
+                (:meth:`sliding_window_inference`; semantic output only); None: whole images.
         """
         super().__init__()
         self.backbone = backbone
@@ -99,6 +128,14 @@ class MaskFormer(nn.Module):
         self.panoptic_on = panoptic_on
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
+        if sliding_window is not None and (panoptic_on or instance_on or not semantic_on):
+            raise ValueError(
+                "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED gives the semantic output only "
+                "(instances and panoptic segments cut by window borders cannot be stitched): "
+                "set MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON and INSTANCE_ON "
+                f"False (they are {semantic_on}, {panoptic_on} and {instance_on})."
+            )
+        self.sliding_window = sliding_window
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -128,6 +165,7 @@ class MaskFormer(nn.Module):
             "panoptic_on": test.PANOPTIC_ON,
             "instance_on": test.INSTANCE_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "sliding_window": sliding_window_from_config(cfg),
         }
 
     @property
@@ -136,6 +174,8 @@ class MaskFormer(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]) -> object:
         """Losses (training) or per-image results (inference); see the class docstring."""
+        if not self.training and self.sliding_window is not None:
+            return [self.sliding_window_inference(inputs) for inputs in batched_inputs]
         images = self.preprocess_image(batched_inputs)
         outputs = self.network(images.tensor)
         if self.training:
@@ -169,17 +209,28 @@ class MaskFormer(nn.Module):
         self, outputs: Dict, batched_inputs: List[Dict], images: ImageList
     ) -> Dict[str, Tensor]:
         """Weighted criterion losses; losses without a weight in ``weight_dict`` are dropped."""
-        if "instances" not in batched_inputs[0]:
-            raise ValueError(
-                "MaskFormer: training inputs need 'instances' (gt_classes, gt_masks); use a "
-                "dataset mapper that produces them (INPUT.DATASET_MAPPER_NAME)."
-            )
-        targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
+        targets = self.prepare_targets(self.training_instances(batched_inputs), images)
         losses = self.criterion(outputs, targets)
         weight_dict = self.criterion.weight_dict
         return {
             name: loss * weight_dict[name] for name, loss in losses.items() if name in weight_dict
         }
+
+    @staticmethod
+    def training_instances(batched_inputs: List[Dict]) -> List[object]:
+        """Each input's "instances", or a ValueError that says which mapper gives them."""
+        if any("instances" not in x for x in batched_inputs):
+            raise ValueError(
+                "MaskFormer: training inputs need 'instances' (gt_classes, gt_masks); use a "
+                "dataset mapper that produces them (INPUT.DATASET_MAPPER_NAME)."
+            )
+        return [x["instances"] for x in batched_inputs]
+
+    def count_targets(self, batched_inputs: List[Dict]) -> int:
+        """How many target masks the criterion gets for these training inputs (the number it
+        normalises the mask losses by), counted without running the model; gradient
+        accumulation adds these up over its batches."""
+        return sum(len(instances) for instances in self.training_instances(batched_inputs))
 
     def prepare_targets(
         self, gt_instances: List[Instances], images: ImageList
@@ -229,6 +280,50 @@ class MaskFormer(nn.Module):
             )
         return results
 
+    def sliding_window_inference(self, inputs: Dict) -> Dict[str, Tensor]:
+        """The semantic output of one image segmented in overlapping windows.
+
+        The windows (``self.sliding_window``, in pixels of ``inputs["image"]``) are run
+        ``windows_per_pass`` at a time; each window's per-class scores are computed at its own
+        resolution, as whole images are (``SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE`` False),
+        added into a canvas of the image's size and divided, pixel by pixel, by the number of
+        windows that covered it; the canvas is then resized to the output size. Memory grows
+        with the windows per pass, and with the image only through that canvas (K x H x W).
+
+        Args:
+            inputs: "image" (3, H, W) in INPUT.FORMAT and optionally the output "height" and
+                "width" (default H and W).
+
+        Returns:
+            {"sem_seg": (K, height, width) float32 scores}.
+        """
+        image = inputs["image"]
+        height, width = image.shape[-2:]
+        output_size = (inputs.get("height", height), inputs.get("width", width))
+        boxes = self.sliding_window.boxes(height, width)
+        scores: Optional[Tensor] = None
+        coverage = torch.zeros((height, width), dtype=torch.float32, device=self.device)
+        step = self.sliding_window.windows_per_pass
+        for first in range(0, len(boxes), step):
+            group = boxes[first : first + step]
+            windows = self.normalize_and_pad(
+                [image[:, top:bottom, left:right] for top, left, bottom, right in group]
+            )
+            outputs = self.network(windows.tensor)
+            padded_size = tuple(windows.tensor.shape[-2:])
+            for index, (top, left, bottom, right) in enumerate(group):
+                size = (bottom - top, right - left)
+                mask_probs = resize_mask_logits(
+                    outputs["pred_masks"][index], padded_size, size, size
+                ).sigmoid_()
+                window_scores = semantic_inference(outputs["pred_logits"][index], mask_probs)
+                if scores is None:
+                    scores = window_scores.new_zeros((len(window_scores), height, width))
+                scores[:, top:bottom, left:right] += window_scores
+                coverage[top:bottom, left:right] += 1
+        scores /= coverage
+        return {"sem_seg": _scores_at_output_size(scores, (height, width), output_size)}
+
     def inference_single_image(
         self,
         class_logits: Tensor,
@@ -251,7 +346,7 @@ class MaskFormer(nn.Module):
             # Semantic only, the official order: infer at the input resolution, then resize.
             mask_probs = resize_mask_logits(mask_logits, padded_size, image_size, image_size)
             sem_seg = semantic_inference(class_logits, mask_probs.sigmoid_())
-            result["sem_seg"] = sem_seg_postprocess(sem_seg, image_size, *output_size)
+            result["sem_seg"] = _scores_at_output_size(sem_seg, image_size, output_size)
             return result
         queries = self._queries_needed(class_logits)
         if queries is not None:

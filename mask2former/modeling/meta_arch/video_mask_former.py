@@ -56,8 +56,13 @@ class VideoMaskFormer(MaskFormer):
                 class probabilities (MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO).
             frames_per_pass: at inference, frames run through the backbone and the pixel
                 decoder together (MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS); 0: all.
-            kwargs: the arguments of :class:`MaskFormer`.
+            kwargs: the arguments of :class:`MaskFormer`, without ``sliding_window``.
         """
+        if kwargs.get("sliding_window") is not None:
+            raise ValueError(
+                "VideoMaskFormer: MODEL.MASK_FORMER.TEST.SLIDING_WINDOW is for image models' "
+                "semantic output; set its ENABLED False for a video model."
+            )
         super().__init__(**kwargs)
         if frames_per_pass < 0:
             raise ValueError(
@@ -155,19 +160,34 @@ class VideoMaskFormer(MaskFormer):
         padded_size = tuple(images.tensor.shape[-2:])
         targets = []
         for index, frames in enumerate(gt_instances):
-            counts = [len(instances) for instances in frames]
-            if len(set(counts)) > 1 or not all(instances.has("gt_ids") for instances in frames):
-                raise ValueError(
-                    f"VideoMaskFormer: the frames of training clip {index} must list the same "
-                    f"instances in the same order, with 'gt_ids' (-1 where absent); got "
-                    f"{counts} instances."
-                )
-            ids = torch.stack([instances.gt_ids for instances in frames], 1)
-            present = (ids != -1).any(1).to(self.device)
+            present = self._present_instances(index, frames).to(self.device)
             masks = torch.stack([self.padded_masks(x, padded_size) for x in frames], 1)
             labels = frames[0].gt_classes.to(self.device)
             targets.append({"labels": labels[present], "masks": masks[present]})
         return targets
+
+    def count_targets(self, batched_inputs: List[Dict]) -> int:
+        """How many target instances the criterion gets for these training clips (those
+        present in at least one frame), counted without running the model."""
+        self.check_inputs(batched_inputs)
+        clips = self.training_instances(batched_inputs)
+        return sum(
+            int(self._present_instances(index, frames).sum()) for index, frames in enumerate(clips)
+        )
+
+    @staticmethod
+    def _present_instances(index: int, frames: List[Instances]) -> Tensor:
+        """(M,) bool: which of training clip ``index``'s instances appear (``gt_ids`` not -1)
+        in at least one frame; a ValueError when its frames do not list the same instances."""
+        counts = [len(instances) for instances in frames]
+        if len(set(counts)) > 1 or not all(instances.has("gt_ids") for instances in frames):
+            raise ValueError(
+                f"VideoMaskFormer: the frames of training clip {index} must list the same "
+                f"instances in the same order, with 'gt_ids' (-1 where absent); got "
+                f"{counts} instances."
+            )
+        ids = torch.stack([instances.gt_ids for instances in frames], 1)
+        return (ids != -1).any(1)
 
     def inference(
         self, outputs: Dict, batched_inputs: List[Dict], images: ImageList

@@ -1,0 +1,208 @@
+"""Sliding-window semantic inference (MODEL.MASK_FORMER.TEST.SLIDING_WINDOW): where the windows
+go, what the model returns, and the settings it refuses."""
+
+import os
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+from helpers import ROOT, TINY_CONFIG, TINY_TRAINING, shrunk_config
+
+import mask2former.data  # noqa: F401  only registration
+from mask2former import Predictor
+from mask2former import modeling as _modeling  # noqa: F401  only registration
+from mask2former.config import load_config
+from mask2former.modeling.sliding_window import SlidingWindow, window_starts
+
+SEMANTIC_ONLY = [
+    "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "False",
+    "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False",
+]  # fmt: skip
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize(
+    "length, window, stride",
+    [(100, 40, 30), (100, 40, 40), (100, 40, 7), (40, 40, 10), (30, 40, 10), (101, 50, 25)],
+)
+def test_windows_cover_every_pixel_and_stay_inside(length, window, stride):
+    starts = window_starts(length, window, stride)
+    covered = np.zeros(length, dtype=int)
+    for start in starts:
+        covered[start : start + min(window, length)] += 1
+    assert (covered > 0).all()
+    assert starts[0] == 0 and starts == sorted(set(starts))
+    assert all(0 <= start <= max(length - window, 0) for start in starts)
+    assert all(b - a <= stride for a, b in zip(starts, starts[1:]))
+    if length > window:  # the last window ends at the border
+        assert starts[-1] + window == length
+
+
+def test_boxes_are_the_grid_of_the_two_sides():
+    sliding = SlidingWindow(size=(40, 64), stride=(30, 48))
+    boxes = sliding.boxes(100, 50)
+    heights = {b - t for t, _, b, _ in boxes}
+    widths = {right - left for _, left, _, right in boxes}
+    assert heights == {40} and widths == {50}  # the width clipped to the image
+    assert [t for t, _, _, _ in boxes] == window_starts(100, 40, 30)
+
+
+@pytest.mark.parametrize(
+    "size, stride, per_pass, message",
+    [
+        ([512, 512], [600, 300], 1, "STRIDE \\[600, 300\\] is larger than"),
+        ([512], [341, 341], 1, "SIZE must be two positive integers"),
+        ([512, 0], [341, 341], 1, "SIZE must be two positive integers"),
+        ([512, 512], [341, -1], 1, "STRIDE must be two positive integers"),
+        ([512, 512], [341, 341], 0, "WINDOWS_PER_PASS must be an integer >= 1"),
+    ],
+)
+def test_bad_settings_name_the_key(size, stride, per_pass, message):
+    with pytest.raises(ValueError, match=message) as error:
+        SlidingWindow.from_values(size, stride, per_pass, where="MODEL.MASK_FORMER.TEST.X")
+    assert "MODEL.MASK_FORMER.TEST.X." in str(error.value)
+
+
+def _model(*opts):
+    cfg = load_config(TINY_CONFIG, [*SEMANTIC_ONLY, *opts])
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def _sliding(size, stride, per_pass=1):
+    return [
+        "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED", "True",
+        "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.SIZE", str(list(size)),
+        "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.STRIDE", str(list(stride)),
+        "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.WINDOWS_PER_PASS", str(per_pass),
+    ]  # fmt: skip
+
+
+def _image(height, width, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, height, width), generator=generator).float()
+
+
+def test_a_window_as_large_as_the_image_is_whole_image_inference():
+    image = _image(64, 96)
+    whole = _model()
+    sliding = _model(*_sliding((128, 128), (64, 64)))
+    sliding.load_state_dict(whole.state_dict())
+    inputs = [{"image": image, "height": 80, "width": 120}]
+    with torch.no_grad():
+        (expected,) = whole(inputs)
+        (actual,) = sliding(inputs)
+    assert actual.keys() == {"sem_seg"}
+    assert actual["sem_seg"].shape == (7, 80, 120)
+    torch.testing.assert_close(actual["sem_seg"], expected["sem_seg"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_pass", [1, 4])
+def test_overlapping_windows_average_what_each_window_gives_alone(per_pass):
+    height, width = 80, 112
+    image = _image(height, width, seed=1)
+    whole = _model()
+    sliding = _model(*_sliding((64, 64), (32, 40), per_pass))
+    sliding.load_state_dict(whole.state_dict())
+    # independently: each window through the whole-image path, then the mean per pixel
+    total = torch.zeros(7, height, width)
+    count = torch.zeros(height, width)
+    tops, lefts = window_starts(height, 64, 32), window_starts(width, 64, 40)
+    with torch.no_grad():
+        for top in tops:
+            for left in lefts:
+                crop = image[:, top : top + 64, left : left + 64]
+                (result,) = whole([{"image": crop}])
+                total[:, top : top + 64, left : left + 64] += result["sem_seg"]
+                count[top : top + 64, left : left + 64] += 1
+        (actual,) = sliding([{"image": image}])
+    assert len(tops) * len(lefts) == 6 and count.max() > 1  # windows do overlap
+    torch.testing.assert_close(actual["sem_seg"], total / count, rtol=1e-4, atol=1e-5)
+
+
+def test_the_window_settings_change_the_result():
+    """The test above can fail: other windows give other scores."""
+    image = _image(80, 112, seed=1)
+    first = _model(*_sliding((64, 64), (32, 40)))
+    second = _model(*_sliding((48, 48), (32, 32)))
+    second.load_state_dict(first.state_dict())
+    with torch.no_grad():
+        (a,) = first([{"image": image}])
+        (b,) = second([{"image": image}])
+    assert not torch.allclose(a["sem_seg"], b["sem_seg"], atol=1e-3)
+
+
+def test_panoptic_or_instance_output_with_windows_is_refused():
+    cfg = load_config(TINY_CONFIG, _sliding((64, 64), (32, 32)))
+    with pytest.raises(ValueError, match="semantic output only") as error:
+        build_model(cfg)
+    assert "PANOPTIC_ON and INSTANCE_ON" in str(error.value)
+
+
+def test_video_model_refuses_windows():
+    cfg = shrunk_config("shapes/video_maskformer2_R18.yaml")
+    cfg.merge_from_list(_sliding((64, 64), (32, 32)))
+    with pytest.raises(ValueError, match="VideoMaskFormer: MODEL.MASK_FORMER.TEST.SLIDING_WINDOW"):
+        build_model(cfg)
+
+
+def test_predictor_with_windows_at_the_original_resolution():
+    # INPUT.MIN_SIZE_TEST 0: no test-time resize, the windows in the picture's own pixels
+    opts = [*SEMANTIC_ONLY, *_sliding((48, 48), (32, 32)), "INPUT.MIN_SIZE_TEST", "0"]
+    predictor = Predictor(TINY_CONFIG, "", opts=opts)
+    picture = np.random.default_rng(0).integers(0, 256, (70, 130, 3), dtype=np.uint8)
+    seen = []
+    network = predictor.model.network
+
+    def recording_network(images):
+        seen.append(tuple(images.shape))
+        return network(images)
+
+    with mock.patch.object(predictor.model, "network", recording_network):
+        (prediction,) = predictor.predict_arrays([picture])
+    # 2 x 4 windows of 48 x 48 px of the 70 x 130 picture, one per forward
+    assert seen == [(1, 3, 64, 64)] * 8  # each padded to a multiple of 32
+    assert prediction.semantic.label_map.shape == (70, 130)
+    assert prediction.panoptic is None and prediction.instances is None
+
+
+@pytest.mark.slow
+def test_evaluation_through_the_semantic_evaluator(tmp_path):
+    from mask2former.engine import MaskFormerTrainer
+
+    config = os.path.join(ROOT, "configs", "shapes", "maskformer2_R18_semantic.yaml")
+    opts = [*TINY_TRAINING, *_sliding((96, 96), (64, 64), 2), "OUTPUT_DIR", str(tmp_path)]
+    cfg = load_config(config, opts)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    (dataset,) = cfg.DATASETS.TEST
+    results = MaskFormerTrainer.test(cfg, model)
+    assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0, (dataset, results)
+
+
+def test_test_time_augmentation_runs_the_windows_of_every_augmented_image():
+    from mask2former.engine import SemanticSegmentorWithTTA
+
+    opts = [*_sliding((48, 48), (32, 32)), "TEST.AUG.MIN_SIZES", "(64, 96)"]
+    opts += ["TEST.AUG.MAX_SIZE", "200", "TEST.AUG.FLIP", "True"]
+    cfg = load_config(TINY_CONFIG, [*SEMANTIC_ONLY, *opts])
+    model = build_model(cfg).eval()
+    seen = []
+    network = model.network
+
+    def recording_network(images):
+        seen.append(tuple(images.shape[-2:]))
+        return network(images)
+
+    image = _image(64, 96).to(torch.uint8)
+    with mock.patch.object(model, "network", recording_network):
+        (output,) = SemanticSegmentorWithTTA(cfg, model)(
+            [{"image": image, "height": 64, "width": 96}]
+        )
+    assert output["sem_seg"].shape == (7, 64, 96)
+    # 64 x 96 px: 2 x 3 windows; 96 x 144 px: 3 x 4; each size also flipped
+    assert len(seen) == 2 * (2 * 3 + 3 * 4)
+    assert set(seen) == {(64, 64)}  # 48 px windows padded to a multiple of 32
