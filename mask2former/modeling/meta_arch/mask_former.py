@@ -27,14 +27,28 @@ from ..postprocessing import (
 )
 from ..sliding_window import SlidingWindow
 
-__all__ = ["MaskFormer", "sliding_window_from_config"]
+__all__ = ["MaskFormer", "check_sliding_window_outputs", "sliding_window_from_config"]
+
+
+def check_sliding_window_outputs(semantic_on: bool, panoptic_on: bool, instance_on: bool) -> None:
+    """A ValueError naming the keys to change unless the semantic output is the only one on."""
+    if panoptic_on or instance_on or not semantic_on:
+        raise ValueError(
+            "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED gives the semantic output only "
+            "(instances and panoptic segments cut by window borders cannot be stitched): "
+            "set MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON and INSTANCE_ON "
+            f"False (they are {semantic_on}, {panoptic_on} and {instance_on})."
+        )
 
 
 def sliding_window_from_config(cfg) -> Optional[SlidingWindow]:
-    """``MODEL.MASK_FORMER.TEST.SLIDING_WINDOW``, checked; None when it is not enabled."""
+    """``MODEL.MASK_FORMER.TEST.SLIDING_WINDOW``, checked (with the outputs it allows); None
+    when it is not enabled."""
     settings = cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW
     if not settings.ENABLED:
         return None
+    test = cfg.MODEL.MASK_FORMER.TEST
+    check_sliding_window_outputs(test.SEMANTIC_ON, test.PANOPTIC_ON, test.INSTANCE_ON)
     return SlidingWindow.from_values(
         settings.SIZE,
         settings.STRIDE,
@@ -127,13 +141,8 @@ class MaskFormer(nn.Module):
         self.panoptic_on = panoptic_on
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
-        if sliding_window is not None and (panoptic_on or instance_on or not semantic_on):
-            raise ValueError(
-                "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED gives the semantic output only "
-                "(instances and panoptic segments cut by window borders cannot be stitched): "
-                "set MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON and INSTANCE_ON "
-                f"False (they are {semantic_on}, {panoptic_on} and {instance_on})."
-            )
+        if sliding_window is not None:
+            check_sliding_window_outputs(semantic_on, panoptic_on, instance_on)
         self.sliding_window = sliding_window
 
     @classmethod
