@@ -343,6 +343,12 @@ def _add_swin_config(cfg: CfgNode) -> None:
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # Recompute block activations in the backward pass (gradient checkpointing) to save memory.
     cfg.MODEL.SWIN.USE_CHECKPOINT = False
+    # Not in the official release (whose Swin hard-codes -1): the Swin reference code's
+    # frozen_stages, e.g. to fine-tune on a small data set. -1 trains everything, 0 freezes the
+    # patch embedding, k also the first k stages (with their output norms and patch merging);
+    # frozen parts get no gradients and stay in eval mode (no drop path). ResNet backbones use
+    # Detectron2's MODEL.BACKBONE.FREEZE_AT instead.
+    cfg.MODEL.SWIN.FROZEN_STAGES = -1
 
 
 class UnknownConfigKeyError(KeyError):
