@@ -13,31 +13,40 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
 from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import BitMasks, ImageList, Instances
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..criterion import SetCriterion
 from ..postprocessing import (
     instance_inference,
     instance_queries,
+    mask_boxes,
     panoptic_inference,
     panoptic_queries,
     resize_mask_logits,
     semantic_inference,
 )
-from ..sliding_window import SlidingWindow
+from ..sliding_window import (
+    SlidingWindow,
+    WindowInstance,
+    merge_window_instances,
+    paste_instances,
+    window_instances,
+)
 
 __all__ = ["MaskFormer", "check_sliding_window_outputs", "sliding_window_from_config"]
 
 
 def check_sliding_window_outputs(semantic_on: bool, panoptic_on: bool, instance_on: bool) -> None:
-    """A ValueError naming the keys to change unless the semantic output is the only one on."""
-    if panoptic_on or instance_on or not semantic_on:
+    """A ValueError naming the keys to change unless the outputs on are among the semantic and
+    instance outputs, which windows can be stitched into."""
+    if panoptic_on or not (semantic_on or instance_on):
         raise ValueError(
-            "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED gives the semantic output only "
-            "(instances and panoptic segments cut by window borders cannot be stitched): "
-            "set MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON and INSTANCE_ON "
-            f"False (they are {semantic_on}, {panoptic_on} and {instance_on})."
+            "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED gives the semantic and instance "
+            "outputs (panoptic segments cut by window borders are not stitched): set "
+            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON False and SEMANTIC_ON or INSTANCE_ON True "
+            f"(they are {panoptic_on}, {semantic_on} and {instance_on})."
         )
 
 
@@ -53,6 +62,7 @@ def sliding_window_from_config(cfg) -> Optional[SlidingWindow]:
         settings.SIZE,
         settings.STRIDE,
         settings.WINDOWS_PER_PASS,
+        settings.MERGE_THRESHOLD,
         where="MODEL.MASK_FORMER.TEST.SLIDING_WINDOW",
     )
 
@@ -67,6 +77,22 @@ def _scores_at_output_size(
     if tuple(scores.shape[-2:]) == tuple(image_size) == tuple(output_size):
         return scores
     return sem_seg_postprocess(scores, image_size, *output_size)
+
+
+def _instances_at_output_size(instances: Instances, output_size: Tuple[int, int]) -> Instances:
+    """``instances`` (full-size binary masks) resized to ``output_size``: the masks bilinearly
+    as 0/1 maps, thresholded at 0.5, the boxes made again from them; unchanged when the sizes
+    match."""
+    if tuple(instances.image_size) == tuple(output_size):
+        return instances
+    resized = Instances(tuple(output_size))
+    masks = instances.pred_masks[None].float()
+    masks = F.interpolate(masks, size=tuple(output_size), mode="bilinear", align_corners=False)
+    resized.pred_masks = masks[0] > 0.5
+    resized.pred_boxes = Boxes(mask_boxes(resized.pred_masks))
+    resized.scores = instances.scores
+    resized.pred_classes = instances.pred_classes
+    return resized
 
 
 @META_ARCH_REGISTRY.register()
@@ -119,7 +145,8 @@ class MaskFormer(nn.Module):
             semantic_on, panoptic_on, instance_on: which outputs inference returns.
             test_topk_per_image: instances returned per image (before the thing filter).
             sliding_window: at inference, segment each image in these overlapping windows
-                (:meth:`sliding_window_inference`; semantic output only); None: whole images.
+                (:meth:`sliding_window_inference`; semantic and instance outputs); None:
+                whole images.
         """
         super().__init__()
         self.backbone = backbone
@@ -285,22 +312,25 @@ class MaskFormer(nn.Module):
             )
         return results
 
-    def sliding_window_inference(self, inputs: Dict) -> Dict[str, Tensor]:
-        """The semantic output of one image segmented in overlapping windows.
+    def sliding_window_inference(self, inputs: Dict) -> Dict[str, object]:
+        """The semantic and instance outputs of one image segmented in overlapping windows.
 
         The windows (``self.sliding_window``, in pixels of ``inputs["image"]``) are run
-        ``windows_per_pass`` at a time; each window's per-class scores are computed at its own
-        resolution, as whole images are (``SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE`` False),
-        added into a canvas of the image's size and divided, pixel by pixel, by the number of
-        windows that covered it; the canvas is then resized to the output size. Memory grows
-        with the windows per pass, and with the image only through that canvas (K x H x W).
+        ``windows_per_pass`` at a time and each window's outputs are computed at its own
+        resolution, as whole images' are. Semantic: each window's per-class scores are added
+        into a canvas of the image's size and divided, pixel by pixel, by the number of windows
+        that covered it. Instances: each window's top ``test_topk_per_image`` are merged across
+        windows (:func:`~mask2former.modeling.sliding_window.merge_window_instances`) and the
+        ``test_topk_per_image`` best kept. Both are then resized to the output size. Memory
+        grows with the windows per pass, and with the image only through the outputs.
 
         Args:
             inputs: "image" (3, H, W) in INPUT.FORMAT and optionally the output "height" and
                 "width" (default H and W).
 
         Returns:
-            {"sem_seg": (K, height, width) float32 scores}.
+            "sem_seg" (K, height, width) float32 scores and / or "instances", as the semantic
+            and instance flags say.
         """
         image = inputs["image"]
         height, width = image.shape[-2:]
@@ -308,6 +338,7 @@ class MaskFormer(nn.Module):
         boxes = self.sliding_window.boxes(height, width)
         scores: Optional[Tensor] = None
         coverage = torch.zeros((height, width), dtype=torch.float32, device=self.device)
+        candidates: List[WindowInstance] = []
         step = self.sliding_window.windows_per_pass
         for first in range(0, len(boxes), step):
             group = boxes[first : first + step]
@@ -318,16 +349,35 @@ class MaskFormer(nn.Module):
             padded_size = tuple(windows.tensor.shape[-2:])
             for index, (top, left, bottom, right) in enumerate(group):
                 size = (bottom - top, right - left)
+                class_logits = outputs["pred_logits"][index]
                 mask_probs = resize_mask_logits(
                     outputs["pred_masks"][index], padded_size, size, size
                 ).sigmoid_()
-                window_scores = semantic_inference(outputs["pred_logits"][index], mask_probs)
-                if scores is None:
-                    scores = window_scores.new_zeros((len(window_scores), height, width))
-                scores[:, top:bottom, left:right] += window_scores
-                coverage[top:bottom, left:right] += 1
-        scores /= coverage
-        return {"sem_seg": _scores_at_output_size(scores, (height, width), output_size)}
+                if self.semantic_on:
+                    window_scores = semantic_inference(class_logits, mask_probs)
+                    if scores is None:
+                        scores = window_scores.new_zeros((len(window_scores), height, width))
+                    scores[:, top:bottom, left:right] += window_scores
+                    coverage[top:bottom, left:right] += 1
+                if self.instance_on:
+                    instances = instance_inference(
+                        class_logits,
+                        mask_probs,
+                        topk=self.test_topk_per_image,
+                        mask_threshold=self.mask_threshold,
+                    )
+                    candidates += window_instances(instances, (top, left), first + index)
+        result: Dict[str, object] = {}
+        if self.semantic_on:
+            scores /= coverage
+            result["sem_seg"] = _scores_at_output_size(scores, (height, width), output_size)
+        if self.instance_on:
+            merged = merge_window_instances(candidates, self.sliding_window.merge_threshold)
+            instances = paste_instances(
+                merged[: self.test_topk_per_image], (height, width), self.device
+            )
+            result["instances"] = _instances_at_output_size(instances, output_size)
+        return result
 
     def inference_single_image(
         self,

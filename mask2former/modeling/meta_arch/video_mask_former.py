@@ -27,8 +27,8 @@ RESIZE_FRAMES = 16
 
 
 _NO_SLIDING_WINDOW = (
-    "VideoMaskFormer: MODEL.MASK_FORMER.TEST.SLIDING_WINDOW is for image models' semantic "
-    "output; set its ENABLED False for a video model."
+    "VideoMaskFormer: MODEL.MASK_FORMER.TEST.SLIDING_WINDOW is for image models; set its "
+    "ENABLED False for a video model."
 )
 
 
