@@ -312,3 +312,18 @@ def test_test_time_augmentation_runs_the_windows_of_every_augmented_image():
     # 64 x 96 px: 2 x 3 windows; 96 x 144 px: 3 x 4; each size also flipped
     assert len(seen) == 2 * (2 * 3 + 3 * 4)
     assert set(seen) == {(64, 64)}  # 48 px windows padded to a multiple of 32
+
+
+def test_no_instances_resize_to_an_empty_output():
+    from detectron2.structures import Boxes, Instances
+
+    from mask2former.modeling.meta_arch.mask_former import _instances_at_output_size
+
+    empty = Instances((8, 10))
+    empty.pred_masks = torch.zeros((0, 8, 10), dtype=torch.bool)
+    empty.pred_boxes = Boxes(torch.zeros((0, 4)))
+    empty.scores = torch.zeros(0)
+    empty.pred_classes = torch.zeros(0, dtype=torch.int64)
+    resized = _instances_at_output_size(empty, (4, 5))
+    assert resized.image_size == (4, 5) and resized.pred_masks.shape == (0, 4, 5)
+    assert len(resized) == 0

@@ -136,7 +136,8 @@ def window_instances(instances, offset: Tuple[int, int], window: int) -> List[Wi
     labels = instances.pred_classes.tolist()
     result = []
     for index, (x0, y0, x1, y1) in enumerate(boxes):
-        mask = instances.pred_masks[index, y0:y1, x0:x1]
+        # a copy: a view would keep the window's (topk, h, w) masks alive until the merge
+        mask = instances.pred_masks[index, y0:y1, x0:x1].clone()
         box = (x0 + left, y0 + top, x1 + left, y1 + top) if x1 > x0 else (0, 0, 0, 0)
         result.append(WindowInstance(scores[index], labels[index], box, mask, frozenset([window])))
     return result

@@ -86,9 +86,15 @@ def _instances_at_output_size(instances: Instances, output_size: Tuple[int, int]
     if tuple(instances.image_size) == tuple(output_size):
         return instances
     resized = Instances(tuple(output_size))
-    masks = instances.pred_masks[None].float()
-    masks = F.interpolate(masks, size=tuple(output_size), mode="bilinear", align_corners=False)
-    resized.pred_masks = masks[0] > 0.5
+    # a few masks at a time: float copies of all of them at full size would be 4 bytes a pixel
+    size = tuple(output_size)
+    chunks = [
+        F.interpolate(chunk[None].float(), size=size, mode="bilinear", align_corners=False)[0] > 0.5
+        for chunk in instances.pred_masks.split(16)
+        if len(chunk)
+    ]
+    empty = instances.pred_masks.new_zeros((0, *size))
+    resized.pred_masks = torch.cat(chunks) if chunks else empty
     resized.pred_boxes = Boxes(mask_boxes(resized.pred_masks))
     resized.scores = instances.scores
     resized.pred_classes = instances.pred_classes
