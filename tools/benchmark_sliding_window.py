@@ -41,6 +41,8 @@ from mask2former import Predictor  # noqa: E402
 from mask2former.config import add_opts_argument  # noqa: E402
 from mask2former.utils.benchmarking import (  # noqa: E402
     add_setting_arguments,
+    machine_fields,
+    memory_label,
     peak_memory_mib,
     run_child,
     start_setting,
@@ -140,7 +142,7 @@ def main(argv=None) -> Dict:
         labels = row.pop("labels")
         if reference is not None:
             row["same_label_as_whole"] = round(float((labels == reference).mean()), 4)
-    memory = "peak CUDA MiB" if torch.device(args.device).type == "cuda" else "peak RSS MiB"
+    memory = memory_label(args.device)
     report = {
         "config": args.config_file,
         "task": args.task,
@@ -148,11 +150,7 @@ def main(argv=None) -> Dict:
         "window": list(args.window),
         "stride": list(args.stride),
         "repeats": args.repeats,
-        "threads": args.threads,
-        "device": args.device,
-        "memory": memory,
-        "opts": args.opts,
-        "cpu_count": os.cpu_count(),
+        **machine_fields(args),
         "rows": rows,
     }
     header = f"{'setting':18} {'windows':>7} {'s':>8} {memory:>13} {'before':>7}"
