@@ -257,13 +257,14 @@ def _add_mask_former_config(cfg: CfgNode) -> None:
     # by those, not by the backbone's activations; the results are the same. 0: all at once.
     cfg.MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS = 4
     # Not in the official release: inference in overlapping windows, for images too large for
-    # one forward (semantic and instance outputs; the panoptic output must be off). Each
-    # window's outputs are computed at its own resolution; semantic scores are averaged where
-    # windows overlap, and instances of one class from different windows whose masks'
-    # intersection covers at least MERGE_THRESHOLD of the smaller mask are merged (their union,
-    # the higher score). SIZE and STRIDE are (height, width) in pixels of the model's input,
-    # after the test-time resize (INPUT.MIN_SIZE_TEST 0 keeps the original resolution);
-    # WINDOWS_PER_PASS windows run in one forward.
+    # one forward. Each window's outputs are computed at its own resolution; semantic scores
+    # are averaged where windows overlap; instances of one class from different windows whose
+    # masks' intersection covers at least MERGE_THRESHOLD of the smaller mask are merged (their
+    # union, the higher score); the panoptic output is made of those instances (things) and
+    # semantic scores (stuff) as Panoptic FPN combines them, with its
+    # MODEL.PANOPTIC_FPN.COMBINE thresholds. SIZE and STRIDE are (height, width) in pixels of
+    # the model's input, after the test-time resize (INPUT.MIN_SIZE_TEST 0 keeps the original
+    # resolution); WINDOWS_PER_PASS windows run in one forward.
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW = CfgNode()
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED = False
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.SIZE = [512, 512]

@@ -17,6 +17,7 @@ from mask2former.config import load_config
 from mask2former.modeling.sliding_window import (
     SlidingWindow,
     WindowInstance,
+    combine_panoptic,
     merge_window_instances,
     paste_instances,
     window_starts,
@@ -141,11 +142,23 @@ def test_the_window_settings_change_the_result():
     assert not torch.allclose(a["sem_seg"], b["sem_seg"], atol=1e-3)
 
 
-def test_panoptic_output_with_windows_is_refused():
-    cfg = load_config(TINY_CONFIG, _sliding((64, 64), (32, 32)))
-    with pytest.raises(ValueError, match="panoptic segments cut by window borders") as error:
-        build_model(cfg)
-    assert "PANOPTIC_ON False" in str(error.value)
+def test_every_output_from_overlapping_windows(tmp_path):
+    # the tiny config has the semantic, instance and panoptic outputs on
+    model = _model(
+        *INSTANCES_TOO, "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "True", *_sliding((64, 64), (32, 40))
+    )
+    assert model._thing_classes() == {0, 1, 2, 3}  # the shapes metadata; 3 stuff classes
+    with torch.no_grad():
+        (output,) = model([{"image": _image(80, 112, seed=1)}])
+    assert set(output) == {"sem_seg", "instances", "panoptic_seg"}
+    panoptic_seg, segments = output["panoptic_seg"]
+    assert panoptic_seg.shape == (80, 112) and panoptic_seg.dtype == torch.int32
+    ids = [segment["id"] for segment in segments]
+    assert ids == list(range(1, len(segments) + 1))
+    assert set(torch.unique(panoptic_seg).tolist()) <= {0, *ids}
+    for segment in segments:
+        assert segment["area"] == int((panoptic_seg == segment["id"]).sum()) > 0
+        assert segment["isthing"] == (segment["category_id"] in {0, 1, 2, 3})
 
 
 def _instance(score, label, box, window, fill=None):
@@ -189,6 +202,35 @@ def test_what_is_not_merged():
     )
     kept = merge_window_instances([apart, empty, same_window, other_class, a], 0.5)
     assert [item.score for item in kept] == [0.9, 0.8, 0.7, 0.6, 0.5]  # by score, none merged
+
+
+def test_panoptic_combination_of_things_and_stuff():
+    scores = torch.zeros(4, 20, 30)  # classes 0, 1 things; 2, 3 stuff
+    scores[2, :, :15] = 1.0  # stuff 2 on the left half (300 px)
+    scores[3, :, 15:] = 1.0  # stuff 3 on the right half
+    scores[3, :2, 15:17] = 0.0
+    scores[0, :2, 15:17] = 1.0  # a few thing-class pixels in the semantic scores: not stuff
+    things = [
+        _instance(0.9, 0, (0, 0, 10, 10), 0),  # 100 px
+        _instance(0.8, 1, (5, 5, 15, 15), 0),  # 100 px, a quarter under the first: kept
+        _instance(0.7, 0, (0, 0, 8, 8), 1),  # entirely under the first: dropped
+        _instance(0.3, 1, (20, 10, 30, 20), 1),  # below the score threshold: dropped
+        _instance(0.95, 2, (20, 0, 30, 5), 1),  # a stuff class: not a thing
+    ]
+    combine = {"thing_classes": {0, 1}, "instance_score_threshold": 0.5, "overlap_threshold": 0.5}
+    ranked = sorted(things, key=lambda item: -item.score)
+    panoptic_seg, segments = combine_panoptic(ranked, scores, **combine, stuff_area_limit=100)
+    assert [(s["category_id"], s["isthing"], s["area"]) for s in segments] == [
+        (0, True, 100),
+        (1, True, 75),
+        (2, False, 300 - 100 - 75),  # the left half less the things
+        (3, False, 300 - 4),  # the right half less the thing-class pixels
+    ]
+    assert int((panoptic_seg == 0).sum()) == 4  # the thing-class pixels of no instance
+    for segment in segments:
+        assert int((panoptic_seg == segment["id"]).sum()) == segment["area"]
+    _, large_only = combine_panoptic(ranked, scores, **combine, stuff_area_limit=200)
+    assert [s["category_id"] for s in large_only] == [0, 1, 3]  # 125 px of stuff 2: too few
 
 
 def test_paste_gives_full_size_instances():
@@ -275,6 +317,7 @@ def test_predictor_with_windows_at_the_original_resolution():
     [
         ("maskformer2_R18_semantic.yaml", "sem_seg", "mIoU"),
         ("maskformer2_R18_instance.yaml", "segm", "AP"),
+        ("maskformer2_R18_panoptic.yaml", "panoptic_seg", "PQ"),
     ],
 )
 def test_evaluation_through_the_real_evaluators(tmp_path, config_name, task, metric):

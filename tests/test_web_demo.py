@@ -154,15 +154,6 @@ def test_the_quickstart_model_is_the_default(weights, tmp_path):
         )
 
 
-def test_sliding_window_configs_are_refused(weights):
-    parser = build_argument_parser(default_config=CONFIG)
-    options = ["--config-file", CONFIG, "--opts", "MODEL.WEIGHTS", weights]
-    options += ["MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED", "True"]
-    args = parser.parse_args(options)
-    with pytest.raises(DemoError, match="SLIDING_WINDOW"):
-        create_web_demo(args)
-
-
 def test_package_imports_without_gradio():
     code = (
         "import sys\n"

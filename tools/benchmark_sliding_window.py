@@ -2,7 +2,8 @@
 """Benchmark sliding-window inference against whole-image inference on a large image.
 
 Runs ``mask2former.Predictor`` (randomly initialised weights unless ``--weights``; the
-``--task`` output only, semantic or instance; no test-time resize, ``INPUT.MIN_SIZE_TEST 0``)
+``--task`` output only: semantic, instance or panoptic; no test-time resize,
+``INPUT.MIN_SIZE_TEST 0``)
 on a random picture of
 ``--image-size``: once on the whole image, and once per ``--windows-per-pass`` value in windows
 of ``--window`` every ``--stride`` pixels (``MODEL.MASK_FORMER.TEST.SLIDING_WINDOW``). Each
@@ -11,7 +12,7 @@ after a warm-up, and the peak memory: the process's peak resident memory on a CP
 held before the first prediction), ``torch.cuda.max_memory_allocated`` on CUDA. For the
 semantic task the pixels on which the sliding result's arg-max agrees with the whole image's
 are reported too (random weights: only a sanity check, not an accuracy figure); for the
-instance task, the number of instances.
+instance task, the number of instances; for the panoptic task, the number of segments.
 
 Prints a table and then the results as JSON.
 
@@ -59,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     parser.add_argument("--stride", type=int, nargs=2, default=(341, 341), metavar=("H", "W"))
     parser.add_argument("--windows-per-pass", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--task", choices=("semantic", "instance"), default="semantic")
+    parser.add_argument("--task", choices=("semantic", "instance", "panoptic"), default="semantic")
     parser.add_argument("--no-whole", action="store_true", help="skip the whole-image run")
     parser.add_argument("--repeats", type=int, default=1)
     add_setting_arguments(parser)  # --threads, --device; the child's windows per pass, 0: whole
@@ -69,6 +70,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.repeats < 1 or min(args.windows_per_pass) < 1:
         parser.error("--repeats and --windows-per-pass must be at least 1")
     return args
+
+
+def _count(prediction, task: str) -> Optional[int]:
+    """Instances (instance task) or segments (panoptic task) predicted; None for semantic."""
+    if task == "instance":
+        return len(prediction.instances.scores)
+    if task == "panoptic":
+        return len(prediction.panoptic.segments)
+    return None
 
 
 def run_setting(args: argparse.Namespace, windows_per_pass: int) -> Dict:
@@ -105,7 +115,7 @@ def run_setting(args: argparse.Namespace, windows_per_pass: int) -> Dict:
         "seconds": round(statistics.median(seconds), 3),
         "peak_mib": round(peak_memory_mib(device)),
         "before_mib": round(before_mib),
-        "instances": len(prediction.instances.scores) if args.task == "instance" else None,
+        "instances": _count(prediction, args.task),
     }
 
 

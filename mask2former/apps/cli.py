@@ -186,11 +186,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
 
 
 def default_task(cfg: CfgNode) -> Optional[str]:
-    """The first of panoptic, instance, semantic that the config switches on (or None);
-    panoptic is passed over when the config runs sliding windows, which do not give it."""
+    """The first of panoptic, instance, semantic that the config switches on (or None)."""
     for task in TASKS:
-        if task == "panoptic" and cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED:
-            continue
         if cfg.MODEL.MASK_FORMER.TEST[TASK_CONFIG_KEYS[task]]:
             return task
     return None
@@ -693,15 +690,6 @@ def run_demo(
         _open_video(args.video_input).release()  # fail before building the model
     switches = cfg.MODEL.MASK_FORMER.TEST
     tasks = [name for name in TASKS if name == task or switches[TASK_CONFIG_KEYS[name]]]
-    if switches.SLIDING_WINDOW.ENABLED:
-        if task == "panoptic":
-            raise DemoError(
-                "--task panoptic: sliding windows (MODEL.MASK_FORMER.TEST.SLIDING_WINDOW) give "
-                "the instance and semantic outputs only; pass --task instance or semantic."
-            )
-        if "panoptic" in tasks:
-            logger.info("Sliding windows: the panoptic output of the config is left out.")
-            tasks.remove("panoptic")
     predictor = build_predictor(
         args,
         cfg,

@@ -560,12 +560,6 @@ def create_web_demo(
             f"{args.config_file} is a video instance segmentation model, which the web demo "
             "does not run: use demo/demo.py --video-input FILE (or mask2former.VideoPredictor)."
         )
-    if cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED:
-        raise DemoError(
-            "The web demo runs whole images and offers every task, so it does not run "
-            "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW (no panoptic output): set its ENABLED False, "
-            "or use demo/demo.py for large images in windows."
-        )
     if onnx_file is None and not cfg.MODEL.WEIGHTS:
         if not quickstart_config or not os.path.samefile(args.config_file, quickstart_config):
             raise DemoError(

@@ -6,13 +6,14 @@ pixels a side) is segmented in overlapping windows of a fixed size
 (``MaskFormer.sliding_window_inference``). Semantic scores are added into a canvas of the
 image's size and every pixel is divided by the number of windows that covered it. Instances
 are predicted per window and merged across windows (:func:`merge_window_instances`): an object
-seen whole in one window and cut by the border of another is one instance. Panoptic segments
-are not stitched (they would also need the stuff regions and the overlaps resolved across
-windows).
+seen whole in one window and cut by the border of another is one instance. The panoptic output
+is made from those two, things from the instances and stuff from the semantic scores, as
+Panoptic FPN combines its heads (:func:`combine_panoptic`): Mask2Former's own panoptic
+inference needs all queries' masks of the whole image at once, which windows do not have.
 """
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Sequence, Tuple
+from typing import Collection, Dict, FrozenSet, List, Sequence, Tuple
 
 import torch
 from detectron2.structures import Boxes, Instances
@@ -20,6 +21,7 @@ from torch import Tensor
 
 __all__ = [
     "SlidingWindow",
+    "combine_panoptic",
     "WindowInstance",
     "merge_window_instances",
     "paste_instances",
@@ -47,13 +49,18 @@ def window_starts(length: int, window: int, stride: int) -> List[int]:
 @dataclass(frozen=True)
 class SlidingWindow:
     """Window size and stride, (height, width) in pixels of the model's input (after the
-    test-time resize), how many windows one forward runs, and the overlap (intersection over
-    the smaller mask) at which instances of one class from different windows are merged."""
+    test-time resize), how many windows one forward runs, the overlap (intersection over the
+    smaller mask) at which instances of one class from different windows are merged, and how
+    the panoptic output combines things and stuff (:func:`combine_panoptic`)."""
 
     size: Tuple[int, int]
     stride: Tuple[int, int]
     windows_per_pass: int = 1
     merge_threshold: float = 0.5
+    # the panoptic output's combination of things and stuff (MODEL.PANOPTIC_FPN.COMBINE.*)
+    panoptic_instance_threshold: float = 0.5
+    panoptic_overlap_threshold: float = 0.5
+    panoptic_stuff_area: int = 4096
 
     @classmethod
     def from_values(
@@ -63,8 +70,10 @@ class SlidingWindow:
         windows_per_pass: int,
         merge_threshold: float = 0.5,
         where: str = "",
+        **panoptic,
     ) -> "SlidingWindow":
-        """Checked settings; ``where`` (a config key prefix) names them in the ValueError."""
+        """Checked settings; ``where`` (a config key prefix) names them in the ValueError;
+        ``panoptic``: the ``panoptic_*`` fields."""
         prefix = f"{where}." if where else ""
 
         def pair(value: Sequence[int], name: str) -> Tuple[int, int]:
@@ -89,7 +98,7 @@ class SlidingWindow:
             )
         if not 0.0 < merge_threshold <= 1.0:
             raise ValueError(f"{prefix}MERGE_THRESHOLD must be in (0, 1], got {merge_threshold!r}.")
-        return cls(size_pair, stride_pair, windows_per_pass, float(merge_threshold))
+        return cls(size_pair, stride_pair, windows_per_pass, float(merge_threshold), **panoptic)
 
     def boxes(self, height: int, width: int) -> List[Tuple[int, int, int, int]]:
         """The windows (top, left, bottom, right) covering a ``height`` x ``width`` image, row
@@ -232,3 +241,72 @@ def paste_instances(
     labels = [item.label for item in instances]
     result.pred_classes = torch.tensor(labels, dtype=torch.int64, device=device)
     return result
+
+
+def combine_panoptic(
+    instances: Sequence[WindowInstance],
+    semantic_scores: Tensor,
+    *,
+    thing_classes: Collection[int],
+    instance_score_threshold: float,
+    overlap_threshold: float,
+    stuff_area_limit: int,
+) -> Tuple[Tensor, List[Dict]]:
+    """A panoptic segmentation from stitched instances and semantic scores, as Panoptic FPN
+    combines its two heads (Kirillov et al., 2019).
+
+    Things: the instances of thing classes scoring at least ``instance_score_threshold``, in
+    order of decreasing score, each taking the pixels of its mask that no earlier one took,
+    unless more than ``overlap_threshold`` of its mask is taken already. Stuff: for every stuff
+    class, the pixels of the semantic arg-max of that class that no thing took, when they are
+    at least ``stuff_area_limit``.
+
+    Args:
+        instances: merged window instances, by decreasing score.
+        semantic_scores: (K, H, W) per-class scores of the whole image.
+        thing_classes: the contiguous ids of the thing classes.
+        instance_score_threshold, overlap_threshold, stuff_area_limit: see above
+            (``MODEL.PANOPTIC_FPN.COMBINE.*``).
+
+    Returns:
+        panoptic_seg: (H, W) int32 segment ids, 0 = void.
+        segments_info: one dict per segment with "id", "isthing", "category_id" and "area".
+    """
+    height, width = semantic_scores.shape[-2:]
+    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=semantic_scores.device)
+    segments_info: List[Dict] = []
+    for item in instances:
+        if item.score < instance_score_threshold or item.area == 0:
+            continue
+        if item.label not in thing_classes:
+            continue
+        x0, y0, x1, y1 = item.box
+        region = panoptic_seg[y0:y1, x0:x1]
+        mask = item.mask.to(region.device)
+        taken = int((mask & (region != 0)).sum())
+        if taken / item.area > overlap_threshold:
+            continue
+        free = mask & (region == 0)
+        area = int(free.sum())
+        if area == 0:
+            continue
+        segment_id = len(segments_info) + 1
+        region[free] = segment_id
+        segments_info.append(
+            {"id": segment_id, "isthing": True, "category_id": item.label, "area": area}
+        )
+    labels = semantic_scores.argmax(0)
+    unassigned = panoptic_seg == 0
+    for category in torch.unique(labels).tolist():
+        if category in thing_classes:
+            continue
+        region = (labels == category) & unassigned
+        area = int(region.sum())
+        if area < stuff_area_limit or area == 0:
+            continue
+        segment_id = len(segments_info) + 1
+        panoptic_seg[region] = segment_id
+        segments_info.append(
+            {"id": segment_id, "isthing": False, "category_id": category, "area": area}
+        )
+    return panoptic_seg, segments_info

@@ -30,40 +30,31 @@ from ..postprocessing import (
 from ..sliding_window import (
     SlidingWindow,
     WindowInstance,
+    combine_panoptic,
     merge_window_instances,
     paste_instances,
     window_instances,
 )
 
-__all__ = ["MaskFormer", "check_sliding_window_outputs", "sliding_window_from_config"]
-
-
-def check_sliding_window_outputs(semantic_on: bool, panoptic_on: bool, instance_on: bool) -> None:
-    """A ValueError naming the keys to change unless the outputs on are among the semantic and
-    instance outputs, which windows can be stitched into."""
-    if panoptic_on or not (semantic_on or instance_on):
-        raise ValueError(
-            "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED gives the semantic and instance "
-            "outputs (panoptic segments cut by window borders are not stitched): set "
-            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON False and SEMANTIC_ON or INSTANCE_ON True "
-            f"(they are {panoptic_on}, {semantic_on} and {instance_on})."
-        )
+__all__ = ["MaskFormer", "sliding_window_from_config"]
 
 
 def sliding_window_from_config(cfg) -> Optional[SlidingWindow]:
-    """``MODEL.MASK_FORMER.TEST.SLIDING_WINDOW``, checked (with the outputs it allows); None
-    when it is not enabled."""
+    """``MODEL.MASK_FORMER.TEST.SLIDING_WINDOW`` (and for the panoptic output Panoptic FPN's
+    ``MODEL.PANOPTIC_FPN.COMBINE`` thresholds), checked; None when it is not enabled."""
     settings = cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW
     if not settings.ENABLED:
         return None
-    test = cfg.MODEL.MASK_FORMER.TEST
-    check_sliding_window_outputs(test.SEMANTIC_ON, test.PANOPTIC_ON, test.INSTANCE_ON)
+    combine = cfg.MODEL.PANOPTIC_FPN.COMBINE
     return SlidingWindow.from_values(
         settings.SIZE,
         settings.STRIDE,
         settings.WINDOWS_PER_PASS,
         settings.MERGE_THRESHOLD,
         where="MODEL.MASK_FORMER.TEST.SLIDING_WINDOW",
+        panoptic_instance_threshold=combine.INSTANCES_CONFIDENCE_THRESH,
+        panoptic_overlap_threshold=combine.OVERLAP_THRESH,
+        panoptic_stuff_area=combine.STUFF_AREA_LIMIT,
     )
 
 
@@ -99,6 +90,20 @@ def _instances_at_output_size(instances: Instances, output_size: Tuple[int, int]
     resized.scores = instances.scores
     resized.pred_classes = instances.pred_classes
     return resized
+
+
+def _panoptic_at_output_size(
+    panoptic_seg: Tensor, segments_info: List[Dict], output_size: Tuple[int, int]
+) -> Tuple[Tensor, List[Dict]]:
+    """A panoptic segmentation resized to ``output_size`` (nearest), its segments' areas
+    counted again and those left without pixels dropped; unchanged when the sizes match."""
+    if tuple(panoptic_seg.shape) == tuple(output_size):
+        return panoptic_seg, segments_info
+    resized = F.interpolate(panoptic_seg[None, None].float(), size=tuple(output_size))
+    resized = resized[0, 0].to(torch.int32)
+    areas = torch.bincount(resized.flatten().long(), minlength=len(segments_info) + 1).tolist()
+    kept = [{**info, "area": areas[info["id"]]} for info in segments_info if areas[info["id"]]]
+    return resized, kept
 
 
 @META_ARCH_REGISTRY.register()
@@ -174,8 +179,6 @@ class MaskFormer(nn.Module):
         self.panoptic_on = panoptic_on
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
-        if sliding_window is not None:
-            check_sliding_window_outputs(semantic_on, panoptic_on, instance_on)
         self.sliding_window = sliding_window
 
     @classmethod
@@ -319,29 +322,35 @@ class MaskFormer(nn.Module):
         return results
 
     def sliding_window_inference(self, inputs: Dict) -> Dict[str, object]:
-        """The semantic and instance outputs of one image segmented in overlapping windows.
+        """The outputs of one image segmented in overlapping windows.
 
         The windows (``self.sliding_window``, in pixels of ``inputs["image"]``) are run
         ``windows_per_pass`` at a time and each window's outputs are computed at its own
         resolution, as whole images' are. Semantic: each window's per-class scores are added
         into a canvas of the image's size and divided, pixel by pixel, by the number of windows
-        that covered it. Instances: each window's top ``test_topk_per_image`` are merged across
-        windows (:func:`~mask2former.modeling.sliding_window.merge_window_instances`) and the
-        ``test_topk_per_image`` best kept. Both are then resized to the output size. Memory
-        grows with the windows per pass, and with the image only through the outputs.
+        that covered it. Instances: each window's top ``test_topk_per_image`` (of the thing
+        classes when the panoptic output is on, as for whole images) are merged across windows
+        (:func:`~mask2former.modeling.sliding_window.merge_window_instances`) and the
+        ``test_topk_per_image`` best kept. Panoptic: things from the merged instances and stuff
+        from the semantic scores (:func:`~mask2former.modeling.sliding_window.combine_panoptic`).
+        All are then resized to the output size. Memory grows with the windows per pass, and
+        with the image only through the outputs.
 
         Args:
             inputs: "image" (3, H, W) in INPUT.FORMAT and optionally the output "height" and
                 "width" (default H and W).
 
         Returns:
-            "sem_seg" (K, height, width) float32 scores and / or "instances", as the semantic
-            and instance flags say.
+            "sem_seg" (K, height, width) float32 scores, "instances" and "panoptic_seg", as the
+            semantic, instance and panoptic flags say.
         """
         image = inputs["image"]
         height, width = image.shape[-2:]
         output_size = (inputs.get("height", height), inputs.get("width", width))
         boxes = self.sliding_window.boxes(height, width)
+        need_scores = self.semantic_on or self.panoptic_on
+        need_instances = self.instance_on or self.panoptic_on
+        thing_classes = self._thing_classes() if self.panoptic_on else None
         scores: Optional[Tensor] = None
         coverage = torch.zeros((height, width), dtype=torch.float32, device=self.device)
         candidates: List[WindowInstance] = []
@@ -359,29 +368,41 @@ class MaskFormer(nn.Module):
                 mask_probs = resize_mask_logits(
                     outputs["pred_masks"][index], padded_size, size, size
                 ).sigmoid_()
-                if self.semantic_on:
+                if need_scores:
                     window_scores = semantic_inference(class_logits, mask_probs)
                     if scores is None:
                         scores = window_scores.new_zeros((len(window_scores), height, width))
                     scores[:, top:bottom, left:right] += window_scores
                     coverage[top:bottom, left:right] += 1
-                if self.instance_on:
+                if need_instances:
                     instances = instance_inference(
                         class_logits,
                         mask_probs,
                         topk=self.test_topk_per_image,
                         mask_threshold=self.mask_threshold,
+                        thing_classes=thing_classes,
                     )
                     candidates += window_instances(instances, (top, left), first + index)
-        result: Dict[str, object] = {}
-        if self.semantic_on:
+        if need_scores:
             scores /= coverage
+        merged = merge_window_instances(candidates, self.sliding_window.merge_threshold)
+        result: Dict[str, object] = {}
+        if self.panoptic_on:
+            sliding = self.sliding_window
+            panoptic = combine_panoptic(
+                merged,
+                scores,
+                thing_classes=thing_classes,
+                instance_score_threshold=sliding.panoptic_instance_threshold,
+                overlap_threshold=sliding.panoptic_overlap_threshold,
+                stuff_area_limit=sliding.panoptic_stuff_area,
+            )
+            result["panoptic_seg"] = _panoptic_at_output_size(*panoptic, output_size)
+        if self.semantic_on:
             result["sem_seg"] = _scores_at_output_size(scores, (height, width), output_size)
         if self.instance_on:
-            merged = merge_window_instances(candidates, self.sliding_window.merge_threshold)
-            instances = paste_instances(
-                merged[: self.test_topk_per_image], (height, width), self.device
-            )
+            kept = merged[: self.test_topk_per_image]
+            instances = paste_instances(kept, (height, width), self.device)
             result["instances"] = _instances_at_output_size(instances, output_size)
         return result
 
