@@ -1,5 +1,6 @@
-"""Sliding-window semantic inference (MODEL.MASK_FORMER.TEST.SLIDING_WINDOW): where the windows
-go, what the model returns, and the settings it refuses."""
+"""Sliding-window inference (MODEL.MASK_FORMER.TEST.SLIDING_WINDOW): where the windows go, how
+instances of several windows merge and panoptic segments are combined, what the model returns,
+and the settings it refuses."""
 
 import os
 from unittest import mock
