@@ -29,16 +29,20 @@ from torch.multiprocessing import ProcessExitedException
 
 from mask2former import modeling as _modeling  # noqa: F401  only registration
 from mask2former.config import load_config
+from mask2former.data import is_video_config
 from mask2former.data.bad_samples import TooManyBadSamplesError
 from mask2former.engine import (
     AtomicDetectionCheckpointer,
     EvaluationDependencyError,
     MaskFormerTrainer,
+    accumulation_steps,
     check_evaluation_dependencies,
 )
 from mask2former.engine.hooks import best_checkpoint_metric
 from mask2former.engine.interrupt import TrainingInterrupted, forward_stop_signals_to_children
+from mask2former.engine.run_config import keep_earlier_config
 from mask2former.engine.train_loops import NonFiniteLossError
+from mask2former.modeling.meta_arch.mask_former import sliding_window_from_config
 from mask2former.utils.cpu_memory import keep_freed_memory
 from mask2former.utils.device import runnable_device
 from mask2former.utils.signals import STOP_SIGNALS
@@ -53,6 +57,9 @@ def setup(args) -> CfgNode:
     # the official configs assume GPUs; on a CPU-only machine run there (gloo for N > 1)
     cfg.MODEL.DEVICE = str(runnable_device(cfg.MODEL.DEVICE))
     cfg.freeze()
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        # default_setup replaces OUTPUT_DIR/config.yaml: an earlier run's is kept if it differs
+        keep_earlier_config(cfg.OUTPUT_DIR, cfg, resume=args.resume)
     default_setup(cfg, args)
     if cfg.MODEL.DEVICE == "cpu":
         keep_freed_memory()  # faster CPU inference (mask2former/utils/cpu_memory.py)
@@ -88,9 +95,14 @@ def main(args):
 def check_args(args) -> None:
     """Fail before starting any process when the config or the weights to evaluate are wrong,
     or when the test data sets cannot be evaluated (e.g. an evaluator's package is missing),
-    or SOLVER.BEST_CHECKPOINTER cannot work."""
+    or SOLVER.BEST_CHECKPOINTER, SOLVER.GRADIENT_ACCUMULATION_STEPS (for the number of
+    processes asked for) or MODEL.MASK_FORMER.TEST.SLIDING_WINDOW cannot work."""
     cfg = load_config(args.config_file, args.opts)
     check_evaluation_dependencies(cfg)
+    if not is_video_config(cfg):  # a video model names the key itself when it is built
+        sliding_window_from_config(cfg)
+    if not args.eval_only:
+        accumulation_steps(cfg, world_size=args.num_gpus * args.num_machines)
     if cfg.SOLVER.BEST_CHECKPOINTER.ENABLED and not args.eval_only:
         best_checkpoint_metric(cfg)
     weights = cfg.MODEL.WEIGHTS

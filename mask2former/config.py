@@ -256,17 +256,21 @@ def _add_mask_former_config(cfg: CfgNode) -> None:
     # time, keeping only the features the transformer decoder reads, so a video's memory grows
     # by those, not by the backbone's activations; the results are the same. 0: all at once.
     cfg.MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS = 4
-    # Not in the official release: semantic inference in overlapping windows, for images too
-    # large for one forward (semantic output only; the panoptic and instance outputs must be
-    # off). Each window's per-class scores are computed at its own resolution and averaged
-    # where windows overlap. SIZE and STRIDE are (height, width) in pixels of the model's input,
-    # after the test-time resize (INPUT.MIN_SIZE_TEST 0 keeps the original resolution);
-    # WINDOWS_PER_PASS windows run in one forward.
+    # Not in the official release: inference in overlapping windows, for images too large for
+    # one forward. Each window's outputs are computed at its own resolution; semantic scores
+    # are averaged where windows overlap; instances of one class from different windows whose
+    # masks' intersection covers at least MERGE_THRESHOLD of the smaller mask are merged (their
+    # union, the higher score); the panoptic output is made of those instances (things) and
+    # semantic scores (stuff) as Panoptic FPN combines them, with its
+    # MODEL.PANOPTIC_FPN.COMBINE thresholds. SIZE and STRIDE are (height, width) in pixels of
+    # the model's input, after the test-time resize (INPUT.MIN_SIZE_TEST 0 keeps the original
+    # resolution); WINDOWS_PER_PASS windows run in one forward.
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW = CfgNode()
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED = False
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.SIZE = [512, 512]
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.STRIDE = [341, 341]
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.WINDOWS_PER_PASS = 1
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.MERGE_THRESHOLD = 0.5
 
     # Images of a batch are padded to a multiple of this; a negative value uses the backbone's
     # size_divisibility (which is 0 for detectron2's ResNet).
@@ -343,6 +347,12 @@ def _add_swin_config(cfg: CfgNode) -> None:
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # Recompute block activations in the backward pass (gradient checkpointing) to save memory.
     cfg.MODEL.SWIN.USE_CHECKPOINT = False
+    # Not in the official release (whose Swin hard-codes -1): the Swin reference code's
+    # frozen_stages, e.g. to fine-tune on a small data set. -1 trains everything, 0 freezes the
+    # patch embedding, k also the first k stages (with their output norms and patch merging);
+    # frozen parts get no gradients and stay in eval mode (no drop path). ResNet backbones use
+    # Detectron2's MODEL.BACKBONE.FREEZE_AT instead.
+    cfg.MODEL.SWIN.FROZEN_STAGES = -1
 
 
 class UnknownConfigKeyError(KeyError):

@@ -442,3 +442,39 @@ def test_swin_under_bfloat16_autocast_is_close_to_float32(device):
         assert torch.isfinite(reduced[name]).all(), name
         error = (reduced[name].float() - feature).abs().mean() / feature.abs().mean()
         assert error < 0.05, (name, error.item())
+
+
+@pytest.mark.parametrize("frozen_stages", [-1, 0, 2, 4])
+def test_swin_frozen_stages(frozen_stages):
+    torch.manual_seed(0)
+    cfg = tiny_swin_cfg(FROZEN_STAGES=frozen_stages, APE=True, DROP_PATH_RATE=0.5)
+    backbone = build_backbone(cfg)
+    backbone.train()
+    # the parameters frozen: by name, the reference code's module names
+    frozen_prefixes = [] if frozen_stages < 0 else ["patch_embed.", "absolute_pos_embed"]
+    for stage in range(max(frozen_stages, 0)):
+        frozen_prefixes += [f"layers.{stage}.", f"norm{stage}."]
+    for name, parameter in backbone.named_parameters():
+        frozen = any(name.startswith(prefix) for prefix in frozen_prefixes)
+        assert parameter.requires_grad != frozen, name
+    # frozen stages stay in eval mode (no drop path), the others train
+    for stage, layer in enumerate(backbone.layers):
+        assert layer.training == (stage >= frozen_stages), stage
+    if frozen_stages == len(backbone.layers):  # all of it: nothing left to train
+        assert not any(p.requires_grad for p in backbone.parameters())
+        return
+    outputs = backbone(torch.rand(2, 3, 64, 64))
+    sum(feature.mean() for feature in outputs.values()).backward()
+    for name, parameter in backbone.named_parameters():
+        assert (parameter.grad is None) == (not parameter.requires_grad), name
+    # the optimizer leaves the frozen parameters out
+    from mask2former.engine import build_optimizer
+
+    optimizer = build_optimizer(cfg, backbone)
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in backbone.parameters() if p.requires_grad}
+
+
+def test_swin_frozen_stages_out_of_range_is_named():
+    with pytest.raises(ValueError, match="MODEL.SWIN.FROZEN_STAGES is 5"):
+        build_backbone(tiny_swin_cfg(FROZEN_STAGES=5))

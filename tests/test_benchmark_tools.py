@@ -153,11 +153,13 @@ def test_accumulation_benchmark_refuses_steps_that_do_not_divide_the_batch(capsy
 
 
 @pytest.mark.slow
-def test_sliding_window_benchmark_report(capsys):
+@pytest.mark.parametrize("task", ["semantic", "instance"])
+def test_sliding_window_benchmark_report(capsys, task):
     benchmark_sliding = load_script("tools/benchmark_sliding_window.py")
     report = benchmark_sliding.main(
         ["--config-file", TINY_CONFIG, "--image-size", "100", "150", "--window", "64", "64"]
-        + ["--stride", "48", "48", "--windows-per-pass", "2", "--threads", "1"]
+        + ["--stride", "48", "48", "--windows-per-pass", "2", "--threads", "1", "--task", task]
+        + ["--opts", "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "False"]
     )
     rows = report["rows"]
     assert [(row["setting"], row["windows"]) for row in rows] == [
@@ -166,8 +168,12 @@ def test_sliding_window_benchmark_report(capsys):
     ]
     for row in rows:
         assert row["seconds"] > 0 and row["peak_mib"] >= row["before_mib"] > 0
-        assert 0.0 <= row["same_label_as_whole"] <= 1.0
-    assert rows[0]["same_label_as_whole"] == 1.0
+        if task == "semantic":
+            assert 0.0 <= row["same_label_as_whole"] <= 1.0 and row["instances"] is None
+        else:
+            assert "same_label_as_whole" not in row and 0 < row["instances"] <= 100
+    if task == "semantic":
+        assert rows[0]["same_label_as_whole"] == 1.0
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{") :]) == report
 

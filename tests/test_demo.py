@@ -357,3 +357,14 @@ def test_device_and_precision_options(
         np.testing.assert_allclose(
             sorted(scores, reverse=True), expected, atol=PRECISION_TOLERANCE[precision]
         )
+
+
+def test_sliding_windows_give_every_output(weights, images, tmp_path, capsys):
+    windows = ["MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED", "True", "INPUT.MIN_SIZE_TEST", "0"]
+    windows += ["MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.SIZE", "[32, 48]"]
+    windows += ["MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.STRIDE", "[24, 24]"]
+    command = ["--config-file", CONFIG, "--input", images["good"][0], "--output", str(tmp_path)]
+    status, _, _ = _run([*command, "--opts", "MODEL.WEIGHTS", weights, *windows], capsys)
+    assert status == 0
+    for suffix in ("panoptic.json", "panoptic.png", "instances.json", "semantic.png"):
+        assert (tmp_path / f"good0.{suffix}").is_file(), suffix

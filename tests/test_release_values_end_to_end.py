@@ -39,6 +39,7 @@ from mask2former.data.datasets.register_mapillary_vistas import (
 from mask2former.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
 from mask2former.engine import MaskFormerTrainer, build_evaluator
 from mask2former.engine import evaluation as evaluation_module
+from mask2former.engine.evaluation import SemSegEvaluatorWithConfusion
 from mask2former.engine.partial_evaluation import PartialCOCOPanopticEvaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,7 +260,7 @@ def test_mapillary_panoptic_config_scores_panoptic_and_semantic(mapillary_root, 
     assert flags.SEMANTIC_ON and flags.PANOPTIC_ON and not flags.INSTANCE_ON  # as released
     evaluators = build_evaluator(cfg, cfg.DATASETS.TEST[0])._evaluators
     assert sorted(type(e).__name__ for e in evaluators) == sorted(
-        [PartialCOCOPanopticEvaluator.__name__, SemSegEvaluator.__name__]
+        [PartialCOCOPanopticEvaluator.__name__, SemSegEvaluatorWithConfusion.__name__]
     )
     torch.manual_seed(0)
     model = build_model(cfg).eval()

@@ -1,5 +1,6 @@
-"""Sliding-window semantic inference (MODEL.MASK_FORMER.TEST.SLIDING_WINDOW): where the windows
-go, what the model returns, and the settings it refuses."""
+"""Sliding-window inference (MODEL.MASK_FORMER.TEST.SLIDING_WINDOW): where the windows go, how
+instances of several windows merge and panoptic segments are combined, what the model returns,
+and the settings it refuses."""
 
 import os
 from unittest import mock
@@ -14,7 +15,14 @@ import mask2former.data  # noqa: F401  only registration
 from mask2former import Predictor
 from mask2former import modeling as _modeling  # noqa: F401  only registration
 from mask2former.config import load_config
-from mask2former.modeling.sliding_window import SlidingWindow, window_starts
+from mask2former.modeling.sliding_window import (
+    SlidingWindow,
+    WindowInstance,
+    combine_panoptic,
+    merge_window_instances,
+    paste_instances,
+    window_starts,
+)
 
 SEMANTIC_ONLY = [
     "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "False",
@@ -135,11 +143,147 @@ def test_the_window_settings_change_the_result():
     assert not torch.allclose(a["sem_seg"], b["sem_seg"], atol=1e-3)
 
 
-def test_panoptic_or_instance_output_with_windows_is_refused():
-    cfg = load_config(TINY_CONFIG, _sliding((64, 64), (32, 32)))
-    with pytest.raises(ValueError, match="semantic output only") as error:
-        build_model(cfg)
-    assert "PANOPTIC_ON and INSTANCE_ON" in str(error.value)
+def test_every_output_from_overlapping_windows(tmp_path):
+    # the tiny config has the semantic, instance and panoptic outputs on
+    model = _model(
+        *INSTANCES_TOO, "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "True", *_sliding((64, 64), (32, 40))
+    )
+    assert model._thing_classes() == {0, 1, 2, 3}  # the shapes metadata; 3 stuff classes
+    with torch.no_grad():
+        (output,) = model([{"image": _image(80, 112, seed=1)}])
+    assert set(output) == {"sem_seg", "instances", "panoptic_seg"}
+    panoptic_seg, segments = output["panoptic_seg"]
+    assert panoptic_seg.shape == (80, 112) and panoptic_seg.dtype == torch.int32
+    ids = [segment["id"] for segment in segments]
+    assert ids == list(range(1, len(segments) + 1))
+    assert set(torch.unique(panoptic_seg).tolist()) <= {0, *ids}
+    for segment in segments:
+        assert segment["area"] == int((panoptic_seg == segment["id"]).sum()) > 0
+        assert segment["isthing"] == (segment["category_id"] in {0, 1, 2, 3})
+
+
+def _instance(score, label, box, window, fill=None):
+    """A WindowInstance whose mask fills its box (or ``fill``, a bool array of its size)."""
+    x0, y0, x1, y1 = box
+    mask = torch.ones((y1 - y0, x1 - x0), dtype=torch.bool) if fill is None else fill
+    return WindowInstance(score, label, box, mask, frozenset([window]))
+
+
+def _full(item, size=(20, 30)):
+    canvas = torch.zeros(size, dtype=torch.bool)
+    x0, y0, x1, y1 = item.box
+    canvas[y0:y1, x0:x1] = item.mask
+    return canvas
+
+
+def test_an_object_cut_by_a_window_border_is_merged_with_its_whole_view():
+    whole = _instance(0.9, 1, (5, 2, 15, 12), window=0)
+    cut = _instance(0.6, 1, (10, 2, 15, 12), window=1)  # its right half, seen by window 1
+    (merged,) = merge_window_instances([cut, whole], match_threshold=0.5)
+    assert merged.score == 0.9 and merged.label == 1 and merged.box == (5, 2, 15, 12)
+    assert merged.windows == {0, 1}
+    assert torch.equal(_full(merged), _full(whole) | _full(cut))
+
+
+def test_two_halves_become_one_instance_covering_both():
+    left = _instance(0.7, 2, (0, 0, 12, 10), window=0)
+    right = _instance(0.8, 2, (8, 0, 20, 10), window=1)  # 4 of 12 columns shared: 1/3
+    assert len(merge_window_instances([left, right], match_threshold=0.5)) == 2
+    (merged,) = merge_window_instances([left, right], match_threshold=0.3)
+    assert merged.box == (0, 0, 20, 10) and merged.score == 0.8 and merged.area == 200
+
+
+def test_what_is_not_merged():
+    a = _instance(0.9, 1, (0, 0, 10, 10), window=0)
+    other_class = _instance(0.8, 2, (0, 0, 10, 10), window=1)
+    same_window = _instance(0.7, 1, (0, 0, 10, 10), window=0)
+    apart = _instance(0.6, 1, (15, 0, 25, 10), window=1)
+    empty = WindowInstance(
+        0.5, 1, (0, 0, 0, 0), torch.zeros((0, 0), dtype=torch.bool), frozenset([1])
+    )
+    kept = merge_window_instances([apart, empty, same_window, other_class, a], 0.5)
+    assert [item.score for item in kept] == [0.9, 0.8, 0.7, 0.6, 0.5]  # by score, none merged
+
+
+def test_panoptic_combination_of_things_and_stuff():
+    scores = torch.zeros(4, 20, 30)  # classes 0, 1 things; 2, 3 stuff
+    scores[2, :, :15] = 1.0  # stuff 2 on the left half (300 px)
+    scores[3, :, 15:] = 1.0  # stuff 3 on the right half
+    scores[3, :2, 15:17] = 0.0
+    scores[0, :2, 15:17] = 1.0  # a few thing-class pixels in the semantic scores: not stuff
+    things = [
+        _instance(0.9, 0, (0, 0, 10, 10), 0),  # 100 px
+        _instance(0.8, 1, (5, 5, 15, 15), 0),  # 100 px, a quarter under the first: kept
+        _instance(0.7, 0, (0, 0, 8, 8), 1),  # entirely under the first: dropped
+        _instance(0.3, 1, (20, 10, 30, 20), 1),  # below the score threshold: dropped
+        _instance(0.95, 2, (20, 0, 30, 5), 1),  # a stuff class: not a thing
+    ]
+    combine = {"thing_classes": {0, 1}, "instance_score_threshold": 0.5, "overlap_threshold": 0.5}
+    ranked = sorted(things, key=lambda item: -item.score)
+    panoptic_seg, segments = combine_panoptic(ranked, scores, **combine, stuff_area_limit=100)
+    assert [(s["category_id"], s["isthing"], s["area"]) for s in segments] == [
+        (0, True, 100),
+        (1, True, 75),
+        (2, False, 300 - 100 - 75),  # the left half less the things
+        (3, False, 300 - 4),  # the right half less the thing-class pixels
+    ]
+    assert int((panoptic_seg == 0).sum()) == 4  # the thing-class pixels of no instance
+    for segment in segments:
+        assert int((panoptic_seg == segment["id"]).sum()) == segment["area"]
+    _, large_only = combine_panoptic(ranked, scores, **combine, stuff_area_limit=200)
+    assert [s["category_id"] for s in large_only] == [0, 1, 3]  # 125 px of stuff 2: too few
+
+
+def test_paste_gives_full_size_instances():
+    items = [
+        _instance(0.9, 1, (5, 2, 15, 12), 0),
+        _instance(0.4, 3, (0, 0, 0, 0), 1, torch.zeros((0, 0), dtype=torch.bool)),
+    ]
+    result = paste_instances(items, (20, 30), torch.device("cpu"))
+    assert result.image_size == (20, 30) and result.pred_masks.shape == (2, 20, 30)
+    assert torch.equal(result.pred_masks[0], _full(items[0]))
+    assert not result.pred_masks[1].any()
+    assert result.pred_boxes.tensor.tolist() == [[5, 2, 15, 12], [0, 0, 0, 0]]
+    assert result.pred_classes.tolist() == [1, 3]
+
+
+INSTANCES_TOO = [
+    "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "False",
+    "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "True",
+]  # fmt: skip
+
+
+def _by_score(instances):
+    order = instances.scores.argsort(descending=True)
+    return instances[order]
+
+
+def test_one_window_gives_the_whole_image_instances():
+    image = _image(64, 96)
+    whole = _model(*INSTANCES_TOO)
+    sliding = _model(*INSTANCES_TOO, *_sliding((128, 128), (64, 64)))
+    sliding.load_state_dict(whole.state_dict())
+    with torch.no_grad():
+        (expected,) = whole([{"image": image}])
+        (actual,) = sliding([{"image": image}])
+    expected, actual = _by_score(expected["instances"]), actual["instances"]
+    assert len(actual) == len(expected) == 8 * 7  # every (query, class) pair of the tiny model
+    torch.testing.assert_close(actual.scores, expected.scores, rtol=1e-5, atol=1e-6)
+    assert torch.equal(actual.pred_classes, expected.pred_classes)
+    assert torch.equal(actual.pred_masks, expected.pred_masks)
+    torch.testing.assert_close(actual.pred_boxes.tensor, expected.pred_boxes.tensor)
+
+
+def test_instances_from_overlapping_windows_at_the_output_size():
+    model = _model(*INSTANCES_TOO, *_sliding((64, 64), (32, 40), 2))
+    with torch.no_grad():
+        (output,) = model([{"image": _image(80, 112, seed=1), "height": 40, "width": 56}])
+    instances = output["instances"]
+    assert output["sem_seg"].shape == (7, 40, 56)
+    assert instances.image_size == (40, 56) and instances.pred_masks.shape[1:] == (40, 56)
+    assert 0 < len(instances) <= model.test_topk_per_image
+    assert (instances.scores[:-1] >= instances.scores[1:]).all()
+    assert ((instances.pred_classes >= 0) & (instances.pred_classes < 7)).all()
 
 
 def test_video_model_refuses_windows():
@@ -169,18 +313,24 @@ def test_predictor_with_windows_at_the_original_resolution():
     assert prediction.panoptic is None and prediction.instances is None
 
 
-@pytest.mark.slow
-def test_evaluation_through_the_semantic_evaluator(tmp_path):
+@pytest.mark.parametrize(
+    "config_name, task, metric",
+    [
+        ("maskformer2_R18_semantic.yaml", "sem_seg", "mIoU"),
+        ("maskformer2_R18_instance.yaml", "segm", "AP"),
+        ("maskformer2_R18_panoptic.yaml", "panoptic_seg", "PQ"),
+    ],
+)
+def test_evaluation_through_the_real_evaluators(tmp_path, config_name, task, metric):
     from mask2former.engine import MaskFormerTrainer
 
-    config = os.path.join(ROOT, "configs", "shapes", "maskformer2_R18_semantic.yaml")
+    config = os.path.join(ROOT, "configs", "shapes", config_name)
     opts = [*TINY_TRAINING, *_sliding((96, 96), (64, 64), 2), "OUTPUT_DIR", str(tmp_path)]
     cfg = load_config(config, opts)
     torch.manual_seed(0)
     model = build_model(cfg)
-    (dataset,) = cfg.DATASETS.TEST
     results = MaskFormerTrainer.test(cfg, model)
-    assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0, (dataset, results)
+    assert 0.0 <= results[task][metric] <= 100.0, results
 
 
 def test_test_time_augmentation_runs_the_windows_of_every_augmented_image():
@@ -206,3 +356,18 @@ def test_test_time_augmentation_runs_the_windows_of_every_augmented_image():
     # 64 x 96 px: 2 x 3 windows; 96 x 144 px: 3 x 4; each size also flipped
     assert len(seen) == 2 * (2 * 3 + 3 * 4)
     assert set(seen) == {(64, 64)}  # 48 px windows padded to a multiple of 32
+
+
+def test_no_instances_resize_to_an_empty_output():
+    from detectron2.structures import Boxes, Instances
+
+    from mask2former.modeling.meta_arch.mask_former import _instances_at_output_size
+
+    empty = Instances((8, 10))
+    empty.pred_masks = torch.zeros((0, 8, 10), dtype=torch.bool)
+    empty.pred_boxes = Boxes(torch.zeros((0, 4)))
+    empty.scores = torch.zeros(0)
+    empty.pred_classes = torch.zeros(0, dtype=torch.int64)
+    resized = _instances_at_output_size(empty, (4, 5))
+    assert resized.image_size == (4, 5) and resized.pred_masks.shape == (0, 4, 5)
+    assert len(resized) == 0

@@ -17,7 +17,6 @@ from detectron2.evaluation import (
     COCOPanopticEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
-    SemSegEvaluator,
 )
 from detectron2.utils.events import EventStorage
 from torch import nn
@@ -47,6 +46,7 @@ from mask2former.engine import (
 )
 from mask2former.engine import evaluation as evaluation_module
 from mask2former.engine import optimizer as optimizer_module
+from mask2former.engine.evaluation import SemSegEvaluatorWithConfusion
 from mask2former.engine.partial_evaluation import (
     PartialCOCOEvaluator,
     PartialCOCOPanopticEvaluator,
@@ -255,12 +255,12 @@ def test_evaluators_by_evaluator_type(registered_shapes, tmp_path, caplog, monke
         [
             PartialCOCOPanopticEvaluator.__name__,
             PartialCOCOEvaluator.__name__,
-            SemSegEvaluator.__name__,
+            SemSegEvaluatorWithConfusion.__name__,
         ]
     )
     without_instances = _cfg("MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False")
     assert _evaluator_types(build_evaluator(without_instances, "shapes_val_panoptic", out)) == (
-        sorted([PartialCOCOPanopticEvaluator.__name__, SemSegEvaluator.__name__])
+        sorted([PartialCOCOPanopticEvaluator.__name__, SemSegEvaluatorWithConfusion.__name__])
     )
     MetadataCatalog.get("test_engine_cityscapes_sem").set(evaluator_type="cityscapes_sem_seg")
     # the Cityscapes scripts are an optional package: as if installed
@@ -272,7 +272,7 @@ def test_evaluators_by_evaluator_type(registered_shapes, tmp_path, caplog, monke
             PartialCOCOEvaluator.__name__
         ]
         assert _evaluator_types(build_evaluator(cfg, "shapes_val_sem_seg", out)) == [
-            SemSegEvaluator.__name__
+            SemSegEvaluatorWithConfusion.__name__
         ]
         assert _evaluator_types(build_evaluator(cfg, "test_engine_cityscapes_sem", out)) == [
             CityscapesSemSegEvaluator.__name__

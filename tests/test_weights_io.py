@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.projects.deeplab import build_lr_scheduler
 from helpers import ROOT, load_script, random_picture
 from helpers import TINY_CONFIG as CONFIG
 
 from mask2former.config import load_config
 from mask2former.engine import AtomicDetectionCheckpointer, build_optimizer
+from mask2former.engine.lr_scheduler import build_lr_scheduler
 from mask2former.predictor import Predictor
 from mask2former.utils.weights_io import (
     UnsafeWeightsError,

@@ -41,6 +41,8 @@ from mask2former.config import add_opts_argument, load_config  # noqa: E402
 from mask2former.engine import build_optimizer, build_train_loop  # noqa: E402
 from mask2former.utils.benchmarking import (  # noqa: E402
     add_setting_arguments,
+    machine_fields,
+    memory_label,
     peak_memory_mib,
     run_child,
     start_setting,
@@ -151,17 +153,13 @@ def main(argv=None) -> Dict:
             "--opts", *args.opts,
         ]  # fmt: skip
         rows.append(run_child(command, f"accumulation steps {steps}"))
-    memory = "peak CUDA MiB" if torch.device(args.device).type == "cuda" else "peak RSS MiB"
+    memory = memory_label(args.device)
     report = {
         "config": args.config_file,
         "ims_per_batch": args.ims_per_batch,
         "image_size": args.image_size,
         "iterations": args.iterations,
-        "threads": args.threads,
-        "device": args.device,
-        "memory": memory,
-        "opts": args.opts,
-        "cpu_count": os.cpu_count(),
+        **machine_fields(args),
         "rows": rows,
     }
     print(f"{'steps':>5} {'images/batch':>12} {'s/step':>8} {memory:>13} {'before':>8} {'loss':>8}")

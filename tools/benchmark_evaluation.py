@@ -42,6 +42,7 @@ from mask2former.engine import MaskFormerTrainer  # noqa: E402
 from mask2former.engine.trainer import evaluation_model  # noqa: E402
 from mask2former.utils.benchmarking import (  # noqa: E402
     add_setting_arguments,
+    machine_fields,
     run_child,
     start_setting,
 )
@@ -134,11 +135,8 @@ def main(argv=None) -> Dict:
     report = {
         "config": args.config_file,
         "weights": args.weights,
-        "threads": args.threads,
-        "device": args.device,
         "warmup": args.warmup,
-        "opts": args.opts,
-        "cpu_count": os.cpu_count(),
+        **machine_fields(args),
         "rows": rows,
     }
     names = list(reference)

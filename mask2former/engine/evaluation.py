@@ -14,8 +14,10 @@ official ADE20K instance configs on ``ade20k_instance_val``, say) is skipped, an
 says so.
 """
 
+import csv
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -88,8 +90,34 @@ class _MetadataView:
         return getattr(self._metadata, name)
 
 
+class SemSegEvaluatorWithConfusion(SemSegEvaluator):
+    """Detectron2's ``SemSegEvaluator`` that also writes the confusion matrix it scores from,
+    as ``sem_seg_confusion_matrix.csv`` in its output folder: one row per ground-truth class,
+    one column per predicted class, pixel counts (ignored pixels left out)."""
+
+    CONFUSION_FILE = "sem_seg_confusion_matrix.csv"
+
+    def evaluate(self):
+        results = super().evaluate()
+        if results is not None and self._output_dir:
+            self._write_confusion_matrix(os.path.join(self._output_dir, self.CONFUSION_FILE))
+        return results
+
+    def _write_confusion_matrix(self, path: str) -> None:
+        # Detectron2 counts (prediction, ground truth) pairs; the last row and column are the
+        # ignored label
+        counts = self._conf_matrix[:-1, :-1].T
+        names = list(self._class_names)
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["ground truth \\ prediction", *names])
+            for name, row in zip(names, counts):
+                writer.writerow([name, *(int(count) for count in row)])
+        logger.info("Semantic confusion matrix (pixels) written to %s", path)
+
+
 def _semantic(cfg: CfgNode, dataset_name: str, output_folder: str) -> List[DatasetEvaluator]:
-    return [SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)]
+    return [SemSegEvaluatorWithConfusion(dataset_name, distributed=True, output_dir=output_folder)]
 
 
 def _boundary_dilation_ratio(cfg: CfgNode) -> Optional[float]:

@@ -13,7 +13,6 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
-from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
 
 from mask2former.data import bad_samples, build_dataset_mapper, is_video_config
@@ -22,6 +21,7 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .evaluation import build_evaluator, check_evaluation_dependencies
 from .hooks import BadSampleHook, BestCheckpointHook, best_checkpoint_metric
 from .interrupt import CheckpointOnInterrupt
+from .lr_scheduler import build_lr_scheduler
 from .optimizer import build_optimizer
 from .train_loops import (
     CheckedAMPTrainer,
@@ -395,6 +395,8 @@ class MaskFormerTrainer(DefaultTrainer):
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
+        """The config's schedule, which ``--resume`` continues with the config's shape
+        (:mod:`mask2former.engine.lr_scheduler`)."""
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod

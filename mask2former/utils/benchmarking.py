@@ -3,6 +3,7 @@ fresh process (a process's peak memory only grows, so each setting needs its own
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -12,7 +13,15 @@ import torch
 
 from .cpu_memory import keep_freed_memory
 
-__all__ = ["add_setting_arguments", "peak_memory_mib", "peak_rss_mib", "run_child", "start_setting"]
+__all__ = [
+    "add_setting_arguments",
+    "machine_fields",
+    "memory_label",
+    "peak_memory_mib",
+    "peak_rss_mib",
+    "run_child",
+    "start_setting",
+]
 
 
 def peak_rss_mib() -> float:
@@ -59,3 +68,20 @@ def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return peak_rss_mib()
+
+
+def memory_label(device: str) -> str:
+    """What :func:`peak_memory_mib` measures on ``device``, for the reports' headers."""
+    return "peak CUDA MiB" if torch.device(device).type == "cuda" else "peak RSS MiB"
+
+
+def machine_fields(args: argparse.Namespace) -> Dict:
+    """The report fields of :func:`add_setting_arguments`'s options, the config overrides
+    (``--opts``) and the machine's core count."""
+    return {
+        "threads": args.threads,
+        "device": args.device,
+        "memory": memory_label(args.device),
+        "opts": args.opts,
+        "cpu_count": os.cpu_count(),
+    }

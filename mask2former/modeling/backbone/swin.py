@@ -17,7 +17,7 @@ the exported program, and each size is one short expression of the input size, w
 the symbolic shape reasoning of the export short (export times in BENCHMARKS.md).
 """
 
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -423,6 +423,7 @@ class D2SwinTransformer(Backbone):
         patch_norm: bool = True,
         out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
         use_checkpoint: bool = False,
+        frozen_stages: int = -1,
     ):
         """
         Args:
@@ -443,6 +444,11 @@ class D2SwinTransformer(Backbone):
             patch_norm: LayerNorm after the patch embedding.
             out_features: stage outputs to return, among "res2".."res5".
             use_checkpoint: gradient checkpointing of each block.
+            frozen_stages: MODEL.SWIN.FROZEN_STAGES, the Swin reference code's
+                ``frozen_stages``: -1 trains everything, 0 freezes the patch embedding (and the
+                absolute position embedding), k also the first k stages (each with its output
+                norm and its patch merging). Frozen parts get no gradients and stay in eval
+                mode (no drop path) while the model trains.
         """
         super().__init__()
         if len(depths) != len(num_heads):
@@ -495,6 +501,37 @@ class D2SwinTransformer(Backbone):
             if name in self._out_features:
                 self.add_module(f"norm{index}", nn.LayerNorm(self.num_features[index]))
         self.apply(self._init_weights)
+        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= len(depths)):
+            raise ValueError(
+                f"MODEL.SWIN.FROZEN_STAGES is {frozen_stages!r}; it must be -1 (train "
+                f"everything), 0 (freeze the patch embedding) or up to {len(depths)} (also the "
+                "first stages)."
+            )
+        self.frozen_stages = frozen_stages
+        for module in self.frozen_modules():
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+        if frozen_stages >= 0 and self.absolute_pos_embed is not None:
+            self.absolute_pos_embed.requires_grad_(False)
+
+    def frozen_modules(self) -> List[nn.Module]:
+        """The submodules that ``frozen_stages`` freezes, in forward order."""
+        if self.frozen_stages < 0:
+            return []
+        modules: List[nn.Module] = [self.patch_embed, self.pos_drop]
+        for index in range(self.frozen_stages):
+            modules.append(self.layers[index])
+            norm = getattr(self, f"norm{index}", None)
+            if norm is not None:
+                modules.append(norm)
+        return modules
+
+    def train(self, mode: bool = True) -> "D2SwinTransformer":
+        """``nn.Module.train``, keeping the frozen parts in eval mode."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -527,6 +564,7 @@ class D2SwinTransformer(Backbone):
             "patch_norm": swin.PATCH_NORM,
             "out_features": swin.OUT_FEATURES,
             "use_checkpoint": swin.USE_CHECKPOINT,
+            "frozen_stages": swin.FROZEN_STAGES,
         }
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:

@@ -13,34 +13,49 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
 from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import BitMasks, ImageList, Instances
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ...utils.host_syncs import to_device
 from ..criterion import SetCriterion
 from ..postprocessing import (
     instance_inference,
     instance_query_mask,
+    mask_boxes,
     panoptic_inference,
     panoptic_queries,
     resize_mask_logits,
     semantic_inference,
 )
-from ..sliding_window import SlidingWindow
+from ..sliding_window import (
+    SlidingWindow,
+    WindowInstance,
+    combine_panoptic,
+    merge_window_instances,
+    paste_instances,
+    window_instances,
+)
 
 __all__ = ["MaskFormer", "sliding_window_from_config"]
 
 
 def sliding_window_from_config(cfg) -> Optional[SlidingWindow]:
-    """``MODEL.MASK_FORMER.TEST.SLIDING_WINDOW``, checked; None when it is not enabled."""
+    """``MODEL.MASK_FORMER.TEST.SLIDING_WINDOW`` (and for the panoptic output Panoptic FPN's
+    ``MODEL.PANOPTIC_FPN.COMBINE`` thresholds), checked; None when it is not enabled."""
     settings = cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW
     if not settings.ENABLED:
         return None
+    combine = cfg.MODEL.PANOPTIC_FPN.COMBINE
     return SlidingWindow.from_values(
         settings.SIZE,
         settings.STRIDE,
         settings.WINDOWS_PER_PASS,
+        settings.MERGE_THRESHOLD,
         where="MODEL.MASK_FORMER.TEST.SLIDING_WINDOW",
+        panoptic_instance_threshold=combine.INSTANCES_CONFIDENCE_THRESH,
+        panoptic_overlap_threshold=combine.OVERLAP_THRESH,
+        panoptic_stuff_area=combine.STUFF_AREA_LIMIT,
     )
 
 
@@ -54,6 +69,42 @@ def _scores_at_output_size(
     if tuple(scores.shape[-2:]) == tuple(image_size) == tuple(output_size):
         return scores
     return sem_seg_postprocess(scores, image_size, *output_size)
+
+
+def _instances_at_output_size(instances: Instances, output_size: Tuple[int, int]) -> Instances:
+    """``instances`` (full-size binary masks) resized to ``output_size``: the masks bilinearly
+    as 0/1 maps, thresholded at 0.5, the boxes made again from them; unchanged when the sizes
+    match."""
+    if tuple(instances.image_size) == tuple(output_size):
+        return instances
+    resized = Instances(tuple(output_size))
+    # a few masks at a time: float copies of all of them at full size would be 4 bytes a pixel
+    size = tuple(output_size)
+    chunks = [
+        F.interpolate(chunk[None].float(), size=size, mode="bilinear", align_corners=False)[0] > 0.5
+        for chunk in instances.pred_masks.split(16)
+        if len(chunk)
+    ]
+    empty = instances.pred_masks.new_zeros((0, *size))
+    resized.pred_masks = torch.cat(chunks) if chunks else empty
+    resized.pred_boxes = Boxes(mask_boxes(resized.pred_masks))
+    resized.scores = instances.scores
+    resized.pred_classes = instances.pred_classes
+    return resized
+
+
+def _panoptic_at_output_size(
+    panoptic_seg: Tensor, segments_info: List[Dict], output_size: Tuple[int, int]
+) -> Tuple[Tensor, List[Dict]]:
+    """A panoptic segmentation resized to ``output_size`` (nearest), its segments' areas
+    counted again and those left without pixels dropped; unchanged when the sizes match."""
+    if tuple(panoptic_seg.shape) == tuple(output_size):
+        return panoptic_seg, segments_info
+    resized = F.interpolate(panoptic_seg[None, None].float(), size=tuple(output_size))
+    resized = resized[0, 0].to(torch.int32)
+    areas = torch.bincount(resized.flatten().long(), minlength=len(segments_info) + 1).tolist()
+    kept = [{**info, "area": areas[info["id"]]} for info in segments_info if areas[info["id"]]]
+    return resized, kept
 
 
 @META_ARCH_REGISTRY.register()
@@ -106,7 +157,8 @@ class MaskFormer(nn.Module):
             semantic_on, panoptic_on, instance_on: which outputs inference returns.
             test_topk_per_image: instances returned per image (before the thing filter).
             sliding_window: at inference, segment each image in these overlapping windows
-                (:meth:`sliding_window_inference`; semantic output only); None: whole images.
+                (:meth:`sliding_window_inference`; semantic and instance outputs); None:
+                whole images.
         """
         super().__init__()
         self.backbone = backbone
@@ -128,13 +180,6 @@ class MaskFormer(nn.Module):
         self.panoptic_on = panoptic_on
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
-        if sliding_window is not None and (panoptic_on or instance_on or not semantic_on):
-            raise ValueError(
-                "MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED gives the semantic output only "
-                "(instances and panoptic segments cut by window borders cannot be stitched): "
-                "set MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON and INSTANCE_ON "
-                f"False (they are {semantic_on}, {panoptic_on} and {instance_on})."
-            )
         self.sliding_window = sliding_window
 
     @classmethod
@@ -280,29 +325,39 @@ class MaskFormer(nn.Module):
             )
         return results
 
-    def sliding_window_inference(self, inputs: Dict) -> Dict[str, Tensor]:
-        """The semantic output of one image segmented in overlapping windows.
+    def sliding_window_inference(self, inputs: Dict) -> Dict[str, object]:
+        """The outputs of one image segmented in overlapping windows.
 
         The windows (``self.sliding_window``, in pixels of ``inputs["image"]``) are run
-        ``windows_per_pass`` at a time; each window's per-class scores are computed at its own
-        resolution, as whole images are (``SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE`` False),
-        added into a canvas of the image's size and divided, pixel by pixel, by the number of
-        windows that covered it; the canvas is then resized to the output size. Memory grows
-        with the windows per pass, and with the image only through that canvas (K x H x W).
+        ``windows_per_pass`` at a time and each window's outputs are computed at its own
+        resolution, as whole images' are. Semantic: each window's per-class scores are added
+        into a canvas of the image's size and divided, pixel by pixel, by the number of windows
+        that covered it. Instances: each window's top ``test_topk_per_image`` (of the thing
+        classes when the panoptic output is on, as for whole images) are merged across windows
+        (:func:`~mask2former.modeling.sliding_window.merge_window_instances`) and the
+        ``test_topk_per_image`` best kept. Panoptic: things from the merged instances and stuff
+        from the semantic scores (:func:`~mask2former.modeling.sliding_window.combine_panoptic`).
+        All are then resized to the output size. Memory grows with the windows per pass, and
+        with the image only through the outputs.
 
         Args:
             inputs: "image" (3, H, W) in INPUT.FORMAT and optionally the output "height" and
                 "width" (default H and W).
 
         Returns:
-            {"sem_seg": (K, height, width) float32 scores}.
+            "sem_seg" (K, height, width) float32 scores, "instances" and "panoptic_seg", as the
+            semantic, instance and panoptic flags say.
         """
         image = inputs["image"]
         height, width = image.shape[-2:]
         output_size = (inputs.get("height", height), inputs.get("width", width))
         boxes = self.sliding_window.boxes(height, width)
+        need_scores = self.semantic_on or self.panoptic_on
+        need_instances = self.instance_on or self.panoptic_on
+        thing_classes = self._thing_classes() if self.panoptic_on else None
         scores: Optional[Tensor] = None
         coverage = torch.zeros((height, width), dtype=torch.float32, device=self.device)
+        candidates: List[WindowInstance] = []
         step = self.sliding_window.windows_per_pass
         for first in range(0, len(boxes), step):
             group = boxes[first : first + step]
@@ -313,16 +368,47 @@ class MaskFormer(nn.Module):
             padded_size = tuple(windows.tensor.shape[-2:])
             for index, (top, left, bottom, right) in enumerate(group):
                 size = (bottom - top, right - left)
+                class_logits = outputs["pred_logits"][index]
                 mask_probs = resize_mask_logits(
                     outputs["pred_masks"][index], padded_size, size, size
                 ).sigmoid_()
-                window_scores = semantic_inference(outputs["pred_logits"][index], mask_probs)
-                if scores is None:
-                    scores = window_scores.new_zeros((len(window_scores), height, width))
-                scores[:, top:bottom, left:right] += window_scores
-                coverage[top:bottom, left:right] += 1
-        scores /= coverage
-        return {"sem_seg": _scores_at_output_size(scores, (height, width), output_size)}
+                if need_scores:
+                    window_scores = semantic_inference(class_logits, mask_probs)
+                    if scores is None:
+                        scores = window_scores.new_zeros((len(window_scores), height, width))
+                    scores[:, top:bottom, left:right] += window_scores
+                    coverage[top:bottom, left:right] += 1
+                if need_instances:
+                    instances = instance_inference(
+                        class_logits,
+                        mask_probs,
+                        topk=self.test_topk_per_image,
+                        mask_threshold=self.mask_threshold,
+                        thing_classes=thing_classes,
+                    )
+                    candidates += window_instances(instances, (top, left), first + index)
+        if need_scores:
+            scores /= coverage
+        merged = merge_window_instances(candidates, self.sliding_window.merge_threshold)
+        result: Dict[str, object] = {}
+        if self.panoptic_on:
+            sliding = self.sliding_window
+            panoptic = combine_panoptic(
+                merged,
+                scores,
+                thing_classes=thing_classes,
+                instance_score_threshold=sliding.panoptic_instance_threshold,
+                overlap_threshold=sliding.panoptic_overlap_threshold,
+                stuff_area_limit=sliding.panoptic_stuff_area,
+            )
+            result["panoptic_seg"] = _panoptic_at_output_size(*panoptic, output_size)
+        if self.semantic_on:
+            result["sem_seg"] = _scores_at_output_size(scores, (height, width), output_size)
+        if self.instance_on:
+            kept = merged[: self.test_topk_per_image]
+            instances = paste_instances(kept, (height, width), self.device)
+            result["instances"] = _instances_at_output_size(instances, output_size)
+        return result
 
     def inference_single_image(
         self,

@@ -26,6 +26,12 @@ __all__ = ["VideoMaskFormer", "RESIZE_FRAMES"]
 RESIZE_FRAMES = 16
 
 
+_NO_SLIDING_WINDOW = (
+    "VideoMaskFormer: MODEL.MASK_FORMER.TEST.SLIDING_WINDOW is for image models; set its "
+    "ENABLED False for a video model."
+)
+
+
 @META_ARCH_REGISTRY.register()
 class VideoMaskFormer(MaskFormer):
     """Mask classification of videos: each query predicts a class and a mask in every frame.
@@ -59,10 +65,7 @@ class VideoMaskFormer(MaskFormer):
             kwargs: the arguments of :class:`MaskFormer`, without ``sliding_window``.
         """
         if kwargs.get("sliding_window") is not None:
-            raise ValueError(
-                "VideoMaskFormer: MODEL.MASK_FORMER.TEST.SLIDING_WINDOW is for image models' "
-                "semantic output; set its ENABLED False for a video model."
-            )
+            raise ValueError(_NO_SLIDING_WINDOW)
         super().__init__(**kwargs)
         if frames_per_pass < 0:
             raise ValueError(
@@ -84,6 +87,8 @@ class VideoMaskFormer(MaskFormer):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
+        if cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED:
+            raise ValueError(_NO_SLIDING_WINDOW)
         return {
             **super().from_config(cfg),
             "num_frames": cfg.INPUT.SAMPLING_FRAME_NUM,
