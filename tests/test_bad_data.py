@@ -24,7 +24,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
-from helpers import TINY_TRAINING
+from helpers import TINY_TRAINING, run_gloo_processes
 from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image
 from torch import nn
@@ -731,7 +731,7 @@ def test_two_training_processes_report_every_bad_file_once(planted, tmp_path):
         "DATALOADER.MAX_BAD_SAMPLE_FRACTION", "0.5", "SOLVER.MAX_ITER", "6",
         "OUTPUT_DIR", str(tmp_path),
     ]  # fmt: skip
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    run = run_gloo_processes(command, tmp_path, cwd=REPO, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     log = (tmp_path / "log.txt").read_text()
     train = synthetic_split_paths(planted["root"], "train")["image_root"]

@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 from detectron2.engine import AMPTrainer
-from helpers import TINY_TRAINING, on_cuda
+from helpers import TINY_TRAINING, on_cuda, run_gloo_processes
 
 import mask2former.data  # noqa: F401  only registration
 from mask2former import modeling as _modeling  # noqa: F401  only registration
@@ -136,7 +136,7 @@ def test_two_process_training_over_gloo(tmp_path):
         *TINY, "MODEL.DEVICE", "cuda", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
         "SOLVER.SAVE_SAFETENSORS", "True",
     ]  # fmt: skip
-    run = subprocess.run(train, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    run = run_gloo_processes(train, tmp_path, cwd=REPO, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     log = (tmp_path / "log.txt").read_text()
     assert "World size: 2" in log
