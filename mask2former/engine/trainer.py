@@ -179,12 +179,14 @@ def _warn_batch_norm_with_accumulation(cfg: CfgNode, model: torch.nn.Module) -> 
     """A warning when gradient accumulation trains batch-norm layers, whose statistics are
     those of each accumulated batch, not of the whole optimizer step."""
     steps = accumulation_steps(cfg)
+    if steps == 1:
+        return
     layers = [
         name
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training
     ]
-    if steps == 1 or not layers:
+    if not layers:
         return
     images = cfg.SOLVER.IMS_PER_BATCH // (steps * comm.get_world_size())
     logger.warning(

@@ -152,17 +152,25 @@ def window_instances(instances, offset: Tuple[int, int], window: int) -> List[Wi
     return result
 
 
+def _intersection(a: WindowInstance, b: WindowInstance) -> Tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the boxes' intersection; empty (x1 <= x0 or y1 <= y0) when none."""
+    return (
+        max(a.box[0], b.box[0]),
+        max(a.box[1], b.box[1]),
+        min(a.box[2], b.box[2]),
+        min(a.box[3], b.box[3]),
+    )
+
+
 def _box_overlap(a: WindowInstance, b: WindowInstance) -> int:
     """Pixels in both boxes."""
-    width = min(a.box[2], b.box[2]) - max(a.box[0], b.box[0])
-    height = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
-    return max(width, 0) * max(height, 0)
+    x0, y0, x1, y1 = _intersection(a, b)
+    return max(x1 - x0, 0) * max(y1 - y0, 0)
 
 
 def _overlap(a: WindowInstance, b: WindowInstance) -> int:
     """Pixels in both masks."""
-    x0, y0 = max(a.box[0], b.box[0]), max(a.box[1], b.box[1])
-    x1, y1 = min(a.box[2], b.box[2]), min(a.box[3], b.box[3])
+    x0, y0, x1, y1 = _intersection(a, b)
     if x1 <= x0 or y1 <= y0:
         return 0
 
@@ -282,13 +290,10 @@ def combine_panoptic(
             continue
         x0, y0, x1, y1 = item.box
         region = panoptic_seg[y0:y1, x0:x1]
-        mask = item.mask.to(region.device)
-        taken = int((mask & (region != 0)).sum())
-        if taken / item.area > overlap_threshold:
-            continue
-        free = mask & (region == 0)
+        free = item.mask.to(region.device) & (region == 0)
         area = int(free.sum())
-        if area == 0:
+        # the rest of its mask is taken by earlier things
+        if (item.area - area) / item.area > overlap_threshold or area == 0:
             continue
         segment_id = len(segments_info) + 1
         region[free] = segment_id

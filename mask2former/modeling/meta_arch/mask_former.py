@@ -157,8 +157,7 @@ class MaskFormer(nn.Module):
             semantic_on, panoptic_on, instance_on: which outputs inference returns.
             test_topk_per_image: instances returned per image (before the thing filter).
             sliding_window: at inference, segment each image in these overlapping windows
-                (:meth:`sliding_window_inference`; semantic and instance outputs); None:
-                whole images.
+                (:meth:`sliding_window_inference`); None: whole images.
         """
         super().__init__()
         self.backbone = backbone

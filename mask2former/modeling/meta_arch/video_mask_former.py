@@ -87,8 +87,6 @@ class VideoMaskFormer(MaskFormer):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        if cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED:
-            raise ValueError(_NO_SLIDING_WINDOW)
         return {
             **super().from_config(cfg),
             "num_frames": cfg.INPUT.SAMPLING_FRAME_NUM,
