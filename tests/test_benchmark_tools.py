@@ -220,3 +220,12 @@ def test_data_loading_benchmark_report(capsys):
         assert instance["mean_mask_iou"] > 0.99
     else:
         assert "shapely" in instance["note"]
+
+
+def test_optimizer_benchmark_report(capsys):
+    benchmark_optimizer = load_script("tools/benchmark_optimizer.py")
+    rows = benchmark_optimizer.main(["--threads", "1", "--repeats", "1"])
+    assert [row["variant"] for row in rows] == ["fused", "unfused", "MODEL_EMA update"]
+    assert all(row["median_ms"] > 0 for row in rows)
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("[\n") :]) == rows
