@@ -38,6 +38,7 @@ from mask2former.engine import (
     accumulation_steps,
     check_evaluation_dependencies,
 )
+from mask2former.engine.ema import check_model_ema_config
 from mask2former.engine.hooks import best_checkpoint_metric
 from mask2former.engine.interrupt import TrainingInterrupted, forward_stop_signals_to_children
 from mask2former.engine.run_config import keep_earlier_config
@@ -70,9 +71,9 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = MaskFormerTrainer.build_model(cfg)
-        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        AtomicDetectionCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, use_average=cfg.MODEL_EMA.USE_FOR_INFERENCE
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = MaskFormerTrainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             results.update(MaskFormerTrainer.test_with_TTA(cfg, model))
@@ -88,7 +89,7 @@ def main(args):
         logging.getLogger("mask2former").warning("%s", stop)
         sys.exit(stop.exit_status)
     if cfg.SOLVER.SAVE_SAFETENSORS:
-        trainer.checkpointer.save_safetensors("model_final")
+        trainer.save_safetensors("model_final")
     return results
 
 
@@ -96,7 +97,7 @@ def check_args(args) -> None:
     """Fail before starting any process when the config or the weights to evaluate are wrong,
     or when the test data sets cannot be evaluated (e.g. an evaluator's package is missing),
     or SOLVER.BEST_CHECKPOINTER, SOLVER.GRADIENT_ACCUMULATION_STEPS (for the number of
-    processes asked for) or MODEL.MASK_FORMER.TEST.SLIDING_WINDOW cannot work."""
+    processes asked for), MODEL_EMA or MODEL.MASK_FORMER.TEST.SLIDING_WINDOW cannot work."""
     cfg = load_config(args.config_file, args.opts)
     check_evaluation_dependencies(cfg)
     if not is_video_config(cfg):  # a video model names the key itself when it is built
@@ -105,6 +106,8 @@ def check_args(args) -> None:
         accumulation_steps(cfg, world_size=args.num_gpus * args.num_machines)
     if cfg.SOLVER.BEST_CHECKPOINTER.ENABLED and not args.eval_only:
         best_checkpoint_metric(cfg)
+    if not args.eval_only:
+        check_model_ema_config(cfg)
     weights = cfg.MODEL.WEIGHTS
     if args.eval_only and not args.resume and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(

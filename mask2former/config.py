@@ -54,6 +54,7 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     _add_data_config(declared)
     _add_solver_config(declared)
     _add_test_config(declared)
+    _add_model_ema_config(declared)
     _add_mask_former_config(declared)
     _add_pixel_decoder_config(declared)
     _add_swin_config(declared)
@@ -171,6 +172,26 @@ def _add_test_config(cfg: CfgNode) -> None:
     cfg.TEST.AMP = CfgNode()
     cfg.TEST.AMP.ENABLED = False
     cfg.TEST.AMP.PRECISION = "float16"
+
+
+def _add_model_ema_config(cfg: CfgNode) -> None:
+    # Not in the official release (the key names are d2go's and detrex's): an exponential
+    # moving average of the weights during training (mask2former/engine/ema.py). Evaluation
+    # during training evaluates the average; checkpoints hold it under "ema".
+    cfg.MODEL_EMA = CfgNode()
+    cfg.MODEL_EMA.ENABLED = False
+    # After each optimizer step: average = decay * average + (1 - decay) * weights.
+    cfg.MODEL_EMA.DECAY = 0.9999
+    # The decay ramps up as DECAY * (1 - exp(-steps / WARMUP_ITERS)); 0 = DECAY from the start.
+    cfg.MODEL_EMA.WARMUP_ITERS = 2000
+    # Where the average lives: "" = the model's device; "cpu" saves GPU memory, costs a copy of
+    # the weights to the CPU every step and evaluates the average on the CPU.
+    cfg.MODEL_EMA.DEVICE = ""
+    # Evaluation during training also evaluates the raw weights, its results named "raw/...".
+    cfg.MODEL_EMA.EVAL_RAW_WEIGHTS = True
+    # Inference of a checkpoint that holds an average (--eval-only, the demo, Predictor,
+    # export) uses the average; False uses the raw weights.
+    cfg.MODEL_EMA.USE_FOR_INFERENCE = True
 
 
 def _add_mask_former_config(cfg: CfgNode) -> None:

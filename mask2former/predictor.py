@@ -216,7 +216,9 @@ class Predictor:
             if state_dict is not None:
                 self.model.load_state_dict(state_dict)  # strict: names missing/unexpected keys
             elif weights:
-                AtomicDetectionCheckpointer(self.model).load(weights)
+                AtomicDetectionCheckpointer(
+                    self.model, use_average=cfg.MODEL_EMA.USE_FOR_INFERENCE
+                ).load(weights)
             else:
                 logger.warning("No weights given: the model is randomly initialised.")
             self.metadata = _metadata(cfg)

@@ -195,3 +195,41 @@ def test_evaluation_benchmark_report(weights, capsys):
     assert set(rows[0]["change"].values()) == {0.0}
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{") :]) == report
+
+
+# the official release, to measure against, where ../shared holds it (CI's and GPU machines do)
+OFFICIAL_RELEASE = os.path.join(ROOT, "..", "shared", "gpu", "baseline", "Mask2Former")
+
+
+def test_data_loading_benchmark_report(capsys):
+    benchmark_data_loading = load_script("tools/benchmark_data_loading.py")
+    mappers = ["coco_panoptic_lsj", "mask_former_semantic", "coco_instance_lsj"]
+    official = os.path.isdir(os.path.join(OFFICIAL_RELEASE, "mask2former"))
+    rows = benchmark_data_loading.main(
+        ["--images", "2", "--segments", "6", "--repeats", "1", "--mappers", *mappers]
+        + (["--official", OFFICIAL_RELEASE] if official else [])
+    )
+    assert [row["mapper"] for row in rows] == mappers
+    assert all(row["ours_ms"] > 0 for row in rows)
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("[\n") :]) == rows
+    if not official:
+        return
+    panoptic, semantic, instance = rows
+    # the same records, config and seed: the official mappers' targets, pixel for pixel
+    assert panoptic["identical_targets"] == semantic["identical_targets"] == "2/2"
+    assert panoptic["speedup_vs_official"] > 0
+    if "official_ms" in instance:  # it needs shapely
+        # polygons cut off by the crop differ by a few pixels at the crop's edge
+        assert instance["mean_mask_iou"] > 0.99
+    else:
+        assert "shapely" in instance["note"]
+
+
+def test_optimizer_benchmark_report(capsys):
+    benchmark_optimizer = load_script("tools/benchmark_optimizer.py")
+    rows = benchmark_optimizer.main(["--threads", "1", "--repeats", "1"])
+    assert [row["variant"] for row in rows] == ["fused", "unfused", "MODEL_EMA update"]
+    assert all(row["median_ms"] > 0 for row in rows)
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("[\n") :]) == rows

@@ -1,4 +1,5 @@
-"""Dataset mappers: annotation formats, empty images, crops, ignore label, LSJ, registry."""
+"""Dataset mappers: annotation formats, empty images, crops, ignore label, LSJ, registry, and
+the target helpers (polygons rasterised after the transforms, the padding region, labels)."""
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -6,6 +7,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
+from detectron2.structures import polygons_to_bitmask
 from helpers import uncompressed_rle
 from panopticapi.utils import id2rgb
 from PIL import Image
@@ -16,6 +18,12 @@ from mask2former.data.dataset_mappers import (
     MaskFormerInstanceDatasetMapper,
     MaskFormerPanopticDatasetMapper,
     MaskFormerSemanticDatasetMapper,
+)
+from mask2former.data.dataset_mappers.base import valid_region
+from mask2former.data.dataset_mappers.target_utils import (
+    rasterize_polygons,
+    semantic_to_instances,
+    transform_segmentations,
 )
 
 H, W = 48, 64
@@ -331,3 +339,95 @@ def test_inference_mode_resizes_only(files):
     out = build_dataset_mapper(cfg, False)(_semantic_dict(files))
     assert out["image"].shape == (3, 24, 32)
     assert out["sem_seg"].shape == (24, 32)
+
+
+def test_polygons_are_rasterised_where_the_transforms_put_them():
+    # the box of pixels x 5..24, y 5..14 as a polygon, and the same box as an RLE
+    polygon = [[5.0, 5.0, 25.0, 5.0, 25.0, 15.0, 5.0, 15.0]]
+    rle = mask_util.encode(np.asfortranarray(_box_mask(5, 15, 5, 25)))
+    # twice the size, then mirrored: the box covers x 78..117, y 10..29 of 96 x 128
+    transforms = T.TransformList([T.ResizeTransform(H, W, 2 * H, 2 * W), T.HFlipTransform(2 * W)])
+    masks = transform_segmentations([polygon, rle], transforms, (H, W), (2 * H, 2 * W))
+    expected = np.zeros((2 * H, 2 * W), dtype=bool)
+    expected[10:30, 78:118] = True
+    assert masks.shape == (2, 2 * H, 2 * W) and masks.dtype == bool
+    assert (masks[0] == expected).all() and (masks[1] == expected).all()
+    # a crop keeping x >= 20 cuts the polygon off at its left edge: x 0..4 remain
+    crop = T.TransformList([T.CropTransform(20, 0, 30, H)])
+    [cut] = transform_segmentations([polygon], crop, (H, W), (H, 30))
+    assert (cut == (_box_mask(5, 15, 0, 5)[:, :30] == 1)).all()
+    assert transform_segmentations([], crop, (H, W), (H, 30)).shape == (0, H, 30)
+
+
+def test_rasterize_polygons_equals_rasterising_the_whole_image():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        # star-shaped polygons around centres inside and outside the 70 x 90 mask
+        corners = rng.integers(3, 20)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+        radii = rng.uniform(1, 60, corners)
+        centre = rng.uniform(-30, 120, size=2)
+        points = centre + radii[:, None] * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        polygons = [points.ravel(), (points[::-1] * 0.5 + 20).ravel()]
+        mask = np.zeros((70, 90), dtype=bool)
+        rasterize_polygons(polygons, mask)
+        assert (mask == polygons_to_bitmask(polygons, 70, 90)).all()
+
+
+VALID_REGION_TRANSFORMS = {
+    "resize, flip, crop inside": [
+        T.ResizeTransform(H, W, 77, 103),
+        T.HFlipTransform(103),
+        T.CropTransform(10, 5, 60, 40),
+    ],
+    "flip, resize, pad with the ignore label": [
+        T.HFlipTransform(W),
+        T.ResizeTransform(H, W, 30, 40),
+        T.PadTransform(0, 0, 24, 18, orig_w=40, orig_h=30, pad_value=128, seg_pad_value=255),
+    ],
+    "crop reaching past the image": [T.CropTransform(50, 0, 40, H)],
+    "rotation": [T.RotationTransform(H, W, 30)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(VALID_REGION_TRANSFORMS))
+def test_valid_region_equals_transforming_a_map_of_ones(name):
+    transforms = T.TransformList(VALID_REGION_TRANSFORMS[name])
+    expected = transforms.apply_segmentation(np.ones((H, W), dtype=np.uint8)) == 1
+    valid = valid_region(transforms, (H, W))
+    assert valid.dtype == bool and valid.shape == expected.shape
+    assert (valid == expected).all()
+    if name in ("flip, resize, pad with the ignore label", "rotation"):
+        assert not valid.all()  # these pad
+    if name == "crop reaching past the image":
+        assert valid.shape == (H, W - 50)  # the crop's slice of the image
+
+
+def test_panoptic_semantic_map_agrees_with_the_masks_after_a_resize(files):
+    # a resize by 1.6: without a semantic file, "sem_seg" is each pixel's mask's class
+    resize = T.ResizeTransform(H, W, 77, 103)
+    out = _mapper(MaskFormerPanopticDatasetMapper, [resize])(_panoptic_dict(files))
+    instances = out["instances"]
+    expected = torch.full((77, 103), 255, dtype=torch.int64)
+    for mask, category in zip(instances.gt_masks.tensor, instances.gt_classes):
+        expected[mask] = category
+    assert torch.equal(out["sem_seg"], expected)
+    assert instances.gt_classes.tolist() == [1, 4]
+
+
+def test_semantic_to_instances_with_sixteen_bit_and_negative_labels():
+    sixteen_bit = torch.tensor([[0, 65535, 7], [7, 3, 65535]])
+    instances = semantic_to_instances(sixteen_bit, ignore_label=65535)
+    assert instances.gt_classes.tolist() == [0, 3, 7]
+    for mask, category in zip(instances.gt_masks.tensor, [0, 3, 7]):
+        assert torch.equal(mask, sixteen_bit == category)
+    negative = torch.tensor([[-1, 5], [2**21, -1]])
+    instances = semantic_to_instances(negative, ignore_label=-1)
+    assert instances.gt_classes.tolist() == [5, 2**21]
+    assert torch.equal(instances.gt_masks.tensor[1], negative == 2**21)
+
+
+def test_instance_mapper_names_a_malformed_polygon(files):
+    annotations = [{"category_id": 0, "segmentation": [[5.0, 5.0, 25.0, 5.0, 25.0]]}]
+    with pytest.raises(ValueError, match=r"img\.png: a polygon of 5 coordinates"):
+        build_dataset_mapper(_cfg(), True)(_instance_dict(files, annotations))

@@ -3,7 +3,8 @@
 (or, with ``configs/shapes/video_maskformer2_R18.yaml``, video AP on the moving shapes).
 
 Evaluates the untrained (randomly initialised) model, trains for a fixed number of iterations
-and evaluates again, all through the real evaluators on the synthetic validation split, then
+and evaluates again (with ``MODEL_EMA.ENABLED`` in the overrides, the moving average of the
+weights too), all through the real evaluators on the synthetic validation split, then
 prints the figures as JSON and as a table together with the wall times. The synthetic data set
 is generated under $DETECTRON2_DATASETS/shapes when missing.
 
@@ -69,12 +70,14 @@ def evaluate(cfg, model, folder):
     return figures, elapsed
 
 
-def table(untrained, trained):
-    rows = [("metric", "untrained", "trained")]
+def table(columns):
+    """A markdown table of the metrics, one column per ``{name: figures}`` entry."""
+    names = list(columns)
+    rows = [("metric", *names)]
     for _, metric, column in METRICS:
-        if metric in trained:
-            rows.append((column, f"{untrained[metric]:.1f}", f"{trained[metric]:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        if all(metric in figures for figures in columns.values()):
+            rows.append((column, *(f"{columns[name][metric]:.1f}" for name in names)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows
     ]
@@ -115,6 +118,12 @@ def main():
     trainer.train()
     train_s = time.perf_counter() - train_start
     trained, trained_eval_s = evaluate(cfg, trainer.model, os.path.join(args.output_dir, "trained"))
+    columns = {"untrained": untrained, "trained": trained}
+    eval_seconds = {"untrained": round(untrained_eval_s, 1), "trained": round(trained_eval_s, 1)}
+    if trainer.ema is not None:  # MODEL_EMA: the moving average of the weights too
+        folder = os.path.join(args.output_dir, "trained_average")
+        columns["trained, average"], seconds = evaluate(cfg, trainer.ema.model, folder)
+        eval_seconds["trained_average"] = round(seconds, 1)
     total_s = time.perf_counter() - total_start
 
     result = {
@@ -125,18 +134,16 @@ def main():
         "torch_threads": args.threads,
         "untrained": untrained,
         "trained": trained,
+        "trained_average": columns.get("trained, average"),
         "train_seconds": round(train_s, 1),
         "seconds_per_iteration": round(train_s / cfg.SOLVER.MAX_ITER, 3),
-        "eval_seconds": {
-            "untrained": round(untrained_eval_s, 1),
-            "trained": round(trained_eval_s, 1),
-        },
+        "eval_seconds": eval_seconds,
         "total_seconds": round(total_s, 1),
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(result, indent=2))
     print()
-    print(table(untrained, trained))
+    print(table(columns))
     print()
     print(
         f"train {train_s / 60:.1f} min ({cfg.SOLVER.MAX_ITER} iterations x "

@@ -7,8 +7,10 @@ Usage:
 
 The formats follow the files' extensions. Names, values, "__author__" and
 "matching_heuristics" are kept; a training checkpoint's optimizer, scheduler and iteration
-are left out. The input is read without running code from it: a pickle that asks to call
-anything but the numpy functions that rebuild arrays is refused (exit status 1).
+are left out. Of a checkpoint trained with MODEL_EMA, the moving average of the weights is
+written (what inference uses; --raw-weights writes the raw ones). The input is read without
+running code from it: a pickle that asks to call anything but the numpy functions that
+rebuild arrays is refused (exit status 1).
 Safetensors is the format to share weights in.
 """
 
@@ -26,9 +28,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="weights to read (.pkl, .pth, .pt or .safetensors)")
     parser.add_argument("output", help="weights to write (.pkl, .pth, .pt or .safetensors)")
+    parser.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="of a checkpoint trained with MODEL_EMA: its raw weights, not the moving average",
+    )
     args = parser.parse_args(argv)
     try:
-        count, left_out = convert_weights_file(args.input, args.output)
+        count, left_out = convert_weights_file(
+            args.input, args.output, average=not args.raw_weights
+        )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -165,7 +165,7 @@ def _train(cfg: CfgNode, weights: str, time_budget_s: float) -> None:
     if not os.path.isfile(weights):
         trainer.checkpointer.save("model_final")
     if cfg.SOLVER.SAVE_SAFETENSORS:
-        trainer.checkpointer.save_safetensors("model_final")
+        trainer.save_safetensors("model_final")
     done = cfg.SOLVER.MAX_ITER if trainer.stopped_at is None else trainer.stopped_at
     print(f"Trained {done} iterations in {time.perf_counter() - started:.0f} s.")
     if trainer.stopped_at is not None:
@@ -178,7 +178,7 @@ def _train(cfg: CfgNode, weights: str, time_budget_s: float) -> None:
 
 def _evaluate(cfg: CfgNode, weights: str, metrics_path: str) -> dict:
     model = MaskFormerTrainer.build_model(cfg)
-    AtomicDetectionCheckpointer(model).load(weights)
+    AtomicDetectionCheckpointer(model, use_average=cfg.MODEL_EMA.USE_FOR_INFERENCE).load(weights)
     # the COCO and panoptic APIs print their own summaries: keep them in the log
     with open(os.path.join(cfg.OUTPUT_DIR, "log.txt"), "a") as log, redirect_stdout(log):
         results = MaskFormerTrainer.test(cfg, model)

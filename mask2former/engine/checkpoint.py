@@ -8,7 +8,9 @@ Here the path manager opens local files for writing with
 is complete or untouched, and since ``save`` tags ``last_checkpoint`` after writing the
 checkpoint, it only ever names a complete file.
 
-Reading: every weights file goes through :mod:`mask2former.utils.weights_io` (a restricted
+Reading: a checkpoint trained with ``MODEL_EMA`` holds the moving average of the weights
+under "ema"; ``use_average=True`` (inference) loads it instead of the raw weights. Every weights
+file goes through :mod:`mask2former.utils.weights_io` (a restricted
 unpickler for ``.pkl``, ``weights_only`` for ``.pth``, and ``.safetensors``), then through
 Detectron2's own handling (model-zoo name matching, Caffe2 conversion, ``?matching_heuristics``
 URLs).
@@ -21,6 +23,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.atomic_io import atomic_open
 from ..utils.weights_io import load_checkpoint, load_weights_file, save_weights_file
+from .ema import EMA_CHECKPOINT_KEY
 
 
 class _AtomicWritePathManager:
@@ -47,10 +50,26 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     :mod:`mask2former.utils.weights_io`).
     """
 
-    def __init__(self, model, save_dir: str = "", *, save_to_disk=None, **checkpointables):
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        save_to_disk=None,
+        use_average: bool = False,
+        **checkpointables,
+    ):
+        """
+        Args:
+            model, save_dir, save_to_disk, checkpointables: as Detectron2's.
+            use_average: load the moving average of the weights where a checkpoint holds one
+                (trained with ``MODEL_EMA``) instead of its raw weights: what inference does
+                when ``MODEL_EMA.USE_FOR_INFERENCE``.
+        """
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.path_manager = _AtomicWritePathManager(self.path_manager)
         self._skip_tag = False
+        self.use_average = use_average
 
     def save(self, name: str, *, tag_last_checkpoint: bool = True, **kwargs: Any) -> None:
         """``Checkpointer.save``; with ``tag_last_checkpoint=False`` the file is written
@@ -68,8 +87,14 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         if not self._skip_tag:
             super().tag_last_checkpoint(last_filename_basename)
 
-    def save_safetensors(self, name: str) -> Optional[str]:
-        """Save the model's weights alone as ``{save_dir}/{name}.safetensors``.
+    def save_safetensors(
+        self, name: str, weights: Optional[Dict[str, Any]] = None
+    ) -> Optional[str]:
+        """Save weights alone as ``{save_dir}/{name}.safetensors``.
+
+        Args:
+            name: the file's name without extension.
+            weights: a state dict to save; None saves the model's.
 
         Returns:
             The path written, or None where this checkpointer does not save (no ``save_dir``,
@@ -78,16 +103,26 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return None
         path = os.path.join(self.save_dir, f"{name}.safetensors")
-        self.logger.info("Saving the model's weights to %s", path)
-        save_weights_file(path, self.model.state_dict())
+        self.logger.info("Saving the weights to %s", path)
+        save_weights_file(path, self.model.state_dict() if weights is None else weights)
         return path
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if filename.lower().endswith(".pkl"):  # Detectron2 would unpickle it with plain pickle
             checkpoint = load_checkpoint(filename)
             self.logger.info("Reading a file from '%s'", checkpoint["__author__"])
-            return checkpoint
-        return super()._load_file(filename)
+        else:
+            checkpoint = super()._load_file(filename)
+        if self.use_average and isinstance(checkpoint.get(EMA_CHECKPOINT_KEY), dict):
+            average = checkpoint.pop(EMA_CHECKPOINT_KEY)
+            self.logger.info(
+                "Using the moving average of the weights in %s (%d steps; MODEL_EMA."
+                "USE_FOR_INFERENCE False uses its raw weights).",
+                filename,
+                average["updates"],
+            )
+            checkpoint["model"] = average["model"]
+        return checkpoint
 
     def _torch_load(self, filename: str) -> Any:
         return load_weights_file(filename)

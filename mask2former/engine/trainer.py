@@ -7,17 +7,18 @@ import os
 import warnings
 import weakref
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks
+from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 
 from mask2former.data import bad_samples, build_dataset_mapper, is_video_config
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .ema import EMA_CHECKPOINT_KEY, ModelEMAHook, build_model_ema
 from .evaluation import build_evaluator, check_evaluation_dependencies
 from .hooks import BadSampleHook, BestCheckpointHook, best_checkpoint_metric
 from .interrupt import CheckpointOnInterrupt
@@ -290,7 +291,8 @@ class MaskFormerTrainer(DefaultTrainer):
     bad samples are replaced (training) or left out (evaluation) and reported; a non-finite
     loss stops training with a message that names the last good checkpoint; an iteration may
     accumulate the gradients of several batches (``SOLVER.GRADIENT_ACCUMULATION_STEPS``);
-    evaluation may run in mixed precision (``TEST.AMP``).
+    evaluation may run in mixed precision (``TEST.AMP``); a moving average of the weights may
+    be kept, checkpointed and evaluated (``MODEL_EMA``).
     """
 
     def __init__(self, cfg: CfgNode):
@@ -310,8 +312,10 @@ class MaskFormerTrainer(DefaultTrainer):
         # (SOLVER.AMP.PRECISION, CPU autocast) and the checkpointer (atomic files).
         self._trainer = build_train_loop(self.cfg, self.model, self.data_loader, self.optimizer)
         _warn_batch_norm_with_accumulation(self.cfg, self.model)
+        # the moving average (built by build_hooks) is saved and resumed with the checkpoints
+        average = {EMA_CHECKPOINT_KEY: self.ema} if self.ema is not None else {}
         self.checkpointer = AtomicDetectionCheckpointer(
-            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **average
         )
         for hook in self._hooks:
             if isinstance(hook, hooks.PeriodicCheckpointer):
@@ -330,11 +334,18 @@ class MaskFormerTrainer(DefaultTrainer):
         """Detectron2's default hooks, plus the bad-sample count, when ``TEST.AUG.ENABLED`` a
         final TTA evaluation, when ``SOLVER.BEST_CHECKPOINTER.ENABLED`` the best checkpoint
         after the evaluations, and last a checkpoint when SIGTERM or Ctrl-C stops training
-        (:mod:`mask2former.engine.interrupt`)."""
+        (:mod:`mask2former.engine.interrupt`). With ``MODEL_EMA.ENABLED`` the moving average
+        of the weights is updated after each step, before the checkpoint and the evaluation,
+        and the evaluations evaluate it (:meth:`evaluate_average`)."""
+        self.ema = build_model_ema(self.cfg, self.model) if self.cfg.MODEL_EMA.ENABLED else None
         default_hooks = super().build_hooks()
+        if self.ema is not None:
+            default_hooks = self._with_moving_average(default_hooks)
         extra_hooks = [BadSampleHook()]
         if self.cfg.TEST.AUG.ENABLED:
-            extra_hooks.append(hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model)))
+            extra_hooks.append(
+                hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.inference_model))
+            )
         if self._best_metric is not None:
             mode = self.cfg.SOLVER.BEST_CHECKPOINTER.MODE
             extra_hooks.append(
@@ -352,6 +363,47 @@ class MaskFormerTrainer(DefaultTrainer):
             # last: it may end training after the others have saved, evaluated and written
             CheckpointOnInterrupt(),
         ]
+
+    def _with_moving_average(self, default_hooks: List[HookBase]) -> List[HookBase]:
+        """Detectron2's hooks with the average's update after the LR scheduler (so before the
+        checkpointer and the evaluation) and its evaluation instead of the model's."""
+        ordered = []
+        for hook in default_hooks:
+            if isinstance(hook, hooks.EvalHook):
+                hook = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self.evaluate_average)
+            ordered.append(hook)
+            if isinstance(hook, hooks.LRScheduler):
+                ordered.append(ModelEMAHook(self.ema))
+        return ordered
+
+    def save_safetensors(self, name: str = "model_final") -> Optional[str]:
+        """Save the weights for inference as ``OUTPUT_DIR/{name}.safetensors``: the moving
+        average with ``MODEL_EMA.ENABLED`` and ``USE_FOR_INFERENCE``, else the model's.
+
+        Returns:
+            The path written; None on processes other than the main one.
+        """
+        weights = None
+        if self.ema is not None and self.cfg.MODEL_EMA.USE_FOR_INFERENCE:
+            weights = self.ema.model.state_dict()
+        return self.checkpointer.save_safetensors(name, weights)
+
+    @property
+    def inference_model(self) -> torch.nn.Module:
+        """What evaluation during training evaluates: the moving average with
+        ``MODEL_EMA.ENABLED``, else the model."""
+        return self.model if self.ema is None else self.ema.model
+
+    def evaluate_average(self) -> Dict[str, Any]:
+        """Evaluate the moving average of the weights and, with ``MODEL_EMA.EVAL_RAW_WEIGHTS``,
+        the raw weights too, whose results go under "raw" (flattened: "raw/sem_seg/mIoU")."""
+        results = self.test(self.cfg, self.ema.model)
+        if self.cfg.MODEL_EMA.EVAL_RAW_WEIGHTS:
+            results = OrderedDict(results)
+            results["raw"] = self.test(self.cfg, self.model)
+        # what DefaultTrainer.train returns and checks against TEST.EXPECTED_RESULTS
+        self._last_eval_results = results
+        return results
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

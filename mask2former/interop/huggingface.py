@@ -408,7 +408,7 @@ def convert_d2_checkpoint_to_hf(
             "to convert (tools/convert-d2-to-hf.py --weights FILE)."
         )
     model = build_model(cfg).eval()
-    _CompleteCheckpointer(model).load(weights)
+    _CompleteCheckpointer(model, use_average=cfg.MODEL_EMA.USE_FOR_INFERENCE).load(weights)
     return convert_d2_to_hf(cfg, model, dst)
 
 

@@ -375,11 +375,15 @@ def save_weights_file(
         )
 
 
-def convert_weights_file(input_path: str, output_path: str) -> Tuple[int, List[str]]:
+def convert_weights_file(
+    input_path: str, output_path: str, *, average: bool = True
+) -> Tuple[int, List[str]]:
     """Convert the model weights of a ``.pkl``, ``.pth`` or ``.safetensors`` file to another.
 
     The names and values are kept, as are "__author__" and "matching_heuristics". A training
-    checkpoint's optimizer, scheduler, iteration, ... are left out.
+    checkpoint's optimizer, scheduler, iteration, ... are left out. A checkpoint trained with
+    ``MODEL_EMA`` gives its moving average of the weights (what inference uses), or with
+    ``average=False`` its raw weights.
 
     Returns:
         The number of tensors written, and the names of the entries left out.
@@ -388,6 +392,9 @@ def convert_weights_file(input_path: str, output_path: str) -> Tuple[int, List[s
         as :func:`load_weights_file` and :func:`save_weights_file`.
     """
     checkpoint = load_checkpoint(input_path)
+    if average and isinstance(checkpoint.get("ema"), Mapping):
+        checkpoint["raw weights (model)"] = checkpoint.pop("model")
+        checkpoint["model"] = checkpoint.pop("ema")["model"]
     weights = _check_weights(checkpoint.pop("model"), input_path)
     author = checkpoint.pop("__author__", None)
     matching_heuristics = bool(checkpoint.pop("matching_heuristics", False))

@@ -4,6 +4,7 @@ Shapes: H, W image height and width after augmentation and padding.
 """
 
 import copy
+import inspect
 import logging
 from typing import Dict, List, Optional, Tuple
 
@@ -17,15 +18,54 @@ from detectron2.data import transforms as T
 from .augmentations import build_test_augmentations
 from .target_utils import pad_to_divisibility
 
-__all__ = ["MaskFormerMapperBase", "valid_region"]
+__all__ = ["MaskFormerMapperBase", "reads_semantic_map", "valid_region"]
 
 logger = logging.getLogger(__name__)
 
 
+def _shape_of_all_ones(transform: T.Transform, shape: Tuple[int, int]) -> Optional[Tuple]:
+    """The output shape when ``transform`` maps an all-ones map of ``shape`` to an all-ones
+    map (a resize, a flip, a crop inside the image); None when it may not."""
+    if isinstance(transform, T.ResizeTransform):
+        return transform.new_h, transform.new_w
+    if isinstance(transform, (T.HFlipTransform, T.VFlipTransform, T.NoOpTransform)):
+        return shape
+    if isinstance(transform, T.CropTransform):
+        x0, y0, w, h = transform.x0, transform.y0, transform.w, transform.h
+        if 0 <= x0 and 0 <= y0 and x0 + w <= shape[1] and y0 + h <= shape[0]:
+            return h, w
+    return None
+
+
 def valid_region(transforms: T.TransformList, shape: Tuple[int, int]) -> np.ndarray:
-    """(H', W') bool map of the output pixels that come from the input image, not padding."""
-    ones = np.ones(shape, dtype=np.uint8)
-    return transforms.apply_segmentation(ones) == 1
+    """(H', W') bool map of the output pixels that come from the input image, not padding.
+
+    A map of ones goes through the transforms; while it is all ones, a resize, flip or crop
+    only changes its size (resizing it would cost as much as resizing a mask)."""
+    ones: Optional[np.ndarray] = None  # None: all ones, of ``shape``
+    for transform in transforms.transforms:
+        if ones is None:
+            new_shape = _shape_of_all_ones(transform, shape)
+            if new_shape is not None:
+                shape = new_shape
+                continue
+            ones = np.ones(shape, dtype=np.uint8)
+        ones = transform.apply_segmentation(ones)
+    if ones is None:
+        return np.ones(shape, dtype=bool)
+    return ones == 1
+
+
+def reads_semantic_map(augmentations: T.AugmentationList) -> bool:
+    """Whether one of ``augmentations`` chooses its transform from the semantic map (the
+    category-area crop does), so the map must be there before augmenting."""
+    for augmentation in augmentations.augs:
+        names = augmentation.input_args
+        if names is None:  # what Detectron2 reads from get_transform's signature
+            names = inspect.signature(augmentation.get_transform).parameters
+        if "sem_seg" in names:
+            return True
+    return False
 
 
 class MaskFormerMapperBase:

@@ -10,7 +10,7 @@ from detectron2.data import transforms as T
 from .augmentations import build_mask_former_augmentations
 from .base import MaskFormerMapperBase, valid_region
 from .build import MASK_FORMER_MAPPER_REGISTRY
-from .target_utils import annotation_to_mask, masks_to_instances, transform_masks
+from .target_utils import masks_to_instances, transform_segmentations
 
 __all__ = ["MaskFormerInstanceDatasetMapper"]
 
@@ -39,16 +39,18 @@ class MaskFormerInstanceDatasetMapper(MaskFormerMapperBase):
                     f"An annotation of {dataset_dict['file_name']} has no 'segmentation': "
                     f"{type(self).__name__} needs mask annotations (polygons, RLE or bitmask)."
                 )
-        masks = [annotation_to_mask(a["segmentation"], height, width) for a in annotations]
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         valid = valid_region(transforms, (height, width))
-        out_h, out_w = aug_input.image.shape[:2]
-        masks = [m == 1 for m in transform_masks(masks, transforms)]
-        if masks:
-            mask_tensor = torch.as_tensor(np.stack(masks))
-        else:
-            mask_tensor = torch.zeros((0, out_h, out_w), dtype=torch.bool)
+        masks = transform_segmentations(
+            [a["segmentation"] for a in annotations],
+            transforms,
+            (height, width),
+            aug_input.image.shape[:2],
+            source=dataset_dict["file_name"],
+        )
+        masks &= valid
+        mask_tensor = torch.from_numpy(masks)
         padded = self._pack(dataset_dict, aug_input.image, valid, {"masks": (mask_tensor, False)})
         dataset_dict["instances"] = masks_to_instances(
             [a["category_id"] for a in annotations],

@@ -3,7 +3,7 @@
 Shapes: H, W image height and width; N number of instances (masks).
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -18,8 +18,10 @@ __all__ = [
     "semantic_to_instances",
     "panoptic_to_instances",
     "pad_to_divisibility",
+    "semantic_from_instances",
     "semantic_from_panoptic",
-    "transform_masks",
+    "rasterize_polygons",
+    "transform_segmentations",
 ]
 
 
@@ -52,36 +54,132 @@ def annotation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
     return (mask > 0).astype(np.uint8)
 
 
-def transform_masks(masks: Sequence[np.ndarray], transforms: T.TransformList) -> List[np.ndarray]:
-    """Apply geometric ``transforms`` to each (H, W) uint8 mask (nearest interpolation)."""
-    return [transforms.apply_segmentation(m) for m in masks]
+def _polygon_points(polygon: Sequence[float], source: str) -> np.ndarray:
+    """(K, 2) x, y points of a flat COCO polygon [x0, y0, x1, y1, ...] of ``source``."""
+    points = np.asarray(polygon, dtype=np.float64)
+    if points.ndim != 1 or len(points) < 6 or len(points) % 2:
+        raise ValueError(
+            f"{source}: a polygon of {points.size} coordinates; a COCO polygon is a flat list "
+            "[x0, y0, x1, y1, ...] of at least 3 points (datasets/check_dataset.py lists them)."
+        )
+    return points.reshape(-1, 2)
+
+
+def rasterize_polygons(polygons: Sequence[np.ndarray], mask: np.ndarray) -> None:
+    """Set the pixels of ``mask`` ((H, W) bool) that the polygons cover, as
+    ``polygons_to_bitmask`` would on the whole mask.
+
+    Only the polygons' bounding box is rasterised: pycocotools returns a column-major array,
+    and copying a whole image of it into a row-major mask costs more than rasterising.
+
+    Args:
+        polygons: each (K, 2) or flat (2K,) x, y pixel coordinates; parts outside the mask are
+            cut off.
+    """
+    points = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polygons]
+    if not points:
+        return
+    corners = np.concatenate(points)
+    height, width = mask.shape
+    # one pixel of margin each side: the rasteriser's pixel of a vertex may round outwards
+    x0 = max(int(np.floor(corners[:, 0].min())) - 1, 0)
+    y0 = max(int(np.floor(corners[:, 1].min())) - 1, 0)
+    x1 = min(int(np.ceil(corners[:, 0].max())) + 2, width)
+    y1 = min(int(np.ceil(corners[:, 1].max())) + 2, height)
+    if x1 <= x0 or y1 <= y0:
+        return
+    shifted = [(p - (x0, y0)).ravel() for p in points]
+    mask[y0:y1, x0:x1] |= polygons_to_bitmask(shifted, y1 - y0, x1 - x0)
+
+
+def transform_segmentations(
+    segmentations: Sequence,
+    transforms: T.TransformList,
+    input_shape: Tuple[int, int],
+    output_shape: Tuple[int, int],
+    *,
+    source: str = "an annotation",
+) -> np.ndarray:
+    """Rasterise N COCO-style segmentations as the ``transforms`` place them.
+
+    Polygons are transformed as coordinates and rasterised at the output size, as Detectron2's
+    and the official mappers do (crisper than resizing a rasterised mask, and one rasterisation
+    at the output size costs less than a resize). Parts outside the output are cut off by the
+    rasterisation. RLE and bitmask segmentations are decoded at the input size and transformed
+    as masks (nearest interpolation).
+
+    Args:
+        segmentations: N segmentations in the formats of :func:`annotation_to_mask`.
+        transforms: the augmentation's transforms; they turn ``input_shape`` into
+            ``output_shape``.
+        input_shape, output_shape: (H, W) and (H', W').
+        source: the image whose annotations they are, named in errors.
+
+    Returns:
+        (N, H', W') bool masks. Padding is False in the RLE and bitmask ones; a polygon that
+        reaches outside its image can cover padding (clear it with ``valid_region``).
+
+    Raises:
+        ValueError: for a polygon that is not a flat list of at least 3 x, y points.
+    """
+    out = np.zeros((len(segmentations), *output_shape), dtype=bool)
+    for segmentation, mask in zip(segmentations, out):
+        if isinstance(segmentation, list):
+            points = [_polygon_points(p, source) for p in segmentation]
+            polygons = [transforms.apply_coords(p) for p in points]
+            rasterize_polygons(polygons, mask)
+            continue
+        decoded = annotation_to_mask(segmentation, *input_shape)
+        # padding gets the augmentation's segmentation pad value, which is never 1 here
+        np.equal(transforms.apply_segmentation(decoded), 1, out=mask)
+    return out
 
 
 def masks_to_instances(
-    classes: Sequence[int], masks: Sequence, image_shape: Tuple[int, int]
+    classes: Sequence[int], masks: Union[np.ndarray, torch.Tensor], image_shape: Tuple[int, int]
 ) -> Instances:
     """Build Instances from per-instance masks, dropping masks that are empty.
 
     Args:
         classes: N contiguous category ids.
-        masks: N masks, each (H, W) array or tensor (non-zero = foreground).
+        masks: (N, H, W) array or tensor (non-zero = foreground); a bool array is used without
+            a copy when no mask is empty.
         image_shape: (H, W).
 
     Returns:
         Instances with gt_classes (M,) int64 and gt_masks BitMasks (M, H, W), M <= N being the
         non-empty masks.
     """
-    height, width = image_shape
-    mask_tensors = [torch.as_tensor(np.ascontiguousarray(m)) > 0 for m in masks]
-    keep = [i for i, m in enumerate(mask_tensors) if m.numpy().any()]
+    masks = masks.numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    if len(masks) == 0:
+        masks = np.zeros((0, *image_shape), dtype=bool)
+    elif masks.dtype != bool:
+        masks = masks != 0
+    keep = masks.any(axis=(1, 2))
+    if not keep.all():
+        masks = masks[keep]
     instances = Instances(image_shape)
-    instances.gt_classes = torch.tensor([int(classes[i]) for i in keep], dtype=torch.int64)
-    if keep:
-        stacked = torch.stack([mask_tensors[i] for i in keep])
-    else:
-        stacked = torch.zeros((0, height, width), dtype=torch.bool)
-    instances.gt_masks = BitMasks(stacked)
+    instances.gt_classes = torch.as_tensor(np.asarray(classes, dtype=np.int64)[keep])
+    instances.gt_masks = BitMasks(torch.from_numpy(np.ascontiguousarray(masks)))
     return instances
+
+
+def _equal_masks(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """(N, H, W) bool: ``labels == value`` for each of the N values, written in place (a
+    broadcast comparison would be about twice as slow)."""
+    masks = np.empty((len(values), *labels.shape), dtype=bool)
+    for mask, value in zip(masks, values):
+        np.equal(labels, value, out=mask)
+    return masks
+
+
+def _values_present(labels: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an integer map: by counting where the values are small
+    and non-negative (labels and ignore values are), 5-10x faster than sorting."""
+    flat = labels.ravel()
+    if flat.size and 0 <= flat.min() and flat.max() < 2**20:
+        return np.flatnonzero(np.bincount(flat))
+    return np.unique(flat)
 
 
 def semantic_to_instances(sem_seg: torch.Tensor, ignore_label: int) -> Instances:
@@ -94,9 +192,9 @@ def semantic_to_instances(sem_seg: torch.Tensor, ignore_label: int) -> Instances
     Returns:
         Instances with gt_classes (K,) and gt_masks BitMasks (K, H, W).
     """
-    classes = [int(c) for c in torch.unique(sem_seg) if int(c) != ignore_label]
-    masks = [sem_seg == c for c in classes]
-    return masks_to_instances(classes, masks, tuple(sem_seg.shape))
+    labels = sem_seg.numpy()
+    classes = [int(c) for c in _values_present(labels) if int(c) != ignore_label]
+    return masks_to_instances(classes, _equal_masks(labels, classes), tuple(sem_seg.shape))
 
 
 def panoptic_to_instances(
@@ -119,10 +217,10 @@ def panoptic_to_instances(
             not list (their class would be unknown).
     """
     kept = [s for s in segments_info if not s.get("iscrowd", 0)]
-    masks = [pan_seg == s["id"] for s in kept]
+    masks = _equal_masks(pan_seg, [s["id"] for s in kept])
     # every pixel is void, a kept segment's or a crowd segment's, unless an id is unlisted;
     # counting the masks' pixels costs far less than comparing every pixel with every id again
-    listed = np.count_nonzero(pan_seg == 0) + sum(np.count_nonzero(m) for m in masks)
+    listed = np.count_nonzero(pan_seg == 0) + np.count_nonzero(masks)
     crowd = [s for s in segments_info if s.get("iscrowd", 0)]
     listed += sum(np.count_nonzero(pan_seg == s["id"]) for s in crowd)
     if listed != pan_seg.size:
@@ -144,6 +242,16 @@ def semantic_from_panoptic(
         if not seg.get("iscrowd", 0):
             sem_seg[pan_seg == seg["id"]] = seg["category_id"]
     return sem_seg
+
+
+def semantic_from_instances(instances: Instances, ignore_label: int) -> torch.Tensor:
+    """(H, W) int64 semantic map of non-overlapping instance masks (panoptic segments): each
+    mask's pixels get its class, the others ``ignore_label``."""
+    masks = instances.gt_masks.tensor.numpy()
+    sem_seg = np.full(masks.shape[1:], ignore_label, dtype=np.int64)
+    for mask, category in zip(masks, instances.gt_classes.tolist()):
+        np.copyto(sem_seg, category, where=mask)
+    return torch.from_numpy(sem_seg)
 
 
 def pad_to_divisibility(
