@@ -18,7 +18,7 @@ from detectron2.utils import comm
 from mask2former.data import bad_samples, build_dataset_mapper, is_video_config
 
 from .checkpoint import AtomicDetectionCheckpointer
-from .ema import EMA_CHECKPOINT_KEY, ModelEMAHook, build_model_ema
+from .ema import EMA_CHECKPOINT_KEY, ModelEMA, ModelEMAHook, build_model_ema
 from .evaluation import build_evaluator, check_evaluation_dependencies
 from .hooks import BadSampleHook, BestCheckpointHook, best_checkpoint_metric
 from .interrupt import CheckpointOnInterrupt
@@ -296,6 +296,7 @@ class MaskFormerTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
+        self.ema: Optional[ModelEMA] = None  # MODEL_EMA's average; build_hooks builds it
         # an evaluator that cannot run fails now, not after training (an uninstalled package)
         check_evaluation_dependencies(cfg)
         # a setting it cannot work with fails now; build_hooks (in DefaultTrainer.__init__) uses it

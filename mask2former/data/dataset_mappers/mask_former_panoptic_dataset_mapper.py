@@ -56,6 +56,9 @@ class MaskFormerPanopticDatasetMapper(MaskFormerMapperBase):
         sem_seg = None
         sem_seg_from_file = "sem_seg_file_name" in dataset_dict
         if sem_seg_from_file:
+            # float64 on purpose: Detectron2 resizes non-uint8 maps with PyTorch's nearest
+            # interpolation, which computes source pixels in the map's precision; float32 picks
+            # other pixels than the official mappers (tools/benchmark_data_loading.py)
             sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
         elif reads_semantic_map(self.augmentations):  # the category-area crop
             sem_seg = semantic_from_panoptic(rgb2id(pan_rgb), segments_info, self.ignore_label)

@@ -34,6 +34,9 @@ class MaskFormerSemanticDatasetMapper(MaskFormerMapperBase):
     def _map(self, dataset_dict: Dict, image: np.ndarray) -> Dict:
         sem_seg = None
         if "sem_seg_file_name" in dataset_dict:
+            # float64 on purpose: Detectron2 resizes non-uint8 maps with PyTorch's nearest
+            # interpolation, which computes source pixels in the map's precision; float32 picks
+            # other pixels than the official mappers (tools/benchmark_data_loading.py)
             sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
         elif self.is_train:
             raise ValueError(
