@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.engine import HookBase
 from detectron2.modeling import build_model
-from helpers import TINY_TRAINING, load_script
+from helpers import TINY_TRAINING, load_script, on_cuda
 from torch import nn
 
 import mask2former.data  # noqa: F401  only registration
@@ -56,6 +56,21 @@ def test_one_update_moves_the_average_by_one_minus_decay():
     assert not any(p.requires_grad for p in ema.model.parameters())
     assert not ema.model.training
     assert ema.model[0].weight.data_ptr() != model[0].weight.data_ptr()
+
+
+@pytest.mark.parametrize(
+    "model_device, average_device, kept_on",
+    [("cpu", "", "cpu"), on_cuda("cuda", "", "cuda"), on_cuda("cuda", "cpu", "cpu")],
+)
+def test_the_average_lives_where_model_ema_device_says(model_device, average_device, kept_on):
+    model = _toy().to(model_device)
+    ema = ModelEMA(model, decay=0.9, device=average_device)
+    assert {p.device.type for p in ema.model.state_dict().values()} == {kept_on}
+    start = ema.model[0].weight.detach().cpu().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.model[0].weight.cpu(), start + 0.1)
 
 
 def test_the_warmup_ramps_the_decay_up():

@@ -43,8 +43,10 @@ from detectron2.utils import comm
 
 from ..utils.signals import install_worker_stop_handlers
 from .dataset_mappers import is_video_config
+from .dataset_mappers.base import MaskFormerMapperBase
 from .exclude import exclude_images, read_exclude_file
 from .records import record_id, record_path, video_has_annotations
+from .repeat_factors import REPEAT_FACTOR_SAMPLER, build_repeat_factor_sampler
 
 __all__ = [
     "BAD_SAMPLES_KEY",
@@ -445,7 +447,9 @@ def build_train_loader(
     cfg: CfgNode, mapper: Callable[[Dict], Dict], total_batch_size: Optional[int] = None
 ) -> SkipBadSamplesTrainLoader:
     """Detectron2's training loader over ``DATASETS.TRAIN`` (less ``DATASETS.EXCLUDE_FILE``)
-    that replaces bad samples and reports them (see the module docstring).
+    that replaces bad samples and reports them (see the module docstring). Its sampler is
+    Detectron2's ``DATALOADER.SAMPLER_TRAIN``; ``RepeatFactorTrainingSampler`` also works with
+    panoptic and semantic data sets (:mod:`mask2former.data.repeat_factors`).
 
     Args:
         cfg: the full config.
@@ -471,10 +475,15 @@ def build_train_loader(
 
     if total_batch_size is None:
         total_batch_size = cfg.SOLVER.IMS_PER_BATCH
+    sampler = None  # Detectron2's choice by DATALOADER.SAMPLER_TRAIN
+    if cfg.DATALOADER.SAMPLER_TRAIN == REPEAT_FACTOR_SAMPLER:  # also for panoptic, semantic
+        ignore_label = MaskFormerMapperBase.ignore_label_from_config(cfg, is_train=True)
+        sampler = build_repeat_factor_sampler(cfg, dicts, ignore_label)
     loader = build_detection_train_loader(
         cfg,
         mapper=_ReplaceBadSamples(mapper, new_log(announce=False)),
         dataset=dicts,
+        sampler=sampler,
         total_batch_size=total_batch_size,
     )
     return SkipBadSamplesTrainLoader(loader, new_log(announce=True))

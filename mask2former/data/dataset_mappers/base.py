@@ -111,7 +111,7 @@ class MaskFormerMapperBase:
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
-        ignore_label = cls._ignore_label(cfg, is_train)
+        ignore_label = cls.ignore_label_from_config(cfg, is_train)
         if is_train:
             augmentations = cls._build_augmentations(cfg, ignore_label)
         else:
@@ -130,7 +130,7 @@ class MaskFormerMapperBase:
         raise NotImplementedError
 
     @staticmethod
-    def _ignore_label(cfg: CfgNode, is_train: bool) -> int:
+    def ignore_label_from_config(cfg: CfgNode, is_train: bool) -> int:
         """The first data set's ``ignore_label``; ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE`` when its
         metadata has none. A config that disagrees with the data set is logged."""
         config_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE

@@ -22,6 +22,7 @@ __all__ = [
     "semantic_from_panoptic",
     "rasterize_polygons",
     "transform_segmentations",
+    "values_present",
 ]
 
 
@@ -173,7 +174,7 @@ def _equal_masks(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
     return masks
 
 
-def _values_present(labels: np.ndarray) -> np.ndarray:
+def values_present(labels: np.ndarray) -> np.ndarray:
     """The sorted distinct values of an integer map: by counting where the values are small
     and non-negative (labels and ignore values are), 5-10x faster than sorting."""
     flat = labels.ravel()
@@ -193,7 +194,7 @@ def semantic_to_instances(sem_seg: torch.Tensor, ignore_label: int) -> Instances
         Instances with gt_classes (K,) and gt_masks BitMasks (K, H, W).
     """
     labels = sem_seg.numpy()
-    classes = [int(c) for c in _values_present(labels) if int(c) != ignore_label]
+    classes = [int(c) for c in values_present(labels) if int(c) != ignore_label]
     return masks_to_instances(classes, _equal_masks(labels, classes), tuple(sem_seg.shape))
 
 
