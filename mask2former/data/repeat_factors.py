@@ -68,14 +68,12 @@ def image_categories(record: Dict, ignore_label: int) -> Set[int]:
     )
 
 
-def _categories_or_none(record: Dict, ignore_label: int) -> Optional[Set[int]]:
-    """:func:`image_categories`, or None when the record's semantic PNG cannot be read (the
+def _semantic_labels_or_none(record: Dict, ignore_label: int) -> Optional[Set[int]]:
+    """The labels of the record's semantic PNG, or None when it cannot be read (the
     bad-sample handling reports the file when the loader maps it)."""
     try:
-        return image_categories(record, ignore_label)
+        return _semantic_labels(record["sem_seg_file_name"], ignore_label)
     except (OSError, ValueError) as error:
-        if "sem_seg_file_name" not in record:
-            raise
         logger.warning("Repeat factors: %s; the image counts as having no category.", error)
         return None
 
@@ -101,7 +99,8 @@ def categories_per_image(records: Sequence[Dict], ignore_label: int) -> List[Set
     if not needs_reading:
         return categories
     start = time.perf_counter()
-    mine = {i: _categories_or_none(records[i], ignore_label) for i in needs_reading[rank::world]}
+    my_slice = needs_reading[rank::world]
+    mine = {i: _semantic_labels_or_none(records[i], ignore_label) for i in my_slice}
     shares = comm.all_gather(mine) if world > 1 else [mine]
     for share in shares:
         for i, found in share.items():
