@@ -131,13 +131,16 @@ def build_repeat_factor_sampler(
         as_annotations, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
     )
     repeated = int((factors > 1).sum())
+    what = "videos" if records and "file_names" in records[0] else "images"
     logger.info(
-        "Repeat factors (DATALOADER.REPEAT_THRESHOLD %g): %d of %d images repeated, up to %.2f "
-        "times; an epoch holds %.0f images on average.",
+        "Repeat factors (DATALOADER.REPEAT_THRESHOLD %g): %d of %d %s repeated, up to %.2f "
+        "times; an epoch holds %.0f %s on average.",
         cfg.DATALOADER.REPEAT_THRESHOLD,
         repeated,
         len(records),
+        what,
         float(factors.max()) if len(factors) else 1.0,
         float(factors.sum()),
+        what,
     )
     return RepeatFactorTrainingSampler(factors, seed=cfg.SEED)
