@@ -181,7 +181,7 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _fastest_round(mapper: Callable, records: List[Dict], seed: int) -> float:
+def _seconds_per_image(mapper: Callable, records: List[Dict], seed: int) -> float:
     """Seconds per image of one round over ``records`` (the same random draws for every
     mapper)."""
     _seed(seed)
@@ -244,14 +244,14 @@ def run(args: argparse.Namespace, root: str) -> List[Dict]:
         if args.official:
             try:
                 mappers["official"] = _official_mapper(args.official, module_name, class_name, cfg)
-                _fastest_round(mappers["official"], records[kind][:1], 0)
+                _seconds_per_image(mappers["official"], records[kind][:1], 0)
             except ModuleNotFoundError as error:  # shapely, for its polygon crop
                 mappers.pop("official")
                 note = f"official mapper needs the {error.name!r} package"
         best = {label: float("inf") for label in mappers}
         for round_index in range(args.repeats):
             for label, mapper in mappers.items():
-                seconds = _fastest_round(mapper, records[kind], round_index)
+                seconds = _seconds_per_image(mapper, records[kind], round_index)
                 best[label] = min(best[label], seconds)
         row = {"mapper": name, "ours_ms": round(best["ours"] * 1000, 1)}
         if "official" in best:

@@ -22,8 +22,12 @@ from typing import Any, Dict, Optional
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.atomic_io import atomic_open
-from ..utils.weights_io import load_checkpoint, load_weights_file, save_weights_file
-from .ema import EMA_CHECKPOINT_KEY
+from ..utils.weights_io import (
+    load_checkpoint,
+    load_weights_file,
+    save_weights_file,
+    swap_in_moving_average,
+)
 
 
 class _AtomicWritePathManager:
@@ -113,15 +117,14 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             self.logger.info("Reading a file from '%s'", checkpoint["__author__"])
         else:
             checkpoint = super()._load_file(filename)
-        if self.use_average and isinstance(checkpoint.get(EMA_CHECKPOINT_KEY), dict):
-            average = checkpoint.pop(EMA_CHECKPOINT_KEY)
+        swapped = swap_in_moving_average(checkpoint) if self.use_average else None
+        if swapped is not None:
             self.logger.info(
                 "Using the moving average of the weights in %s (%d steps; MODEL_EMA."
                 "USE_FOR_INFERENCE False uses its raw weights).",
                 filename,
-                average["updates"],
+                swapped[1],
             )
-            checkpoint["model"] = average["model"]
         return checkpoint
 
     def _torch_load(self, filename: str) -> Any:

@@ -23,6 +23,8 @@ from detectron2.config import CfgNode
 from detectron2.engine import HookBase
 from torch.nn.parallel import DistributedDataParallel
 
+from ..utils.weights_io import EMA_CHECKPOINT_KEY  # where checkpoints keep the average
+
 __all__ = [
     "EMA_CHECKPOINT_KEY",
     "ModelEMA",
@@ -32,9 +34,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# where checkpoints keep the average
-EMA_CHECKPOINT_KEY = "ema"
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

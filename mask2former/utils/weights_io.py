@@ -33,6 +33,7 @@ import torch
 from .atomic_io import atomic_open
 
 __all__ = [
+    "EMA_CHECKPOINT_KEY",
     "WEIGHTS_EXTENSIONS",
     "UnsafeWeightsError",
     "WeightsFileError",
@@ -40,6 +41,7 @@ __all__ = [
     "load_checkpoint",
     "load_weights_file",
     "save_weights_file",
+    "swap_in_moving_average",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ _PICKLE = (".pkl",)
 _TORCH = (".pth", ".pt")
 _SAFETENSORS = (".safetensors",)
 WEIGHTS_EXTENSIONS = _PICKLE + _TORCH + _SAFETENSORS
+# where a checkpoint trained with MODEL_EMA keeps the moving average of the weights:
+# {"model": state dict, "updates": optimizer steps averaged}
+EMA_CHECKPOINT_KEY = "ema"
 _FORMATS_HELP = (
     ".pkl (Detectron2 / model zoo), .pth or .pt (PyTorch) or .safetensors; "
     "tools/convert-weights.py converts between them"
@@ -375,6 +380,23 @@ def save_weights_file(
         )
 
 
+def swap_in_moving_average(checkpoint: Dict[str, Any]) -> Optional[Tuple[Any, int]]:
+    """Make the moving average of the weights that a checkpoint trained with ``MODEL_EMA``
+    holds its "model", in place (what inference loads).
+
+    Returns:
+        The raw weights it replaced and the number of steps averaged; None, with the checkpoint
+        unchanged, when it holds no average.
+    """
+    average = checkpoint.get(EMA_CHECKPOINT_KEY)
+    if not isinstance(average, Mapping):
+        return None
+    del checkpoint[EMA_CHECKPOINT_KEY]
+    raw = checkpoint["model"]
+    checkpoint["model"] = average["model"]
+    return raw, int(average["updates"])
+
+
 def convert_weights_file(
     input_path: str, output_path: str, *, average: bool = True
 ) -> Tuple[int, List[str]]:
@@ -392,9 +414,10 @@ def convert_weights_file(
         as :func:`load_weights_file` and :func:`save_weights_file`.
     """
     checkpoint = load_checkpoint(input_path)
-    if average and isinstance(checkpoint.get("ema"), Mapping):
-        checkpoint["raw weights (model)"] = checkpoint.pop("model")
-        checkpoint["model"] = checkpoint.pop("ema")["model"]
+    if average:
+        swapped = swap_in_moving_average(checkpoint)
+        if swapped is not None:
+            checkpoint["raw weights (model)"] = swapped[0]
     weights = _check_weights(checkpoint.pop("model"), input_path)
     author = checkpoint.pop("__author__", None)
     matching_heuristics = bool(checkpoint.pop("matching_heuristics", False))
