@@ -33,6 +33,7 @@ __all__ = [
     "panoptic_queries",
     "panoptic_inference",
     "instance_queries",
+    "top_class_pairs",
     "instance_inference",
     "mask_boxes",
 ]
@@ -281,7 +282,15 @@ def instance_queries(
         scores: (D,) class probabilities, descending, labels: (D,) classes, queries: (D,) query
             indices (D <= topk).
     """
-    class_probs = class_logits.softmax(-1)[:, :-1]
+    return top_class_pairs(class_logits.softmax(-1)[:, :-1], topk, thing_classes)
+
+
+@_float32
+def top_class_pairs(
+    class_probs: Tensor, topk: int, thing_classes: Optional[Collection[int]] = None
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`instance_queries` from class probabilities (Q, K) without the "no object"
+    column instead of logits (for instance the average over a long video's clips)."""
     num_classes = class_probs.shape[-1]
     scores, flat = class_probs.flatten().topk(min(topk, class_probs.numel()))
     labels = flat % num_classes
