@@ -277,6 +277,13 @@ def _add_mask_former_config(cfg: CfgNode) -> None:
     # time, keeping only the features the transformer decoder reads, so a video's memory grows
     # by those, not by the backbone's activations; the results are the same. 0: all at once.
     cfg.MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS = 4
+    # Not in the official release (where a video's memory grows with its length until it runs
+    # out): VideoMaskFormer runs a video longer than CLIP_LENGTH frames through the transformer
+    # decoder in clips of that many frames, consecutive clips sharing CLIP_OVERLAP frames, and
+    # links the clips' queries into tracks by their embeddings and their masks on the shared
+    # frames. 0: the whole video at once, as in the release.
+    cfg.MODEL.MASK_FORMER.TEST.CLIP_LENGTH = 0
+    cfg.MODEL.MASK_FORMER.TEST.CLIP_OVERLAP = 0
     # Not in the official release: inference in overlapping windows, for images too large for
     # one forward. Each window's outputs are computed at its own resolution; semantic scores
     # are averaged where windows overlap; instances of one class from different windows whose

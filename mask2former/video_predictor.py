@@ -12,58 +12,121 @@ Example::
         print(prediction.class_names[track], prediction.scores[track])
     first_frame = prediction.frame(0)             # a Prediction, as Predictor returns
 
-The model sees the whole clip at once (as the official release's video demo does), so its
-memory grows with the number of frames: cut long videos with ``max_frames``.
+By default the model sees the whole video at once (as the official release's video demo
+does), so its memory grows with the number of frames: cut long videos with ``max_frames``, or
+set ``MODEL.MASK_FORMER.TEST.CLIP_LENGTH`` to run them in clips linked into tracks. The
+frames are read one at a time and not kept; the masks are made at the frame size when asked
+for, a frame (``frame``) or a track (``track_masks``) at a time.
 
 Shapes: D: tracks (instances followed through the clip), L: frames, H, W: the frame size.
 """
 
+import itertools
 import os
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from detectron2.structures import BitMasks
 
 from .data import is_video_config
+from .modeling.meta_arch.video_clips import VideoTracks
 from .predictor import Predictor, precision_autocast
-from .utils.image_io import ImageSource
+from .utils.image_io import ImageSource, read_image
 from .utils.results import InstanceResult, Prediction
-from .utils.video_io import read_video
+from .utils.video_io import VideoReadError, iter_frames, open_video
 
 __all__ = ["VideoPrediction", "VideoPredictor"]
 
 
-@dataclass
 class VideoPrediction:
     """The tracks a video model found in a clip, sorted by decreasing score.
 
+    Made from dense masks (``masks``) or, as :class:`VideoPredictor` makes it, from the
+    model's low-resolution track logits (``tracks``), whose masks are resized to the frame
+    size when asked for: memory then does not grow by D * L * H * W bytes.
+
     Attributes:
         frame_size: (H, W) of the frames.
-        masks: (D, L, H, W) bool; a track may be empty in some frames.
         scores: (D,) float32 confidences in [0, 1].
         classes: (D,) int64 contiguous class indices.
         class_names: D class names.
     """
 
-    frame_size: Tuple[int, int]
-    masks: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
-    class_names: List[str]
+    def __init__(
+        self,
+        frame_size: Tuple[int, int],
+        masks: Optional[np.ndarray] = None,
+        scores: Optional[np.ndarray] = None,
+        classes: Optional[np.ndarray] = None,
+        class_names: Optional[List[str]] = None,
+        *,
+        tracks: Optional[VideoTracks] = None,
+    ):
+        """
+        Args:
+            frame_size: (H, W) of the frames.
+            masks: (D, L, H, W) bool; or None with ``tracks``.
+            scores, classes, class_names: per track, see the class attributes.
+            tracks: the model's tracks (``VideoMaskFormer.track_video``), in the order of
+                ``scores``, instead of ``masks``.
+        """
+        if (masks is None) == (tracks is None):
+            raise ValueError("VideoPrediction takes masks or tracks, one of them.")
+        if scores is None or classes is None or class_names is None:
+            raise ValueError("VideoPrediction needs scores, classes and class_names.")
+        self.frame_size = tuple(frame_size)
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self.classes = np.asarray(classes, dtype=np.int64)
+        self.class_names = list(class_names)
+        self._masks = None if masks is None else np.asarray(masks, dtype=bool)
+        self._tracks = tracks
+        count = len(self._masks) if tracks is None else len(tracks)
+        if not len(self.scores) == len(self.classes) == len(self.class_names) == count:
+            raise ValueError(
+                f"VideoPrediction: {count} tracks but {len(self.scores)} scores, "
+                f"{len(self.classes)} classes and {len(self.class_names)} class names."
+            )
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def __repr__(self) -> str:
+        return (
+            f"VideoPrediction({len(self)} tracks, {self.num_frames} frames of "
+            f"{self.frame_size[0]} x {self.frame_size[1]}, classes {self.class_names})"
+        )
+
     @property
     def num_frames(self) -> int:
-        return int(self.masks.shape[1])
+        return int(self._masks.shape[1] if self._tracks is None else self._tracks.num_frames)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(D, L, H, W) bool, every track in every frame; a track may be empty in some frames.
+
+        Made on each access when the prediction holds tracks: D * L * H * W bytes (a long
+        video's do not fit in memory: use :meth:`frame` or :meth:`track_masks`)."""
+        if self._tracks is None:
+            return self._masks
+        masks = np.zeros((len(self), self.num_frames, *self.frame_size), dtype=bool)
+        for track in range(len(self)):
+            masks[track] = self.track_masks(track)
+        return masks
+
+    def track_masks(self, track: int, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """(stop - start, H, W) bool: track ``track`` in frames ``start`` to ``stop``."""
+        if self._tracks is None:
+            return self._masks[track, start:stop]
+        return self._tracks.track_masks(track, start, stop).numpy()
 
     def frame(self, index: int) -> Prediction:
         """Frame ``index`` as an image :class:`Prediction`: every track, in the same order in
         every frame (so track ``d`` is ``instances`` entry ``d``), also where it is empty."""
-        masks = self.masks[:, index]
+        if self._tracks is None:
+            masks = self._masks[:, index]
+        else:
+            masks = self._tracks.frame_masks(index)
         boxes = BitMasks(torch.from_numpy(masks)).get_bounding_boxes().tensor.numpy()
         instances = InstanceResult(
             masks=masks,
@@ -77,12 +140,18 @@ class VideoPrediction:
     def filter(self, score_threshold: float) -> "VideoPrediction":
         """The tracks whose score is at least ``score_threshold``."""
         keep = np.flatnonzero(self.scores >= score_threshold)
+        return self._select(keep)
+
+    def _select(self, keep: np.ndarray) -> "VideoPrediction":
+        """The tracks ``keep`` (indices), in that order."""
+        tracks = None if self._tracks is None else self._tracks.select(torch.from_numpy(keep))
         return VideoPrediction(
             frame_size=self.frame_size,
-            masks=self.masks[keep],
+            masks=None if self._masks is None else self._masks[keep],
             scores=self.scores[keep],
             classes=self.classes[keep],
             class_names=[self.class_names[i] for i in keep],
+            tracks=tracks,
         )
 
 
@@ -112,51 +181,47 @@ class VideoPredictor(Predictor):
                 "model: use mask2former.Predictor (VideoPredictor runs VideoMaskFormer configs)."
             )
 
-    @torch.no_grad()
-    def predict_arrays(self, frames: Sequence[np.ndarray]) -> VideoPrediction:
-        """Run the model on the frames of one clip, already read by :meth:`read`.
+    def predict_arrays(self, frames: Iterable[np.ndarray]) -> VideoPrediction:
+        """Run the model on the frames of one video, already read by :meth:`read`.
 
         Args:
-            frames: L >= 1 (H, W, 3) uint8 arrays in INPUT.FORMAT, all of one size.
+            frames: L >= 1 (H, W, 3) uint8 arrays in INPUT.FORMAT, all of one size (a list,
+                or an iterator: they are resized as they come and not kept).
 
         Raises:
             ValueError: no frames, or frames of different sizes.
         """
-        if not frames:
+        frames = iter(frames)
+        first = next(frames, None)
+        if first is None:
             raise ValueError("VideoPredictor: the clip has no frames.")
-        sizes = {frame.shape[:2] for frame in frames}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"VideoPredictor: the frames of a clip must have one size, got {sorted(sizes)}."
-            )
-        height, width = frames[0].shape[:2]
-        transform = self.resize.get_transform(frames[0])  # the same resize for every frame
-        images = [
-            torch.as_tensor(np.ascontiguousarray(transform.apply_image(f).transpose(2, 0, 1)))
-            for f in frames
-        ]
-        inputs = {
-            "image": [image.to(self.device, torch.float32) for image in images],
-            "height": height,
-            "width": width,
-        }
+        height, width = first.shape[:2]
+        transform = self.resize.get_transform(first)  # the same resize for every frame
+
+        def model_frames() -> Iterator[torch.Tensor]:
+            for index, frame in enumerate(itertools.chain([first], frames)):
+                if frame.shape[:2] != (height, width):
+                    raise ValueError(
+                        f"VideoPredictor: the frames of a clip must have one size; frame "
+                        f"{index} is {frame.shape[1]} x {frame.shape[0]}, frame 0 "
+                        f"{width} x {height}."
+                    )
+                resized = np.ascontiguousarray(transform.apply_image(frame).transpose(2, 0, 1))
+                yield torch.as_tensor(resized)
+
         with precision_autocast(self.precision, self.device.type):
-            (output,) = self.model([inputs])
-        scores = np.asarray(output["pred_scores"], dtype=np.float32)
-        classes = np.asarray(output["pred_labels"], dtype=np.int64)
-        if len(scores):
-            masks = torch.stack([m.to("cpu", torch.bool) for m in output["pred_masks"]]).numpy()
-        else:
-            masks = np.zeros((0, len(frames), height, width), dtype=bool)
+            tracks = self.model.track_video(model_frames(), (height, width))
+        scores = tracks.scores.numpy()
         order = np.argsort(-scores, kind="stable")
         order = order[scores[order] >= self.score_threshold]
+        classes = tracks.labels.numpy()
         return VideoPrediction(
             frame_size=(height, width),
-            masks=masks[order],
-            scores=scores[order],
-            classes=classes[order],
-            class_names=[self.class_names[int(c)] for c in classes[order]],
-        )
+            scores=scores,
+            classes=classes,
+            class_names=[self.class_names[int(c)] for c in classes],
+            tracks=tracks,
+        )._select(order)
 
     def __call__(
         self,
@@ -171,10 +236,23 @@ class VideoPredictor(Predictor):
             max_frames: use only the first ``max_frames`` frames.
 
         Raises:
-            mask2former.utils.ImageReadError: a frame or the video cannot be read.
+            mask2former.utils.ImageReadError: a frame or the video cannot be read (a
+                VideoReadError for a video file).
         """
-        if isinstance(video, (str, os.PathLike)):
-            frames = read_video(os.fspath(video), self.input_format, max_frames).frames
-        else:
-            frames = [self.read(frame) for frame in list(video)[:max_frames]]
-        return self.predict_arrays(frames)
+        if not isinstance(video, (str, os.PathLike)):
+            return self.predict_arrays(
+                self.read(frame) for frame in itertools.islice(video, max_frames)
+            )
+        path = os.fspath(video)
+        capture = open_video(path)
+        try:
+            frames = itertools.islice(iter_frames(capture), max_frames)
+            decoded = (read_image(f, self.input_format, array_channel_order="BGR") for f in frames)
+            first = next(decoded, None)
+            if first is None:
+                raise VideoReadError(
+                    f"{path}: no frame could be decoded; the video is empty or corrupt."
+                )
+            return self.predict_arrays(itertools.chain([first], decoded))
+        finally:
+            capture.release()

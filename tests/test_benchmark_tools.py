@@ -233,3 +233,37 @@ def test_optimizer_benchmark_report(capsys):
     assert all(row["median_ms"] > 0 for row in rows)
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("[\n") :]) == rows
+
+
+def test_video_clips_benchmark_report(tmp_path, capsys):
+    from detectron2.modeling import build_model
+    from helpers import NARROW_HEADS
+
+    from mask2former.config import load_config
+
+    benchmark_clips = load_script("tools/benchmark_video_clips.py")
+    config = os.path.join(ROOT, "configs", "shapes", "video_maskformer2_R18.yaml")
+    torch.manual_seed(0)
+    model = build_model(load_config(config, ["MODEL.DEVICE", "cpu", *NARROW_HEADS]))
+    weights = str(tmp_path / "random.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    report = benchmark_clips.main(
+        ["--config-file", config, "--weights", weights, "--settings", "0:0", "5:0", "2:1"]
+        + ["--num-videos", "2", "--num-frames", "5", "--threads", "1"]
+        + ["--data-dir", str(tmp_path / "videos"), "--opts", *NARROW_HEADS]
+    )
+    rows = report["rows"]
+    assert [(row["clip_length"], row["clip_overlap"]) for row in rows] == [(0, 0), (5, 0), (2, 1)]
+    for row in rows:
+        assert all(0 <= row[name] <= 100 for name in benchmark_clips.METRICS), row
+        assert row["seconds_per_frame"] > 0
+    # a clip as long as the video is the whole video: the release's computation
+    assert {name: rows[1][name] for name in benchmark_clips.METRICS} == {
+        name: rows[0][name] for name in benchmark_clips.METRICS
+    }
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") :]) == report
+    with pytest.raises(SystemExit):
+        benchmark_clips.parse_args(
+            ["--config-file", config, "--weights", weights, "--settings", "3:3"]
+        )

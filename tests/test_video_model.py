@@ -20,7 +20,7 @@ from test_transformer_decoder import HIDDEN, MASK_DIM, QUERIES, _cfg
 
 from mask2former.modeling.criterion import SetCriterion
 from mask2former.modeling.matcher import HungarianMatcher
-from mask2former.modeling.meta_arch import video_mask_former
+from mask2former.modeling.meta_arch import video_clips
 from mask2former.modeling.position_encoding import PositionEmbeddingSine3D
 from mask2former.modeling.transformer_decoder import build_transformer_decoder
 
@@ -479,7 +479,7 @@ def test_inference_equals_the_official_computation(threshold, monkeypatch):
     video = {"image": _frames(3, 40, 56), "height": 61, "width": 83}
     with torch.no_grad():
         (result,) = model([video])
-        monkeypatch.setattr(video_mask_former, "RESIZE_FRAMES", 2)  # chunks of 2 + 1 frames
+        monkeypatch.setattr(video_clips, "RESIZE_FRAMES", 2)  # chunks of 2 + 1 frames
         (chunked,) = model([video])
         images = model.preprocess_image([video])
         outputs = model.network(images.tensor)

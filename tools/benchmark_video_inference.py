@@ -11,6 +11,10 @@ peak of the longest clip so far). With ``--image-config`` it also times the imag
 that config on the same frames one at a time (the frame-by-frame way, ``Predictor``), resized
 to the video config's test size.
 
+With ``--opts MODEL.MASK_FORMER.TEST.CLIP_LENGTH N`` the video model runs a clip longer than
+N frames in clips of N frames linked into tracks, whose memory does not grow with the clip's
+length the way the whole clip's does.
+
 Prints a table and then the results as JSON.
 
 Usage:

@@ -46,7 +46,7 @@ from ..utils.batching import batched
 from ..utils.export import write_prediction, write_tracks
 from ..utils.image_io import ImageReadError, expand_image_inputs, read_image
 from ..utils.results import TASK_CONFIG_KEYS, TASKS, Prediction
-from ..utils.video_io import VideoReadError, iter_frames, open_video, read_video
+from ..utils.video_io import VideoReadError, iter_frames, open_video
 from ..utils.visualization import (
     VideoPredictionDrawer,
     display_metadata,
@@ -179,7 +179,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--max-frames",
         type=int,
         metavar="N",
-        help="use only the first N frames of --video-input (video models see them all at once)",
+        help="use only the first N frames of --video-input (a video model sees them all at "
+        "once unless MODEL.MASK_FORMER.TEST.CLIP_LENGTH is set in --opts)",
     )
     add_model_arguments(parser, onnx=True)
     return parser
@@ -508,15 +509,36 @@ def run_video_model(
         DemoError: the video cannot be opened or the output cannot be written.
     """
     report = DemoReport()
+    shown = display_metadata(predictor.metadata, len(predictor.class_names))
     if video_path is not None:
+        # Read twice, the model's pass and the drawing pass, keeping no frame and no picture.
         try:
-            clip = read_video(video_path, predictor.input_format, max_frames)
+            prediction = predictor(video_path, max_frames)
         except VideoReadError as error:
             raise DemoError(f"{error} Check the file given to --video-input.") from error
-        fps = _frame_rate(clip.fps, video_path)
-        if clip.cut_short:
-            report.notes.append(f"{video_path}: only the first {max_frames} frames were used.")
-        frames = clip.frames
+        stem = os.path.splitext(os.path.basename(video_path))[0]
+        if os.path.splitext(output)[1].lower() not in _VIDEO_CODECS or os.path.isdir(output):
+            output = os.path.join(output, stem + ".mp4")
+        capture = _open_video(video_path)
+        try:
+            fps = _frame_rate(capture.get(cv2.CAP_PROP_FPS), video_path)
+            height, width = prediction.frame_size
+            writer = _video_writer(output, fps, (width, height))
+            try:
+                frames = itertools.islice(iter_frames(capture), prediction.num_frames)
+                with _frame_garbage_collection() as collect:
+                    for index, frame in enumerate(frames):
+                        picture = draw_tracks(frame[:, :, ::-1], prediction.frame(index), shown)
+                        writer.write(np.ascontiguousarray(picture[:, :, ::-1]))
+                        collect()
+            finally:
+                writer.release()
+            if max_frames is not None and prediction.num_frames == max_frames and capture.grab():
+                report.notes.append(f"{video_path}: only the first {max_frames} frames were used.")
+        finally:
+            capture.release()
+        json_path = os.path.splitext(output)[0] + ".tracks.json"
+        report.written.append(output)
         names = [video_path]
     else:
         names, frames = [], []
@@ -528,35 +550,17 @@ def run_video_model(
                 report.failures.append((name, f"{error} (left out of the clip)"))
         if not frames:
             return report
-    prediction = predictor.predict_arrays(frames)
-    shown = display_metadata(predictor.metadata, len(predictor.class_names))
-    pictures = []
-    with _frame_garbage_collection() as collect:
-        for index, frame in enumerate(frames):
-            rgb = frame if predictor.input_format == "RGB" else frame[:, :, ::-1]
-            picture = draw_tracks(rgb, prediction.frame(index), shown)[:, :, ::-1]
-            pictures.append(np.ascontiguousarray(picture))
-            collect()
-    if video_path is not None:
-        stem = os.path.splitext(os.path.basename(video_path))[0]
-        if os.path.splitext(output)[1].lower() not in _VIDEO_CODECS or os.path.isdir(output):
-            output = os.path.join(output, stem + ".mp4")
-        height, width = prediction.frame_size
-        writer = _video_writer(output, fps, (width, height))
-        try:
-            for picture in pictures:
-                writer.write(picture)
-        finally:
-            writer.release()
-        json_path = os.path.splitext(output)[0] + ".tracks.json"
-        report.written.append(output)
-    else:
+        prediction = predictor.predict_arrays(frames)
         namer = _OutputNamer(output, single_file=False)
-        for name, picture in zip(names, pictures):
-            path = namer.paths(name)["picture"]
-            if not cv2.imwrite(path, picture):
-                raise DemoError(f"could not write {path}; check that the folder is writable")
-            report.written.append(path)
+        with _frame_garbage_collection() as collect:
+            for index, (name, frame) in enumerate(zip(names, frames)):
+                rgb = frame if predictor.input_format == "RGB" else frame[:, :, ::-1]
+                picture = draw_tracks(rgb, prediction.frame(index), shown)[:, :, ::-1]
+                path = namer.paths(name)["picture"]
+                if not cv2.imwrite(path, np.ascontiguousarray(picture)):
+                    raise DemoError(f"could not write {path}; check that the folder is writable")
+                report.written.append(path)
+                collect()
         json_path = os.path.join(output, "tracks.json")
     write_tracks(
         prediction, json_path, video_id=os.path.basename(names[0]), metadata=predictor.metadata

@@ -178,6 +178,7 @@ def generate_synthetic_video_dataset(root: str, cfg: SyntheticVideoConfig) -> No
             annotations += video_annotations
         for ann_id, ann in enumerate(annotations, start=1):
             ann["id"] = ann_id
+        os.makedirs(paths["image_root"], exist_ok=True)  # also for a split of 0 videos
         info = {"description": "synthetic moving shapes", "version": str(_FORMAT_VERSION)}
         categories = [{"id": c["id"], "name": c["name"]} for c in SHAPES_VIDEO_CATEGORIES]
         dump_json(

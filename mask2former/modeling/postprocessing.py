@@ -41,6 +41,7 @@ __all__ = [
     "panoptic_inference",
     "instance_queries",
     "instance_query_mask",
+    "top_class_pairs",
     "instance_inference",
     "mask_boxes",
 ]
@@ -369,7 +370,24 @@ def _instance_pairs(
 
 def _top_pairs(class_logits: Tensor, topk: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Scores, labels and queries of the top-k (query, class) pairs, before any filter."""
-    class_probs = class_logits.softmax(-1)[:, :-1]
+    return _top_probability_pairs(class_logits.softmax(-1)[:, :-1], topk)
+
+
+@_float32
+def top_class_pairs(
+    class_probs: Tensor, topk: int, thing_classes: Optional[Collection[int]] = None
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`instance_queries` from class probabilities (Q, K) without the "no object"
+    column instead of logits (for instance the average over a long video's clips)."""
+    scores, labels, queries = _top_probability_pairs(class_probs, topk)
+    if thing_classes is not None:
+        is_thing = _class_mask(thing_classes, class_probs.shape[-1], labels.device)[labels]
+        scores, labels, queries = scores[is_thing], labels[is_thing], queries[is_thing]
+    return scores, labels, queries
+
+
+def _top_probability_pairs(class_probs: Tensor, topk: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Scores, labels and queries of the top-k (query, class) pairs of (Q, K) probabilities."""
     num_classes = class_probs.shape[-1]
     scores, flat = class_probs.flatten().topk(min(topk, class_probs.numel()))
     return scores, flat % num_classes, flat // num_classes

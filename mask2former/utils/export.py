@@ -187,12 +187,16 @@ def write_instances(
     _write_json(json_path, entries)
 
 
+# Frames of a track encoded together by write_tracks.
+_ENCODED_FRAMES = 32
+
+
 def write_tracks(prediction, json_path: str, *, video_id: Union[int, str], metadata=None) -> None:
     """Write a video's tracks in the YouTube-VIS results format.
 
     Args:
-        prediction: a :class:`mask2former.VideoPrediction` (masks (D, L, H, W), scores,
-            classes, class_names).
+        prediction: a :class:`mask2former.VideoPrediction` (``track_masks``, ``num_frames``,
+            scores, classes, class_names).
         json_path: the file to write.
         video_id: the ``video_id`` of every entry.
         metadata: the data set's metadata, to translate category ids.
@@ -202,15 +206,19 @@ def write_tracks(prediction, json_path: str, *, video_id: Union[int, str], metad
     """
     to_dataset_id = contiguous_to_dataset_ids(metadata)
     entries = []
-    for index, masks in enumerate(prediction.masks):
+    for index in range(len(prediction)):
         contiguous_id = int(prediction.classes[index])
+        segmentations = []  # a few frames at a time: a long video's masks need not fit
+        for start in range(0, prediction.num_frames, _ENCODED_FRAMES):
+            masks = prediction.track_masks(index, start, start + _ENCODED_FRAMES)
+            segmentations.extend(encode_video_masks(masks))
         entries.append(
             {
                 "video_id": video_id,
                 "category_id": to_dataset_id.get(contiguous_id, contiguous_id),
                 "category_name": prediction.class_names[index],
                 "score": float(prediction.scores[index]),
-                "segmentations": encode_video_masks(masks),
+                "segmentations": segmentations,
             }
         )
     _write_json(json_path, entries)

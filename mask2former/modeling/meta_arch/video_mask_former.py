@@ -7,7 +7,7 @@ Shape legend:
     M: ground-truth instances of a clip, H, W: output (original frame) size.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -15,15 +15,11 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList, Instances
 from torch import Tensor
 
-from ..postprocessing import instance_queries, resize_mask_logits
+from ..postprocessing import instance_queries
 from .mask_former import MaskFormer
+from .video_clips import RESIZE_FRAMES, TrackLinker, VideoTracks, binary_mask_frames
 
 __all__ = ["VideoMaskFormer", "RESIZE_FRAMES"]
-
-# Frames of one query's masks resized together at inference. The resized float32 logits of
-# these frames are the only full-size float intermediate (16 frames of 720 x 1280 are 59 MB),
-# so memory does not grow with the length of the video beyond the bool results themselves.
-RESIZE_FRAMES = 16
 
 
 _NO_SLIDING_WINDOW = (
@@ -43,7 +39,8 @@ class VideoMaskFormer(MaskFormer):
     same M instances in the same order in every frame, ``gt_ids`` -1 where an instance is
     absent; returns the weighted losses. Inference: all L frames of each video, with the
     output "height"/"width" (default: the frame size); videos are processed one at a time,
-    the decoder seeing the whole video at once, and each gives
+    the decoder seeing the whole video at once (or, for a video longer than ``clip_length``,
+    clips linked into tracks: :meth:`track_video`), and each gives
     ``{"image_size": (H, W), "pred_scores": [float] * D, "pred_labels": [int] * D,
     "pred_masks": [(L, H, W) bool CPU tensor] * D}``, sorted by descending score.
 
@@ -53,7 +50,14 @@ class VideoMaskFormer(MaskFormer):
 
     @configurable
     def __init__(
-        self, *, num_frames: int, detections_per_video: int, frames_per_pass: int = 0, **kwargs
+        self,
+        *,
+        num_frames: int,
+        detections_per_video: int,
+        frames_per_pass: int = 0,
+        clip_length: int = 0,
+        clip_overlap: int = 0,
+        **kwargs,
     ):
         """
         Args:
@@ -62,6 +66,12 @@ class VideoMaskFormer(MaskFormer):
                 class probabilities (MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO).
             frames_per_pass: at inference, frames run through the backbone and the pixel
                 decoder together (MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS); 0: all.
+            clip_length: at inference, a video longer than this goes through the transformer
+                decoder in clips of this many frames, linked into tracks (see
+                :mod:`.video_clips`; MODEL.MASK_FORMER.TEST.CLIP_LENGTH); 0: the whole
+                video at once, as in the official release.
+            clip_overlap: frames shared by consecutive clips, < ``clip_length``
+                (MODEL.MASK_FORMER.TEST.CLIP_OVERLAP); their features are computed once.
             kwargs: the arguments of :class:`MaskFormer`, without ``sliding_window``.
         """
         if kwargs.get("sliding_window") is not None:
@@ -84,6 +94,14 @@ class VideoMaskFormer(MaskFormer):
             )
         self.num_frames = num_frames
         self.detections_per_video = detections_per_video
+        if clip_length < 0 or (clip_length > 0 and not 0 <= clip_overlap < clip_length):
+            raise ValueError(
+                "VideoMaskFormer: MODEL.MASK_FORMER.TEST.CLIP_LENGTH must be >= 0 (0: the whole "
+                "video at once) and CLIP_OVERLAP in [0, CLIP_LENGTH), got "
+                f"CLIP_LENGTH {clip_length}, CLIP_OVERLAP {clip_overlap}."
+            )
+        self.clip_length = clip_length
+        self.clip_overlap = clip_overlap
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -92,6 +110,8 @@ class VideoMaskFormer(MaskFormer):
             "num_frames": cfg.INPUT.SAMPLING_FRAME_NUM,
             "detections_per_video": cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO,
             "frames_per_pass": cfg.MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS,
+            "clip_length": cfg.MODEL.MASK_FORMER.TEST.CLIP_LENGTH,
+            "clip_overlap": cfg.MODEL.MASK_FORMER.TEST.CLIP_OVERLAP,
         }
 
     def forward(self, batched_inputs: List[Dict]) -> object:
@@ -101,7 +121,13 @@ class VideoMaskFormer(MaskFormer):
             return super().forward(batched_inputs)
         results = []
         for video in batched_inputs:
-            results.extend(super().forward([video]))
+            if 0 < self.clip_length < len(video["image"]):
+                height, width = video["image"][0].shape[-2:]
+                output_size = (video.get("height", height), video.get("width", width))
+                tracks = self.track_video(video["image"], output_size)
+                results.append(self.tracks_result(tracks))
+            else:
+                results.extend(super().forward([video]))
         return results
 
     def check_inputs(self, batched_inputs: List[Dict]) -> None:
@@ -247,7 +273,14 @@ class VideoMaskFormer(MaskFormer):
         scores, labels, queries = instance_queries(class_logits, self.detections_per_video)
         unique_queries, inverse = torch.unique(queries, return_inverse=True)
         masks = [
-            self._binary_masks(mask_logits[query], padded_size, image_size, output_size)
+            binary_mask_frames(
+                mask_logits[query],
+                padded_size,
+                image_size,
+                output_size,
+                self.mask_logit_threshold,
+                self.device,
+            )
             for query in unique_queries.tolist()
         ]
         return {
@@ -257,20 +290,109 @@ class VideoMaskFormer(MaskFormer):
             "pred_masks": [masks[i] for i in inverse.tolist()],
         }
 
-    def _binary_masks(
-        self,
-        mask_logits: Tensor,
-        padded_size: Tuple[int, int],
-        image_size: Tuple[int, int],
-        output_size: Tuple[int, int],
-    ) -> Tensor:
-        """(L, h, w) mask logits of one query -> (L, H, W) bool on the CPU."""
-        # sigmoid(x) > p  <=>  x > logit(p): compare the logits, no sigmoid on full-size maps.
-        threshold = torch.logit(torch.tensor(self.mask_threshold, dtype=torch.float64)).item()
-        chunks = []
-        for start in range(0, len(mask_logits), RESIZE_FRAMES):
-            resized = resize_mask_logits(
-                mask_logits[start : start + RESIZE_FRAMES], padded_size, image_size, output_size
+    @property
+    def mask_logit_threshold(self) -> float:
+        """The logit of ``mask_threshold``: sigmoid(x) > p <=> x > logit(p), so full-size
+        maps are compared as logits, without a sigmoid."""
+        return torch.logit(torch.tensor(self.mask_threshold, dtype=torch.float64)).item()
+
+    @staticmethod
+    def tracks_result(tracks: VideoTracks) -> Dict[str, object]:
+        """:meth:`inference_video`'s result from :meth:`track_video`'s."""
+        return {
+            "image_size": tracks.output_size,
+            "pred_scores": tracks.scores.tolist(),
+            "pred_labels": tracks.labels.tolist(),
+            "pred_masks": tracks.pair_masks(),
+        }
+
+    @torch.no_grad()
+    def track_video(
+        self, frames: Iterable[Tensor], output_size: Optional[Tuple[int, int]] = None
+    ) -> VideoTracks:
+        """The tracks of one video whose frames come one at a time (from a file, say).
+
+        With ``clip_length`` 0 all frames go through the transformer decoder together, as in
+        :meth:`forward`. Otherwise in clips of ``clip_length`` frames, each sharing
+        ``clip_overlap`` frames with the one before (the last clip has the frames that are
+        left), linked into tracks (see :mod:`.video_clips`): the device then holds the
+        features of one clip, and the host the tracks' low-resolution mask logits (float16),
+        never the frames. Either way the backbone and the pixel decoder see
+        ``frames_per_pass`` frames at a time.
+
+        Args:
+            frames: (3, H_in, W_in) tensors in INPUT.FORMAT (uint8 or float, any device), all
+                of one size: the video's frames, resized for the model.
+            output_size: (H, W) of the masks; default the frames' size.
+
+        Returns:
+            the top ``detections_per_video`` (track, class) pairs, their masks made on demand.
+
+        Raises:
+            ValueError: no frames, or frames of different sizes.
+        """
+        if self.training:
+            raise RuntimeError("VideoMaskFormer.track_video runs in eval mode (model.eval()).")
+        clip_length = self.clip_length
+        linker = TrackLinker(torch.float16 if clip_length else torch.float32)
+        window: List[Tuple[List[Tensor], Tensor]] = []  # per frame: (levels, mask features)
+        pending: List[Tensor] = []
+        sizes: Dict[str, Tuple[int, int]] = {}
+        start = 0  # the video index of window[0]
+
+        def decode() -> None:
+            nonlocal window, pending, start
+            window = window + self._frame_features(pending, sizes)
+            pending = []
+            levels = [torch.stack(level) for level in zip(*(frame[0] for frame in window))]
+            outputs = self.sem_seg_head.predictor(levels, torch.stack([m for _, m in window]))
+            linker.add(
+                start,
+                outputs["pred_logits"][0],
+                outputs["pred_masks"][0],
+                outputs["pred_embeddings"][0],
             )
-            chunks.append((resized > threshold).cpu())
-        return torch.cat(chunks)
+            kept = min(self.clip_overlap, len(window))
+            start += len(window) - kept
+            window = window[len(window) - kept :]
+
+        for frame in frames:
+            pending.append(frame)
+            if len(window) + len(pending) == clip_length:
+                decode()
+        if pending or linker.num_frames == 0:
+            if not pending:
+                raise ValueError("VideoMaskFormer.track_video: the video has no frames.")
+            decode()
+        return VideoTracks.from_linker(
+            linker,
+            self.detections_per_video,
+            padded_size=sizes["padded"],
+            image_size=sizes["image"],
+            output_size=tuple(output_size) if output_size is not None else sizes["image"],
+            threshold=self.mask_logit_threshold,
+            device=self.device,
+        )
+
+    def _frame_features(
+        self, frames: Sequence[Tensor], sizes: Dict[str, Tuple[int, int]]
+    ) -> List[Tuple[List[Tensor], Tensor]]:
+        """Backbone and pixel decoder on ``frames``, ``frames_per_pass`` at a time: per frame
+        its multi-scale features and mask features. Records the padded and the frame size in
+        ``sizes`` and checks that every frame has that size."""
+        features = []
+        step = self.frames_per_pass or len(frames)
+        for first in range(0, len(frames), step):
+            images = self.normalize_and_pad(list(frames[first : first + step]))
+            for size in images.image_sizes:
+                if tuple(size) != sizes.setdefault("image", tuple(size)):
+                    raise ValueError(
+                        "VideoMaskFormer: the frames of a video must share a size, got "
+                        f"{sizes['image']} and {tuple(size)}."
+                    )
+            sizes.setdefault("padded", tuple(images.tensor.shape[-2:]))
+            levels, masks = self.sem_seg_head.pixel_features(self.backbone(images.tensor))
+            features.extend(
+                ([level[index] for level in levels], masks[index]) for index in range(len(masks))
+            )
+        return features

@@ -126,6 +126,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
         self.aux_outputs_in_eval = aux_outputs_in_eval
+        # In eval mode, also return the final queries after ``decoder_norm`` (N, Q, C) as
+        # "pred_embeddings": the video decoder does, to link a long video's clips.
+        self.query_embeddings_in_eval = False
 
     @classmethod
     def from_config(cls, cfg, in_channels: int):
@@ -215,13 +218,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             queries = self.transformer_ffn_layers[index](queries)
 
         class_logits, mask_logits = self._predict(queries, mask_features)
-        return {
+        outputs = {
             "pred_logits": class_logits,
             "pred_masks": mask_logits,
             "aux_outputs": [
                 {"pred_logits": logits, "pred_masks": masks} for logits, masks in predictions
             ],
         }
+        if self.query_embeddings_in_eval and not self.training:
+            outputs["pred_embeddings"] = self.decoder_norm(queries).transpose(0, 1)
+        return outputs
 
     def _group_frames(self, tensor: torch.Tensor) -> torch.Tensor:
         """The per-image tensor (N, ...) as the decoder's batch; the identity for images.

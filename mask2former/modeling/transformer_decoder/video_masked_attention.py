@@ -35,7 +35,9 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
 
     Called as ``forward(multi_scale_features, mask_features)`` with maps
     (N * T, in_channels, H_l, W_l) and (N * T, mask_dim, H, W); returns "pred_logits"
-    (N, Q, K + 1), "pred_masks" (N, Q, T, H, W) logits and "aux_outputs" of the same shapes.
+    (N, Q, K + 1), "pred_masks" (N, Q, T, H, W) logits and "aux_outputs" of the same shapes,
+    and in eval mode "pred_embeddings" (N, Q, C), the final queries after ``decoder_norm``,
+    which link the clips of a long video (``VideoMaskFormer``'s TEST.CLIP_LENGTH).
 
     The parameters are exactly the image decoder's (the official video checkpoints have its
     keys), and both eval paths of the image decoder (``aux_outputs_in_eval``) work the same.
@@ -57,6 +59,7 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
             )
         self.num_frames = num_frames
         self.pe_layer = PositionEmbeddingSine3D(self.pe_layer.num_pos_feats, normalize=True)
+        self.query_embeddings_in_eval = True
 
     @classmethod
     def from_config(cls, cfg, in_channels: int) -> Dict:

@@ -1,0 +1,283 @@
+"""Long videos clip by clip (MODEL.MASK_FORMER.TEST.CLIP_LENGTH / CLIP_OVERLAP): linking the
+clips' queries into tracks, VideoMaskFormer.track_video, and the lazy VideoPrediction that the
+VideoPredictor and the demo build on it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import NARROW_HEADS, write_clip
+from test_video_e2e import CONFIG
+from test_video_model import _frames, _model
+
+from mask2former import VideoPredictor
+from mask2former.modeling.meta_arch.video_clips import TrackLinker
+from mask2former.utils.export import write_tracks
+from mask2former.video_predictor import VideoPrediction
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ---------------------------------------------------------------- TrackLinker
+
+
+def _clip(queries=5, frames=3, classes=4, seed=0, size=(6, 8)):
+    generator = torch.Generator().manual_seed(seed)
+    class_logits = torch.randn(queries, classes + 1, generator=generator)
+    mask_logits = 4 * torch.randn(queries, frames, *size, generator=generator)
+    embeddings = torch.randn(queries, 16, generator=generator)
+    return class_logits, mask_logits, embeddings
+
+
+def test_linker_follows_queries_that_change_places():
+    first = _clip(seed=0)
+    permutation = torch.tensor([3, 0, 4, 1, 2])  # query j of clip 2 is query permutation[j]
+    next_masks = _clip(seed=1)[1]
+    next_masks[:, 0] = first[1][:, -1]  # the shared frame: the same masks
+    second = (_clip(seed=2)[0][permutation], next_masks[permutation], first[2][permutation])
+    linker = TrackLinker(torch.float32)
+    linker.add(0, *first)
+    linker.add(2, *second)
+    assert linker.num_frames == 5 and linker.frame_counts == [1, 1, 2, 1, 1]
+    order = linker.orders[1]
+    assert torch.equal(permutation[order], torch.arange(5))  # track t continues with query t
+    # class probabilities: the clips' mean, weighted by object probability x mask presence
+    probabilities = [first[0].softmax(-1), second[0][order].softmax(-1)]
+    presence = [first[1].flatten(1).amax(1), next_masks.flatten(1).amax(1)]
+    weights = [(1 - p[:, -1]) * m.sigmoid() for p, m in zip(probabilities, presence)]
+    expected = weights[0][:, None] * probabilities[0] + weights[1][:, None] * probabilities[1]
+    expected = expected[:, :-1] / (weights[0] + weights[1])[:, None]
+    torch.testing.assert_close(linker.class_probabilities(), expected)
+    for track in range(5):
+        logits = linker.track_logits(track)
+        torch.testing.assert_close(logits[:3], first[1][track])
+        torch.testing.assert_close(logits[3:], next_masks[track, 1:])
+
+
+def test_linker_uses_the_masks_where_the_embeddings_say_nothing():
+    first = _clip(seed=0)
+    permutation = torch.tensor([1, 0, 2, 4, 3])
+    masks = _clip(seed=3)[1]
+    masks[:, :2] = first[1][:, 1:]  # two shared frames
+    same = torch.ones(5, 16)
+    linker = TrackLinker()
+    linker.add(0, first[0], first[1], same)
+    linker.add(1, first[0][permutation], masks[permutation], same)
+    assert torch.equal(permutation[linker.orders[1]], torch.arange(5))
+
+
+def test_linker_uses_the_embeddings_without_shared_frames():
+    first = _clip(seed=0)
+    permutation = torch.tensor([2, 3, 4, 0, 1])
+    second = _clip(seed=4)
+    linker = TrackLinker()
+    linker.add(0, *first)
+    linker.add(3, second[0], second[1], first[2][permutation] + 0.01 * second[2])
+    assert torch.equal(permutation[linker.orders[1]], torch.arange(5))
+    assert linker.frame_counts == [1] * 6
+
+
+def test_a_clip_where_a_track_is_out_of_view_keeps_its_score():
+    # the whole video at once scores a track by the frames where its object is; in clips, a
+    # clip where the query says "no object" with an empty mask must not halve the score
+    class_logits, mask_logits, embeddings = _clip(queries=2, classes=3)
+    class_logits[0] = torch.tensor([8.0, 0, 0, 0])  # track 0: class 0, sure
+    absent_logits = class_logits.clone()
+    absent_logits[0] = torch.tensor([0.0, 0, 0, 8])  # "no object" in the next clip
+    absent_masks = mask_logits.clone()
+    absent_masks[0] = -10  # and an empty mask
+    linker = TrackLinker()
+    linker.add(0, class_logits, mask_logits, embeddings)
+    linker.add(3, absent_logits, absent_masks, embeddings)
+    sure = class_logits[0].softmax(-1)[0]
+    assert linker.class_probabilities()[0, 0] > sure - 1e-3  # the plain mean: about 1/2
+
+
+def test_linker_refuses_gaps_and_other_query_counts():
+    linker = TrackLinker()
+    with pytest.raises(ValueError, match="without a gap"):
+        linker.add(1, *_clip())
+    linker.add(0, *_clip())
+    with pytest.raises(ValueError, match="without a gap"):
+        linker.add(4, *_clip())
+    with pytest.raises(ValueError, match="6 queries after clips with 5"):
+        linker.add(3, *_clip(queries=6))
+
+
+def test_linker_stores_float16_logits_bounded():
+    class_logits, mask_logits, embeddings = _clip()
+    mask_logits[0, 0, 0, 0] = 1e6  # beyond float16: kept as a large finite logit
+    linker = TrackLinker()
+    linker.add(0, class_logits, mask_logits, embeddings)
+    stored = linker.track_logits(0)
+    assert stored.dtype == torch.float16 and torch.isfinite(stored).all()
+    assert stored[0, 0, 0] > 1000
+
+
+# ---------------------------------------------------------------- VideoMaskFormer
+
+
+def _decoder_frames(model):
+    """The number of frames of each transformer decoder call, and of each backbone call."""
+    decoder, backbone = [], []
+    model.sem_seg_head.predictor.register_forward_hook(
+        lambda module, args, out: decoder.append(len(args[1]))
+    )
+    model.backbone.register_forward_hook(lambda module, args, out: backbone.append(len(args[0])))
+    return decoder, backbone
+
+
+def test_track_video_of_one_clip_is_the_whole_video_result():
+    model, _ = _model()
+    model.eval()
+    frames = _frames(5, 40, 56, seed=3)
+    with torch.no_grad():
+        (expected,) = model([{"image": frames, "height": 61, "width": 83}])
+        tracks = model.track_video(iter(frames), (61, 83))  # CLIP_LENGTH 0: one clip
+        result = model.tracks_result(tracks)
+        model.clip_length = 5  # one clip of the clip path (float16 logits)
+        clip_result = model.tracks_result(model.track_video(frames, (61, 83)))
+    assert result["pred_scores"] == expected["pred_scores"]
+    assert result["pred_labels"] == expected["pred_labels"]
+    for mask, expected_mask in zip(result["pred_masks"], expected["pred_masks"]):
+        assert torch.equal(mask, expected_mask)
+    assert clip_result["pred_labels"] == expected["pred_labels"]
+    torch.testing.assert_close(
+        torch.tensor(clip_result["pred_scores"]), torch.tensor(expected["pred_scores"])
+    )
+    for mask, expected_mask in zip(clip_result["pred_masks"], expected["pred_masks"]):
+        assert (mask != expected_mask).float().mean() < 1e-3  # float16 logits at the threshold
+
+
+@pytest.mark.parametrize(
+    "num_frames, clips", [(7, [3, 3, 3]), (8, [3, 3, 3, 2]), (3, [3]), (2, [2])]
+)
+def test_clips_share_frames_that_the_backbone_sees_once(num_frames, clips):
+    model, cfg = _model(
+        **{
+            "MODEL.MASK_FORMER.TEST.CLIP_LENGTH": 3,
+            "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": 1,
+            "MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS": 2,
+        }
+    )
+    model.eval()
+    decoder, backbone = _decoder_frames(model)
+    with torch.no_grad():
+        (result,) = model([{"image": _frames(num_frames, 40, 56), "height": 50, "width": 70}])
+    assert decoder == clips  # the last clip: the shared frame and what is left
+    assert sum(backbone) == num_frames and max(backbone) <= 2  # FRAMES_PER_PASS
+    limit = cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO
+    assert 0 < len(result["pred_scores"]) <= limit
+    assert result["pred_scores"] == sorted(result["pred_scores"], reverse=True)
+    for mask in result["pred_masks"]:
+        assert mask.shape == (num_frames, 50, 70) and mask.dtype == torch.bool
+
+
+def test_a_still_video_keeps_each_query_on_its_track():
+    # every clip sees the same frames, so each query must continue its own track
+    model, _ = _model(
+        **{"MODEL.MASK_FORMER.TEST.CLIP_LENGTH": 2, "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": 0}
+    )
+    model.eval()
+    frame = _frames(1, 40, 56, seed=5)[0]
+    seen = []
+    original = TrackLinker.add
+
+    def spy(linker, *args):
+        original(linker, *args)
+        seen.append(linker)
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TrackLinker, "add", spy)
+        model.track_video([frame] * 6)
+    linker = seen[-1]
+    assert len(linker.orders) == 3
+    for order in linker.orders:
+        assert torch.equal(order, torch.arange(len(order)))
+
+
+@pytest.mark.parametrize("length, overlap", [(-1, 0), (3, 3), (3, -1)])
+def test_clip_settings_are_checked(length, overlap):
+    with pytest.raises(ValueError, match="CLIP_LENGTH must be >= 0 .* CLIP_OVERLAP in"):
+        _model(
+            **{
+                "MODEL.MASK_FORMER.TEST.CLIP_LENGTH": length,
+                "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": overlap,
+            }
+        )
+
+
+def test_track_video_refuses_an_empty_video_and_frames_of_two_sizes():
+    model, _ = _model(**{"MODEL.MASK_FORMER.TEST.CLIP_LENGTH": 2})
+    model.eval()
+    with pytest.raises(ValueError, match="no frames"):
+        model.track_video([])
+    with pytest.raises(ValueError, match="share a size"):
+        model.track_video(_frames(2, 40, 56) + _frames(1, 48, 64))
+
+
+# ---------------------------------------------------------------- VideoPredictor, demo
+
+
+@pytest.fixture(scope="module")
+def clip_predictor():
+    opts = [
+        "MODEL.DEVICE",
+        "cpu",
+        *NARROW_HEADS,
+        "MODEL.MASK_FORMER.TEST.CLIP_LENGTH",
+        "3",
+        "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP",
+        "1",
+    ]
+    return VideoPredictor(CONFIG, "", opts=opts)
+
+
+def test_predictor_reads_frames_as_they_come_and_makes_masks_on_demand(clip_predictor):
+    rng = np.random.default_rng(0)
+    taken = []
+
+    def frames():
+        for index in range(7):
+            taken.append(index)
+            yield rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+
+    prediction = clip_predictor.predict_arrays(frames())
+    assert taken == list(range(7)) and prediction.num_frames == 7
+    assert prediction.frame_size == (40, 60) and len(prediction) > 0
+    masks = prediction.masks
+    assert masks.shape == (len(prediction), 7, 40, 60) and masks.dtype == bool
+    for index in (0, 3, 6):
+        np.testing.assert_array_equal(prediction.frame(index).instances.masks, masks[:, index])
+    np.testing.assert_array_equal(prediction.track_masks(1, 2, 5), masks[1, 2:5])
+    kept = prediction.filter(float(prediction.scores[1]))
+    assert len(kept) == 2
+    np.testing.assert_array_equal(kept.masks, masks[:2])
+
+
+def test_lazy_and_dense_predictions_write_the_same_tracks(clip_predictor, tmp_path):
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(5)]
+    lazy = clip_predictor(frames)
+    dense = VideoPrediction(
+        lazy.frame_size, lazy.masks, lazy.scores, lazy.classes, lazy.class_names
+    )
+    write_tracks(lazy, str(tmp_path / "lazy.json"), video_id=1)
+    write_tracks(dense, str(tmp_path / "dense.json"), video_id=1)
+    assert (tmp_path / "lazy.json").read_text() == (tmp_path / "dense.json").read_text()
+    with pytest.raises(ValueError, match="masks or tracks"):
+        VideoPrediction(lazy.frame_size, None, lazy.scores, lazy.classes, lazy.class_names)
+
+
+def test_demo_runs_a_video_file_in_clips(tmp_path, capsys):
+    from test_video_e2e import demo
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=7, fps=5.0, size=(48, 32))
+    argv = ["--config-file", CONFIG, "--confidence-threshold", "0", "--video-input", clip]
+    argv += ["--output", str(tmp_path / "out"), "--opts", "MODEL.DEVICE", "cpu", *NARROW_HEADS]
+    argv += ["MODEL.MASK_FORMER.TEST.CLIP_LENGTH", "3"]
+    assert demo.main(argv) == 0
+    capsys.readouterr()
+    tracks = json.loads((tmp_path / "out" / "clip.tracks.json").read_text())
+    assert tracks and all(len(track["segmentations"]) == 7 for track in tracks)
