@@ -151,13 +151,21 @@ def test_track_video_of_one_clip_is_the_whole_video_result():
 
 
 @pytest.mark.parametrize(
-    "num_frames, clips", [(7, [3, 3, 3]), (8, [3, 3, 3, 2]), (3, [3]), (2, [2])]
+    "length, overlap, num_frames, clips",
+    [
+        (3, 1, 7, [3, 3, 3]),
+        (3, 1, 8, [3, 3, 3, 2]),  # the last clip: the shared frame and what is left
+        (3, 1, 3, [3]),  # no longer than a clip: the whole video at once
+        (3, 1, 2, [2]),
+        (1, 0, 3, [1, 1, 1]),  # frame by frame
+        (4, 2, 7, [4, 4, 3]),
+    ],
 )
-def test_clips_share_frames_that_the_backbone_sees_once(num_frames, clips):
+def test_clips_share_frames_that_the_backbone_sees_once(length, overlap, num_frames, clips):
     model, cfg = _model(
         **{
-            "MODEL.MASK_FORMER.TEST.CLIP_LENGTH": 3,
-            "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": 1,
+            "MODEL.MASK_FORMER.TEST.CLIP_LENGTH": length,
+            "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": overlap,
             "MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS": 2,
         }
     )
@@ -165,7 +173,7 @@ def test_clips_share_frames_that_the_backbone_sees_once(num_frames, clips):
     decoder, backbone = _decoder_frames(model)
     with torch.no_grad():
         (result,) = model([{"image": _frames(num_frames, 40, 56), "height": 50, "width": 70}])
-    assert decoder == clips  # the last clip: the shared frame and what is left
+    assert decoder == clips
     assert sum(backbone) == num_frames and max(backbone) <= 2  # FRAMES_PER_PASS
     limit = cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO
     assert 0 < len(result["pred_scores"]) <= limit
@@ -281,3 +289,23 @@ def test_demo_runs_a_video_file_in_clips(tmp_path, capsys):
     capsys.readouterr()
     tracks = json.loads((tmp_path / "out" / "clip.tracks.json").read_text())
     assert tracks and all(len(track["segmentations"]) == 7 for track in tracks)
+
+
+def test_demo_suggests_clips_for_a_long_video(tmp_path, capsys, caplog, monkeypatch):
+    from test_video_e2e import demo
+
+    from mask2former.apps import cli
+
+    monkeypatch.setattr(cli, "LONG_VIDEO_FRAMES", 4)
+    clip = write_clip(tmp_path / "clip.mp4", frames=5, fps=5.0, size=(48, 32))
+    inputs = ["--config-file", CONFIG, "--video-input", clip, "--output", str(tmp_path / "out")]
+    opts = ["--opts", "MODEL.DEVICE", "cpu", *NARROW_HEADS]
+    with caplog.at_level("WARNING", logger="mask2former.apps.cli"):
+        assert demo.main(inputs + opts) == 0
+        assert "its 5 frames at once" in caplog.text
+        assert "MODEL.MASK_FORMER.TEST.CLIP_LENGTH 36" in caplog.text
+        caplog.clear()
+        assert demo.main(inputs + opts + ["MODEL.MASK_FORMER.TEST.CLIP_LENGTH", "2"]) == 0
+        assert demo.main(inputs + ["--max-frames", "4"] + opts) == 0  # 4 frames: not long
+        assert "CLIP_LENGTH 36" not in caplog.text
+    capsys.readouterr()
