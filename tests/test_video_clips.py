@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import NARROW_HEADS, write_clip
+from helpers import NARROW_HEADS, needs_cuda, write_clip
 from test_video_e2e import CONFIG
 from test_video_model import _frames, _model
 
@@ -309,3 +309,27 @@ def test_demo_suggests_clips_for_a_long_video(tmp_path, capsys, caplog, monkeypa
         assert demo.main(inputs + ["--max-frames", "4"] + opts) == 0  # 4 frames: not long
         assert "CLIP_LENGTH 36" not in caplog.text
     capsys.readouterr()
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.usefixtures("no_tf32")
+@pytest.mark.parametrize("precision", [None, torch.bfloat16, torch.float16])
+def test_cuda_clips_match_the_cpu(precision):
+    model, _ = _model(
+        **{"MODEL.MASK_FORMER.TEST.CLIP_LENGTH": 3, "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": 1}
+    )
+    model.eval()
+    video = {"image": _frames(7, 48, 64, seed=4)}
+    autocast = torch.autocast("cuda", dtype=precision or torch.float32, enabled=bool(precision))
+    with torch.no_grad():
+        (expected,) = model([video])
+        model.to("cuda")
+        with autocast:
+            (result,) = model([video])
+    assert all(mask.device.type == "cpu" for mask in result["pred_masks"])
+    assert all(mask.shape == (7, 48, 64) for mask in result["pred_masks"])
+    # scores only: a random model's class probabilities are near ties, whose order may differ
+    tolerance = 1e-4 if precision is None else 0.05
+    scores, expected_scores = (torch.tensor(r["pred_scores"]) for r in (result, expected))
+    torch.testing.assert_close(scores, expected_scores, rtol=0, atol=tolerance)
