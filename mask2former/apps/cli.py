@@ -76,12 +76,11 @@ logger = logging.getLogger(__name__)
 
 # Picture formats written with the input's extension; others are written as PNG.
 _PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-# Video codecs by output extension (those OpenCV's bundled FFmpeg writes); web browsers play
-# .webm (VP8), not OpenCV's MPEG-4 .mp4.
 # A video model that sees more frames than this at once may run out of memory (the release's
 # users report 100-150 frames for Swin-L on a 32 GB GPU): the demo suggests clips.
 LONG_VIDEO_FRAMES = 100
-
+# Video codecs by output extension (those OpenCV's bundled FFmpeg writes); web browsers play
+# .webm (VP8), not OpenCV's MPEG-4 .mp4.
 _VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v", ".webm": "VP80"}
 DEFAULT_OUTPUT = os.path.join("output", "demo")
 
