@@ -29,7 +29,7 @@ from torch.multiprocessing import ProcessExitedException
 
 from mask2former import modeling as _modeling  # noqa: F401  only registration
 from mask2former.config import load_config
-from mask2former.data import is_video_config
+from mask2former.data import check_num_classes, is_video_config
 from mask2former.data.bad_samples import TooManyBadSamplesError
 from mask2former.engine import (
     AtomicDetectionCheckpointer,
@@ -96,10 +96,14 @@ def main(args):
 def check_args(args) -> None:
     """Fail before starting any process when the config or the weights to evaluate are wrong,
     or when the test data sets cannot be evaluated (e.g. an evaluator's package is missing),
+    or MODEL.SEM_SEG_HEAD.NUM_CLASSES is not the number of classes of the data sets used,
     or SOLVER.BEST_CHECKPOINTER, SOLVER.GRADIENT_ACCUMULATION_STEPS (for the number of
     processes asked for), MODEL_EMA or MODEL.MASK_FORMER.TEST.SLIDING_WINDOW cannot work."""
     cfg = load_config(args.config_file, args.opts)
     check_evaluation_dependencies(cfg)
+    # MODEL.SEM_SEG_HEAD.NUM_CLASSES against the data sets' classes: a model with more would
+    # train, then fail in the evaluator
+    check_num_classes(cfg, cfg.DATASETS.TEST if args.eval_only else None, load=True)
     if not is_video_config(cfg):  # a video model names the key itself when it is built
         sliding_window_from_config(cfg)
     if not args.eval_only:

@@ -14,9 +14,10 @@ Example::
 
 By default the model sees the whole video at once (as the official release's video demo
 does), so its memory grows with the number of frames: cut long videos with ``max_frames``, or
-set ``MODEL.MASK_FORMER.TEST.CLIP_LENGTH`` to run them in clips linked into tracks. The
-frames are read one at a time and not kept; the masks are made at the frame size when asked
-for, a frame (``frame``) or a track (``track_masks``) at a time.
+set ``MODEL.MASK_FORMER.TEST.CLIP_LENGTH`` to run them in clips linked into tracks. A video
+file is read one frame at a time (in clips only one clip's frames are held); the masks are
+made at the frame size when asked for, a frame (``frame``) or a track (``track_masks``) at a
+time.
 
 Shapes: D: tracks (instances followed through the clip), L: frames, H, W: the frame size.
 """
@@ -186,7 +187,8 @@ class VideoPredictor(Predictor):
 
         Args:
             frames: L >= 1 (H, W, 3) uint8 arrays in INPUT.FORMAT, all of one size (a list,
-                or an iterator: they are resized as they come and not kept).
+                or an iterator: each is resized as it comes, and only the resized frames the
+                model has not run yet are held).
 
         Raises:
             ValueError: no frames, or frames of different sizes.

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import NARROW_HEADS, write_clip
+from helpers import NARROW_HEADS, needs_cuda, write_clip
 from test_video_e2e import CONFIG
 from test_video_model import _frames, _model
 
@@ -105,14 +105,37 @@ def test_linker_refuses_gaps_and_other_query_counts():
         linker.add(3, *_clip(queries=6))
 
 
-def test_linker_stores_float16_logits_bounded():
+def test_linker_keeps_one_clip_in_float32_and_more_in_float16_bounded():
     class_logits, mask_logits, embeddings = _clip()
     mask_logits[0, 0, 0, 0] = 1e6  # beyond float16: kept as a large finite logit
     linker = TrackLinker()
     linker.add(0, class_logits, mask_logits, embeddings)
+    assert linker.track_logits(0).dtype == torch.float32  # as the whole video's logits
+    linker.add(3, class_logits, mask_logits, embeddings)
     stored = linker.track_logits(0)
     assert stored.dtype == torch.float16 and torch.isfinite(stored).all()
-    assert stored[0, 0, 0] > 1000
+    assert stored[0, 0, 0] > 1000 and stored.shape == (6, 6, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_linker_under_autocast_links_as_in_float32(dtype):
+    # the model's outputs come in half precision under autocast, and the caller's autocast is on
+    first, second = _clip(seed=0), _clip(seed=1)
+    permutation = torch.tensor([4, 2, 0, 1, 3])
+    second = (second[0][permutation], second[1][permutation], first[2][permutation])
+    second[1][:, 0] = first[1][permutation, -1]
+    reference = TrackLinker()
+    reference.add(0, *first)
+    reference.add(2, *second)
+    linker = TrackLinker()
+    with torch.autocast("cpu", dtype=dtype):
+        linker.add(0, *(x.to(dtype) for x in first))
+        linker.add(2, *(x.to(dtype) for x in second))
+    assert torch.equal(linker.orders[1], reference.orders[1])
+    assert linker.class_probabilities().dtype == torch.float32
+    torch.testing.assert_close(
+        linker.class_probabilities(), reference.class_probabilities(), atol=0.02, rtol=0
+    )
 
 
 # ---------------------------------------------------------------- VideoMaskFormer
@@ -136,28 +159,36 @@ def test_track_video_of_one_clip_is_the_whole_video_result():
         (expected,) = model([{"image": frames, "height": 61, "width": 83}])
         tracks = model.track_video(iter(frames), (61, 83))  # CLIP_LENGTH 0: one clip
         result = model.tracks_result(tracks)
-        model.clip_length = 5  # one clip of the clip path (float16 logits)
+        model.clip_length = 5  # one clip of the clip path
         clip_result = model.tracks_result(model.track_video(frames, (61, 83)))
     assert result["pred_scores"] == expected["pred_scores"]
     assert result["pred_labels"] == expected["pred_labels"]
     for mask, expected_mask in zip(result["pred_masks"], expected["pred_masks"]):
         assert torch.equal(mask, expected_mask)
+    # one clip keeps float32 logits: a video that fits one clip gets the whole-video result
+    assert clip_result["pred_scores"] == expected["pred_scores"]
     assert clip_result["pred_labels"] == expected["pred_labels"]
-    torch.testing.assert_close(
-        torch.tensor(clip_result["pred_scores"]), torch.tensor(expected["pred_scores"])
-    )
     for mask, expected_mask in zip(clip_result["pred_masks"], expected["pred_masks"]):
-        assert (mask != expected_mask).float().mean() < 1e-3  # float16 logits at the threshold
+        assert torch.equal(mask, expected_mask)
 
 
 @pytest.mark.parametrize(
-    "num_frames, clips", [(7, [3, 3, 3]), (8, [3, 3, 3, 2]), (3, [3]), (2, [2])]
+    "length, overlap, num_frames, clips",
+    [
+        (3, 1, 7, [3, 3, 3]),
+        (3, 1, 8, [3, 3, 3, 2]),  # the last clip: the shared frame and what is left
+        (3, 1, 3, [3]),  # no longer than a clip: the whole video at once
+        (3, 1, 2, [2]),
+        (1, 0, 3, [1, 1, 1]),  # frame by frame
+        (4, 2, 7, [4, 4, 3]),
+        (3, 2, 6, [3, 3, 3, 3]),  # every clip shares all but one frame with the one before
+    ],
 )
-def test_clips_share_frames_that_the_backbone_sees_once(num_frames, clips):
+def test_clips_share_frames_that_the_backbone_sees_once(length, overlap, num_frames, clips):
     model, cfg = _model(
         **{
-            "MODEL.MASK_FORMER.TEST.CLIP_LENGTH": 3,
-            "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": 1,
+            "MODEL.MASK_FORMER.TEST.CLIP_LENGTH": length,
+            "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": overlap,
             "MODEL.MASK_FORMER.TEST.FRAMES_PER_PASS": 2,
         }
     )
@@ -165,13 +196,28 @@ def test_clips_share_frames_that_the_backbone_sees_once(num_frames, clips):
     decoder, backbone = _decoder_frames(model)
     with torch.no_grad():
         (result,) = model([{"image": _frames(num_frames, 40, 56), "height": 50, "width": 70}])
-    assert decoder == clips  # the last clip: the shared frame and what is left
+    assert decoder == clips
     assert sum(backbone) == num_frames and max(backbone) <= 2  # FRAMES_PER_PASS
     limit = cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO
     assert 0 < len(result["pred_scores"]) <= limit
     assert result["pred_scores"] == sorted(result["pred_scores"], reverse=True)
     for mask in result["pred_masks"]:
         assert mask.shape == (num_frames, 50, 70) and mask.dtype == torch.bool
+
+
+def test_clips_under_bfloat16_autocast_on_the_cpu():
+    model, _ = _model(
+        **{"MODEL.MASK_FORMER.TEST.CLIP_LENGTH": 3, "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": 1}
+    )
+    model.eval()
+    video = {"image": _frames(7, 40, 56, seed=6)}
+    with torch.no_grad():
+        (expected,) = model([video])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            (result,) = model([video])
+    assert all(mask.shape == (7, 40, 56) for mask in result["pred_masks"])
+    scores, expected_scores = (torch.tensor(r["pred_scores"]) for r in (result, expected))
+    torch.testing.assert_close(scores, expected_scores, rtol=0, atol=0.05)
 
 
 def test_a_still_video_keeps_each_query_on_its_track():
@@ -236,15 +282,23 @@ def clip_predictor():
 
 def test_predictor_reads_frames_as_they_come_and_makes_masks_on_demand(clip_predictor):
     rng = np.random.default_rng(0)
-    taken = []
+    clips_run = []  # how many clips the decoder had run when each frame was read
+    decoder = clip_predictor.model.sem_seg_head.predictor
+    handle = decoder.register_forward_hook(lambda *args: clips_run.append(None))
+    read_after = []
 
     def frames():
-        for index in range(7):
-            taken.append(index)
+        for _ in range(7):
+            read_after.append(len(clips_run))
             yield rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
 
-    prediction = clip_predictor.predict_arrays(frames())
-    assert taken == list(range(7)) and prediction.num_frames == 7
+    try:
+        prediction = clip_predictor.predict_arrays(frames())
+    finally:
+        handle.remove()
+    # clips of 3 sharing 1 frame: frames 0-2, 2-4, 4-6; each read once the clip before ran
+    assert read_after == [0, 0, 0, 1, 1, 2, 2] and len(clips_run) == 3
+    assert prediction.num_frames == 7
     assert prediction.frame_size == (40, 60) and len(prediction) > 0
     masks = prediction.masks
     assert masks.shape == (len(prediction), 7, 40, 60) and masks.dtype == bool
@@ -281,3 +335,47 @@ def test_demo_runs_a_video_file_in_clips(tmp_path, capsys):
     capsys.readouterr()
     tracks = json.loads((tmp_path / "out" / "clip.tracks.json").read_text())
     assert tracks and all(len(track["segmentations"]) == 7 for track in tracks)
+
+
+def test_demo_suggests_clips_for_a_long_video(tmp_path, capsys, caplog, monkeypatch):
+    from test_video_e2e import demo
+
+    from mask2former.apps import cli
+
+    monkeypatch.setattr(cli, "LONG_VIDEO_FRAMES", 4)
+    clip = write_clip(tmp_path / "clip.mp4", frames=5, fps=5.0, size=(48, 32))
+    inputs = ["--config-file", CONFIG, "--video-input", clip, "--output", str(tmp_path / "out")]
+    opts = ["--opts", "MODEL.DEVICE", "cpu", *NARROW_HEADS]
+    with caplog.at_level("WARNING", logger="mask2former.apps.cli"):
+        assert demo.main(inputs + opts) == 0
+        assert "its 5 frames at once" in caplog.text
+        assert "MODEL.MASK_FORMER.TEST.CLIP_LENGTH 36" in caplog.text
+        caplog.clear()
+        assert demo.main(inputs + opts + ["MODEL.MASK_FORMER.TEST.CLIP_LENGTH", "2"]) == 0
+        assert demo.main(inputs + ["--max-frames", "4"] + opts) == 0  # 4 frames: not long
+        assert "CLIP_LENGTH 36" not in caplog.text
+    capsys.readouterr()
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.usefixtures("no_tf32")
+@pytest.mark.parametrize("precision", [None, torch.bfloat16, torch.float16])
+def test_cuda_clips_match_the_cpu(precision):
+    model, _ = _model(
+        **{"MODEL.MASK_FORMER.TEST.CLIP_LENGTH": 3, "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": 1}
+    )
+    model.eval()
+    video = {"image": _frames(7, 48, 64, seed=4)}
+    autocast = torch.autocast("cuda", dtype=precision or torch.float32, enabled=bool(precision))
+    with torch.no_grad():
+        (expected,) = model([video])
+        model.to("cuda")
+        with autocast:
+            (result,) = model([video])
+    assert all(mask.device.type == "cpu" for mask in result["pred_masks"])
+    assert all(mask.shape == (7, 48, 64) for mask in result["pred_masks"])
+    # scores only: a random model's class probabilities are near ties, whose order may differ
+    tolerance = 1e-4 if precision is None else 0.05
+    scores, expected_scores = (torch.tensor(r["pred_scores"]) for r in (result, expected))
+    torch.testing.assert_close(scores, expected_scores, rtol=0, atol=tolerance)

@@ -76,6 +76,9 @@ logger = logging.getLogger(__name__)
 
 # Picture formats written with the input's extension; others are written as PNG.
 _PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# A video model that sees more frames than this at once may run out of memory (the release's
+# users report 100-150 frames for Swin-L on a 32 GB GPU): the demo suggests clips.
+LONG_VIDEO_FRAMES = 100
 # Video codecs by output extension (those OpenCV's bundled FFmpeg writes); web browsers play
 # .webm (VP8), not OpenCV's MPEG-4 .mp4.
 _VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v", ".webm": "VP80"}
@@ -477,6 +480,27 @@ def run_video(
     return report
 
 
+def _warn_if_long(predictor: VideoPredictor, video_path: str, max_frames: Optional[int]) -> None:
+    """Warn before a video model sees more than LONG_VIDEO_FRAMES frames at once."""
+    if predictor.cfg.MODEL.MASK_FORMER.TEST.CLIP_LENGTH > 0:
+        return
+    capture = _open_video(video_path)
+    try:
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+    if max_frames is not None:
+        frames = min(frames, max_frames)
+    if frames > LONG_VIDEO_FRAMES:
+        logger.warning(
+            "%s: the video model sees its %d frames at once, and its memory grows with every "
+            "frame; if it runs out, add MODEL.MASK_FORMER.TEST.CLIP_LENGTH 36 to --opts (clips "
+            "of 36 frames linked into tracks) or cut the video with --max-frames.",
+            video_path,
+            frames,
+        )
+
+
 def _frame_rate(fps: float, video_path: str) -> float:
     """The frame rate to write a video read from ``video_path`` with: its own, else 30."""
     if not fps or fps <= 0 or not np.isfinite(fps):
@@ -511,7 +535,8 @@ def run_video_model(
     report = DemoReport()
     shown = display_metadata(predictor.metadata, len(predictor.class_names))
     if video_path is not None:
-        # Read twice, the model's pass and the drawing pass, keeping no frame and no picture.
+        _warn_if_long(predictor, video_path, max_frames)
+        # Read twice, the model's pass and the drawing pass, keeping no picture.
         try:
             prediction = predictor(video_path, max_frames)
         except VideoReadError as error:

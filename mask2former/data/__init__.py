@@ -6,6 +6,7 @@ dataset mapper with :data:`MASK_FORMER_MAPPER_REGISTRY`.
 
 from . import datasets as _datasets  # noqa: F401  only registration
 from .dataset_mappers import MASK_FORMER_MAPPER_REGISTRY, build_dataset_mapper, is_video_config
+from .num_classes import NumClassesError, check_num_classes
 from .synthetic import SyntheticConfig, ensure_synthetic_dataset
 from .synthetic_video import SyntheticVideoConfig, ensure_synthetic_video_dataset
 
@@ -13,6 +14,8 @@ __all__ = [
     "MASK_FORMER_MAPPER_REGISTRY",
     "build_dataset_mapper",
     "is_video_config",
+    "NumClassesError",
+    "check_num_classes",
     "SyntheticConfig",
     "ensure_synthetic_dataset",
     "SyntheticVideoConfig",

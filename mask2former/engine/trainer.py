@@ -15,7 +15,7 @@ from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 
-from mask2former.data import bad_samples, build_dataset_mapper, is_video_config
+from mask2former.data import bad_samples, build_dataset_mapper, check_num_classes, is_video_config
 
 from .checkpoint import AtomicDetectionCheckpointer
 from .ema import EMA_CHECKPOINT_KEY, ModelEMA, ModelEMAHook, build_model_ema
@@ -297,8 +297,10 @@ class MaskFormerTrainer(DefaultTrainer):
 
     def __init__(self, cfg: CfgNode):
         self.ema: Optional[ModelEMA] = None  # MODEL_EMA's average; build_hooks builds it
-        # an evaluator that cannot run fails now, not after training (an uninstalled package)
+        # an evaluator that cannot run fails now, not after training (an uninstalled package),
+        # and so does a model whose classes are not the data sets'
         check_evaluation_dependencies(cfg)
+        check_num_classes(cfg)
         # a setting it cannot work with fails now; build_hooks (in DefaultTrainer.__init__) uses it
         best = cfg.SOLVER.BEST_CHECKPOINTER
         self._best_metric = best_checkpoint_metric(cfg) if best.ENABLED else None

@@ -1,6 +1,11 @@
 """Dataset mappers, registered in :data:`MASK_FORMER_MAPPER_REGISTRY` by name."""
 
-from .build import MASK_FORMER_MAPPER_REGISTRY, build_dataset_mapper, is_video_config
+from .build import (
+    MASK_FORMER_MAPPER_REGISTRY,
+    build_dataset_mapper,
+    dataset_mapper_class,
+    is_video_config,
+)
 from .coco_instance_lsj_dataset_mapper import COCOInstanceLSJDatasetMapper
 from .coco_panoptic_lsj_dataset_mapper import COCOPanopticLSJDatasetMapper
 from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
@@ -11,6 +16,7 @@ from .ytvis_dataset_mapper import YTVISDatasetMapper
 __all__ = [
     "MASK_FORMER_MAPPER_REGISTRY",
     "build_dataset_mapper",
+    "dataset_mapper_class",
     "is_video_config",
     "COCOInstanceLSJDatasetMapper",
     "COCOPanopticLSJDatasetMapper",

@@ -7,6 +7,7 @@ __all__ = [
     "MASK_FORMER_MAPPER_REGISTRY",
     "VIDEO_MAPPER_NAME",
     "build_dataset_mapper",
+    "dataset_mapper_class",
     "is_video_config",
 ]
 
@@ -24,6 +25,10 @@ A registered object is called as ``mapper = obj(cfg, is_train)`` and the mapper 
 ("image" (3, H, W) uint8 tensor, "instances" with gt_classes and gt_masks, "sem_seg" where
 applicable, "padding_mask"); the video mapper ("ytvis", :class:`YTVISDatasetMapper`) maps
 one video's dict to a clip, with lists of T frames under "image" and "instances".
+
+A ``class_names_key`` class attribute names the metadata field that lists the classes a
+mapper trains on ("thing_classes" or "stuff_classes"), with which
+``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` is checked (:mod:`mask2former.data.num_classes`).
 """
 
 
@@ -51,10 +56,15 @@ def build_dataset_mapper(cfg: CfgNode, is_train: bool = True):
     Raises:
         KeyError: when no mapper has that name; the message lists the registered ones.
     """
+    return dataset_mapper_class(cfg)(cfg, is_train)
+
+
+def dataset_mapper_class(cfg: CfgNode) -> type:
+    """The class :func:`build_dataset_mapper` builds (a KeyError when none has the name)."""
     name = VIDEO_MAPPER_NAME if is_video_config(cfg) else cfg.INPUT.DATASET_MAPPER_NAME
     for registered_name, mapper_class in MASK_FORMER_MAPPER_REGISTRY:
         if name in _names(registered_name, mapper_class):
-            return mapper_class(cfg, is_train)
+            return mapper_class
     known = ", ".join(sorted(_names(*entry)[-1] for entry in MASK_FORMER_MAPPER_REGISTRY))
     raise KeyError(
         f"INPUT.DATASET_MAPPER_NAME is {name!r}, which is not a registered dataset mapper. "

@@ -19,6 +19,8 @@ class COCOInstanceLSJDatasetMapper(MaskFormerInstanceDatasetMapper):
 
     # INPUT.DATASET_MAPPER_NAME of the official configs
     dataset_mapper_name = "coco_instance_lsj"
+    # the metadata that lists the classes of MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    class_names_key = "thing_classes"
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:

@@ -23,6 +23,8 @@ class MaskFormerInstanceDatasetMapper(MaskFormerMapperBase):
 
     # INPUT.DATASET_MAPPER_NAME of the official configs
     dataset_mapper_name = "mask_former_instance"
+    # the metadata that lists the classes of MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    class_names_key = "thing_classes"
 
     @classmethod
     def _build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List:

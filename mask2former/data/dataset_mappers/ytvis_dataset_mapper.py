@@ -71,6 +71,8 @@ class YTVISDatasetMapper:
 
     # INPUT.DATASET_MAPPER_NAME of the official configs
     dataset_mapper_name = "ytvis"
+    # the metadata that lists the classes of MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    class_names_key = "thing_classes"
 
     @configurable
     def __init__(

@@ -20,6 +20,7 @@ Shape legend: Q: queries (= tracks), K: classes (without "no object"), L: frames
 video, T: frames of a clip, h, w: predicted mask size, H, W: output size, D: detections.
 """
 
+import contextlib
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -68,13 +69,6 @@ def binary_mask_frames(
     return torch.cat(chunks)
 
 
-def _soft_iou(first: Tensor, second: Tensor) -> Tensor:
-    """(A, P) and (B, P) probabilities -> (A, B) soft IoU (0 where both are empty)."""
-    intersection = first @ second.T
-    union = first.sum(1)[:, None] + second.sum(1)[None] - intersection
-    return intersection / union.clamp_min(1e-6)
-
-
 class TrackLinker:
     """The tracks of a video assembled from the predictions of its clips, in order.
 
@@ -85,8 +79,8 @@ class TrackLinker:
     def __init__(self, storage_dtype: torch.dtype = torch.float16):
         """
         Args:
-            storage_dtype: dtype of the kept mask logits (on the CPU): float16 when clips are
-                linked, float32 for one clip seen whole (the official computation).
+            storage_dtype: dtype of the kept mask logits (on the CPU) once a second clip
+                comes; those of a video of one clip stay float32, as the whole video's.
         """
         self.storage_dtype = storage_dtype
         self.frame_logits: List[Tensor] = []  # per frame (Q, h, w), tracks in order
@@ -111,6 +105,15 @@ class TrackLinker:
             mask_logits: (Q, T, h, w).
             embeddings: (Q, C) final query embeddings.
         """
+        # in float32 whatever the caller's autocast: the assignment and the running means
+        # compare and add probabilities (and NumPy takes no bfloat16)
+        devices = {"cpu", class_logits.device.type}
+        with contextlib.ExitStack() as stack:
+            for device in devices:
+                stack.enter_context(torch.autocast(device, enabled=False))
+            self._add(start, class_logits, mask_logits, embeddings)
+
+    def _add(self, start: int, class_logits: Tensor, mask_logits: Tensor, embeddings: Tensor):
         if not 0 <= start <= self.num_frames or (self.num_frames == 0 and start != 0):
             raise ValueError(
                 f"TrackLinker: a clip starting at frame {start} after {self.num_frames} frames; "
@@ -129,6 +132,8 @@ class TrackLinker:
                     f"{len(self.embeddings)}."
                 )
             order = self._assign(start, shared, mask_logits, embeddings)
+            if len(self.orders) == 1:  # a second clip: from now on, the storage dtype
+                self.frame_logits = [frame.to(self.storage_dtype) for frame in self.frame_logits]
         self.orders.append(order)
         device_order = order.to(class_logits.device)
         probabilities = class_logits[device_order].softmax(-1)
@@ -146,16 +151,18 @@ class TrackLinker:
             self.probabilities += (probabilities - self.probabilities) * (weight / self.weights)
         self.embeddings = embeddings[device_order]
         mask_logits = mask_logits[order].clamp(-_FLOAT16_LIMIT, _FLOAT16_LIMIT)
+        # one clip is kept in float32, as the whole video's logits are
+        dtype = torch.float32 if len(self.orders) == 1 else self.storage_dtype
         for offset in range(clip_frames):
             index = start + offset
             if offset < shared:
                 count = self.frame_counts[index]
                 mean = self.frame_logits[index].float()
                 mean += (mask_logits[:, offset] - mean) / (count + 1)
-                self.frame_logits[index] = mean.to(self.storage_dtype)
+                self.frame_logits[index] = mean.to(dtype)
                 self.frame_counts[index] = count + 1
             else:
-                self.frame_logits.append(mask_logits[:, offset].to(self.storage_dtype))
+                self.frame_logits.append(mask_logits[:, offset].to(dtype))
                 self.frame_counts.append(1)
 
     def _assign(self, start: int, shared: int, mask_logits: Tensor, embeddings: Tensor) -> Tensor:
@@ -163,11 +170,19 @@ class TrackLinker:
         cosine similarity plus the soft mask IoU on the ``shared`` frames."""
         previous = torch.nn.functional.normalize(self.embeddings, dim=-1)
         current = torch.nn.functional.normalize(embeddings, dim=-1)
-        similarity = (previous @ current.T).cpu()
-        if shared > 0:
-            tracks = torch.stack(self.frame_logits[start : start + shared], 1).float().sigmoid()
-            queries = mask_logits[:, :shared].sigmoid()
-            similarity += _soft_iou(tracks.flatten(1), queries.flatten(1))
+        similarity = (previous @ current.T).cpu().float()
+        if shared > 0:  # summed frame by frame: one frame's probabilities at a time
+            intersection = torch.zeros_like(similarity)
+            track_area = torch.zeros(len(similarity), 1)
+            query_area = torch.zeros(1, len(similarity))
+            for offset in range(shared):
+                tracks = self.frame_logits[start + offset].float().sigmoid().flatten(1)
+                queries = mask_logits[:, offset].sigmoid().flatten(1)
+                intersection += tracks @ queries.T
+                track_area += tracks.sum(1, keepdim=True)
+                query_area += queries.sum(1)[None]
+            union = track_area + query_area - intersection
+            similarity += intersection / union.clamp_min(1e-6)  # soft IoU, 0 where both empty
         tracks_index, queries_index = linear_sum_assignment(similarity.numpy(), maximize=True)
         order = torch.empty(len(similarity), dtype=torch.long)
         order[torch.as_tensor(tracks_index)] = torch.as_tensor(queries_index, dtype=torch.long)
@@ -183,7 +198,8 @@ class TrackLinker:
 
     def track_logits(self, track: int) -> Tensor:
         """(L, h, w) mask logits of one track over the video, in the storage dtype."""
-        return torch.stack([frame[track] for frame in self.frame_logits])
+        with torch.autocast("cpu", enabled=False):  # which refuses to stack float16
+            return torch.stack([frame[track] for frame in self.frame_logits])
 
 
 @dataclass
@@ -227,11 +243,11 @@ class VideoTracks:
         classes (a track may come with several classes)."""
         scores, labels, queries = top_class_pairs(linker.class_probabilities(), detections)
         distinct, track_of = torch.unique(queries.cpu(), return_inverse=True)
-        if len(distinct):
-            logits = torch.stack([linker.track_logits(int(q)) for q in distinct])
-        else:
-            height, width = linker.frame_logits[0].shape[-2:]
-            logits = torch.zeros((0, linker.num_frames, height, width))
+        height, width = linker.frame_logits[0].shape[-2:]
+        logits = torch.zeros((len(distinct), linker.num_frames, height, width))
+        logits = logits.to(linker.frame_logits[0].dtype)
+        for index, query in enumerate(distinct.tolist()):
+            logits[index] = linker.track_logits(query)
         return cls(
             scores=scores.cpu(),
             labels=labels.cpu(),

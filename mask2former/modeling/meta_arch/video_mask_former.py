@@ -316,9 +316,10 @@ class VideoMaskFormer(MaskFormer):
         :meth:`forward`. Otherwise in clips of ``clip_length`` frames, each sharing
         ``clip_overlap`` frames with the one before (the last clip has the frames that are
         left), linked into tracks (see :mod:`.video_clips`): the device then holds the
-        features of one clip, and the host the tracks' low-resolution mask logits (float16),
-        never the frames. Either way the backbone and the pixel decoder see
-        ``frames_per_pass`` frames at a time.
+        features of one clip, and the host the tracks' low-resolution mask logits (float16)
+        and the frames of one clip, never the whole video's. A frame of another size stops it
+        when it comes, after the clips before it have run. Either way the backbone and the
+        pixel decoder see ``frames_per_pass`` frames at a time.
 
         Args:
             frames: (3, H_in, W_in) tensors in INPUT.FORMAT (uint8 or float, any device), all
