@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import NARROW_HEADS, needs_cuda, write_clip
 from test_video_e2e import CONFIG
-from test_video_model import _frames, _model
+from test_video_model import _frames, _model, assert_cuda_result_matches_the_cpu
 
 from mask2former import VideoPredictor
 from mask2former.modeling.meta_arch.video_clips import TrackLinker
@@ -365,17 +365,4 @@ def test_cuda_clips_match_the_cpu(precision):
     model, _ = _model(
         **{"MODEL.MASK_FORMER.TEST.CLIP_LENGTH": 3, "MODEL.MASK_FORMER.TEST.CLIP_OVERLAP": 1}
     )
-    model.eval()
-    video = {"image": _frames(7, 48, 64, seed=4)}
-    autocast = torch.autocast("cuda", dtype=precision or torch.float32, enabled=bool(precision))
-    with torch.no_grad():
-        (expected,) = model([video])
-        model.to("cuda")
-        with autocast:
-            (result,) = model([video])
-    assert all(mask.device.type == "cpu" for mask in result["pred_masks"])
-    assert all(mask.shape == (7, 48, 64) for mask in result["pred_masks"])
-    # scores only: a random model's class probabilities are near ties, whose order may differ
-    tolerance = 1e-4 if precision is None else 0.05
-    scores, expected_scores = (torch.tensor(r["pred_scores"]) for r in (result, expected))
-    torch.testing.assert_close(scores, expected_scores, rtol=0, atol=tolerance)
+    assert_cuda_result_matches_the_cpu(model, _frames(7, 48, 64, seed=4), precision)

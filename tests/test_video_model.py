@@ -566,15 +566,22 @@ def test_inputs_are_checked():
 @pytest.mark.parametrize("precision", [None, torch.bfloat16, torch.float16])
 def test_cuda_inference_matches_the_cpu(precision):
     model, cfg = _model()
+    assert_cuda_result_matches_the_cpu(model, _frames(4, 48, 64, seed=4), precision)
+
+
+def assert_cuda_result_matches_the_cpu(model, frames, precision):
+    """Run ``model`` on one video on the CPU, then on CUDA (under autocast in ``precision``
+    when given), and compare: CPU masks of the frames' size, the same scores."""
     model.eval()
-    video = {"image": _frames(4, 48, 64, seed=4)}
+    video = {"image": frames}
     autocast = torch.autocast("cuda", dtype=precision or torch.float32, enabled=bool(precision))
     with torch.no_grad():
         (expected,) = model([video])
         model.to("cuda")
         with autocast:
             (result,) = model([video])
-    assert result["pred_masks"][0].device.type == "cpu"
+    size = (len(frames), *frames[0].shape[-2:])
+    assert all(m.device.type == "cpu" and m.shape == size for m in result["pred_masks"])
     # scores only: a random model's class probabilities are near ties, whose order may differ
     tolerance = 1e-4 if precision is None else 0.05  # as test_head's CUDA autocast test
     scores, expected_scores = (torch.tensor(r["pred_scores"]) for r in (result, expected))
