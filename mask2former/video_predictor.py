@@ -33,9 +33,9 @@ from detectron2.structures import BitMasks
 from .data import is_video_config
 from .modeling.meta_arch.video_clips import VideoTracks
 from .predictor import Predictor, precision_autocast
-from .utils.image_io import ImageSource, read_image
+from .utils.image_io import ImageSource
 from .utils.results import InstanceResult, Prediction
-from .utils.video_io import VideoReadError, iter_frames, open_video
+from .utils.video_io import decoded_frames, open_video
 
 __all__ = ["VideoPrediction", "VideoPredictor"]
 
@@ -141,10 +141,6 @@ class VideoPrediction:
     def filter(self, score_threshold: float) -> "VideoPrediction":
         """The tracks whose score is at least ``score_threshold``."""
         keep = np.flatnonzero(self.scores >= score_threshold)
-        return self._select(keep)
-
-    def _select(self, keep: np.ndarray) -> "VideoPrediction":
-        """The tracks ``keep`` (indices), in that order."""
         tracks = None if self._tracks is None else self._tracks.select(torch.from_numpy(keep))
         return VideoPrediction(
             frame_size=self.frame_size,
@@ -213,17 +209,14 @@ class VideoPredictor(Predictor):
 
         with precision_autocast(self.precision, self.device.type):
             tracks = self.model.track_video(model_frames(), (height, width))
-        scores = tracks.scores.numpy()
-        order = np.argsort(-scores, kind="stable")
-        order = order[scores[order] >= self.score_threshold]
         classes = tracks.labels.numpy()
-        return VideoPrediction(
+        return VideoPrediction(  # the tracks' scores come sorted, descending
             frame_size=(height, width),
-            scores=scores,
+            scores=tracks.scores.numpy(),
             classes=classes,
             class_names=[self.class_names[int(c)] for c in classes],
             tracks=tracks,
-        )._select(order)
+        ).filter(self.score_threshold)
 
     def __call__(
         self,
@@ -248,13 +241,6 @@ class VideoPredictor(Predictor):
         path = os.fspath(video)
         capture = open_video(path)
         try:
-            frames = itertools.islice(iter_frames(capture), max_frames)
-            decoded = (read_image(f, self.input_format, array_channel_order="BGR") for f in frames)
-            first = next(decoded, None)
-            if first is None:
-                raise VideoReadError(
-                    f"{path}: no frame could be decoded; the video is empty or corrupt."
-                )
-            return self.predict_arrays(itertools.chain([first], decoded))
+            return self.predict_arrays(decoded_frames(capture, path, self.input_format, max_frames))
         finally:
             capture.release()

@@ -8,7 +8,7 @@ Both usually mean a config copied from another data set, e.g. a COCO config (133
 fine-tuned on one's own data: :func:`check_num_classes` says so before anything runs.
 """
 
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -37,24 +37,20 @@ def dataset_classes(cfg: CfgNode, dataset_name: str, *, load: bool = False) -> O
         the class names, or None when they are unknown (a mapper without ``class_names_key``,
         or a data set whose metadata does not list them).
     """
-    key = getattr(dataset_mapper_class(cfg), "class_names_key", None)
-    if key is None:
-        return None
+    key = _class_names_key(cfg)
+    return None if key is None else _listed_classes(dataset_name, key, load)
+
+
+def _class_names_key(cfg: CfgNode) -> Optional[str]:
+    return getattr(dataset_mapper_class(cfg), "class_names_key", None)
+
+
+def _listed_classes(dataset_name: str, key: str, load: bool) -> Optional[List]:
     metadata = MetadataCatalog.get(dataset_name)
     if load and not metadata.get(key, None) and dataset_name in DatasetCatalog:
         DatasetCatalog.get(dataset_name)
     classes = metadata.get(key, None)
     return list(classes) if classes else None
-
-
-def _mismatches(cfg: CfgNode, names: Iterable[str], load: bool) -> List[Tuple[str, int, str]]:
-    key = getattr(dataset_mapper_class(cfg), "class_names_key", None)
-    found = []
-    for name in dict.fromkeys(names):
-        classes = dataset_classes(cfg, name, load=load)
-        if classes is not None and len(classes) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
-            found.append((name, len(classes), key))
-    return found
 
 
 def check_num_classes(
@@ -73,17 +69,24 @@ def check_num_classes(
         DatasetFilesMissingError: a data set whose classes are read from its files (ADE20K
             instance, Mapillary Vistas) lacks them.
     """
+    key = _class_names_key(cfg)
+    if key is None:
+        return
     if dataset_names is None:
         dataset_names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
-    mismatches = _mismatches(cfg, dataset_names, load)
-    if not mismatches:
-        return
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    differing = {}  # data set -> its number of classes, where it is not num_classes
+    for name in dict.fromkeys(dataset_names):
+        classes = _listed_classes(name, key, load)
+        if classes is not None and len(classes) != num_classes:
+            differing[name] = len(classes)
+    if not differing:
+        return
     described = "; ".join(
         f"data set {name!r} has {count} classes (its metadata's {key})"
-        for name, count, key in mismatches
+        for name, count in differing.items()
     )
-    counts = sorted({count for _, count, _ in mismatches})
+    counts = sorted(set(differing.values()))
     advice = (
         f"Set MODEL.SEM_SEG_HEAD.NUM_CLASSES {counts[0]}"
         if len(counts) == 1

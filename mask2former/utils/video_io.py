@@ -10,7 +10,14 @@ import numpy as np
 
 from .image_io import ImageReadError, read_image
 
-__all__ = ["VideoClip", "VideoReadError", "iter_frames", "open_video", "read_video"]
+__all__ = [
+    "VideoClip",
+    "VideoReadError",
+    "decoded_frames",
+    "iter_frames",
+    "open_video",
+    "read_video",
+]
 
 
 class VideoReadError(ImageReadError):
@@ -44,6 +51,23 @@ def iter_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
         yield frame
 
 
+def decoded_frames(
+    capture: cv2.VideoCapture, path: str, format: str = "RGB", max_frames: Optional[int] = None
+) -> Iterator[np.ndarray]:
+    """The frames of an open capture of ``path`` in ``format`` ("RGB", "BGR", ... as for
+    images), the first ``max_frames``, one at a time.
+
+    Raises:
+        VideoReadError: no frame can be decoded (when the first is asked for).
+    """
+    frames = itertools.islice(iter_frames(capture), max_frames)
+    first = next(frames, None)
+    if first is None:
+        raise VideoReadError(f"{path}: no frame could be decoded; the video is empty or corrupt.")
+    for frame in itertools.chain([first], frames):
+        yield read_image(frame, format, array_channel_order="BGR")
+
+
 @dataclass
 class VideoClip:
     """Frames read from a video file.
@@ -69,13 +93,8 @@ def read_video(path: str, format: str = "RGB", max_frames: Optional[int] = None)
     capture = open_video(path)
     try:
         fps = capture.get(cv2.CAP_PROP_FPS)
-        frames = [
-            read_image(frame, format, array_channel_order="BGR")
-            for frame in itertools.islice(iter_frames(capture), max_frames)
-        ]
+        frames = list(decoded_frames(capture, path, format, max_frames))
         cut_short = max_frames is not None and capture.grab()
     finally:
         capture.release()
-    if not frames:
-        raise VideoReadError(f"{path}: no frame could be decoded; the video is empty or corrupt.")
     return VideoClip(frames, fps, bool(cut_short))

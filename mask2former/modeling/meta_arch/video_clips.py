@@ -22,6 +22,7 @@ video, T: frames of a clip, h, w: predicted mask size, H, W: output size, D: det
 """
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -115,7 +116,7 @@ class TrackLinker:
             self._add(start, class_logits, mask_logits, embeddings)
 
     def _add(self, start: int, class_logits: Tensor, mask_logits: Tensor, embeddings: Tensor):
-        if not 0 <= start <= self.num_frames or (self.num_frames == 0 and start != 0):
+        if not 0 <= start <= self.num_frames:
             raise ValueError(
                 f"TrackLinker: a clip starting at frame {start} after {self.num_frames} frames; "
                 "clips must come in order without a gap."
@@ -245,8 +246,8 @@ class VideoTracks:
         scores, labels, queries = top_class_pairs(linker.class_probabilities(), detections)
         distinct, track_of = torch.unique(queries.cpu(), return_inverse=True)
         height, width = linker.frame_logits[0].shape[-2:]
-        logits = torch.zeros((len(distinct), linker.num_frames, height, width))
-        logits = logits.to(linker.frame_logits[0].dtype)
+        shape = (len(distinct), linker.num_frames, height, width)
+        logits = torch.empty(shape, dtype=linker.frame_logits[0].dtype)
         for index, query in enumerate(distinct.tolist()):
             logits[index] = linker.track_logits(query)
         return cls(
@@ -291,16 +292,11 @@ class VideoTracks:
 
     def select(self, keep: Tensor) -> "VideoTracks":
         """The pairs ``keep`` (indices or a bool mask), with only the tracks they use."""
-        track_of = self.track_of[keep]
-        distinct, track_of = torch.unique(track_of, return_inverse=True)
-        return VideoTracks(
+        distinct, track_of = torch.unique(self.track_of[keep], return_inverse=True)
+        return dataclasses.replace(
+            self,
             scores=self.scores[keep],
             labels=self.labels[keep],
             logits=self.logits[distinct],
             track_of=track_of,
-            padded_size=self.padded_size,
-            image_size=self.image_size,
-            output_size=self.output_size,
-            threshold=self.threshold,
-            device=self.device,
         )
