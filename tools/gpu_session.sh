@@ -7,13 +7,15 @@
 # Steps, in this order (default: all five):
 #   tests  pytest -m cuda: the CUDA kernel tests, train_net.py with AMP (float16, bfloat16),
 #          the Predictor and the CLI demo on CUDA against float32 on the CPU, the inference
-#          benchmark's CUDA run
+#          benchmark's CUDA run (or in two parts: kernel = tests/test_ms_deform_attn.py,
+#          models = the rest)
 #   syncs  tools/count_host_syncs.py --device cuda: the operations that wait for the GPU, by
 #          stage (the CPU tests hold the count; this lists them on the real device)
 #   op     tools/benchmark_ms_deform_attn.py --device cuda
 #   infer  tools/benchmark_inference.py --device cuda, ours vs official-style, for fp32, bf16
 #          and fp16 at batch 1 and 8 (one run each, JSON in $OUT/inference_cuda_*.json)
-#   sbs    bash .gpu/side_by_side.sh: the project against the official release (~4 minutes)
+#   sbs    bash .gpu/side_by_side.sh: the project against the official release (~4 minutes;
+#          or one part of it: sbs-op, sbs-infer, sbs-train)
 # and, only when named:
 #   graphs tools/benchmark_inference.py --device cuda, ours vs ours-cuda-graphs (torch.compile
 #          with CUDA graphs; compiling takes minutes), bf16 at batch 1
@@ -85,8 +87,15 @@ for step in "${@:-tests syncs op infer sbs}"; do
   for part in $step; do
     case $part in
       tests)
-        run_step tests "${T_TESTS:-300}" "$PYTHON" -m pytest -q -m cuda -rfEs tests \
-          --junitxml "$OUT/pytest_cuda.xml" ;;
+        run_step tests "${T_TESTS:-300}" "$PYTHON" -m pytest -q -m cuda -rfEs --durations=25 \
+          tests --junitxml "$OUT/pytest_cuda.xml" ;;
+      kernel)
+        run_step tests_kernel "${T_TESTS:-300}" "$PYTHON" -m pytest -v -m cuda -rfEs \
+          --durations=10 tests/test_ms_deform_attn.py --junitxml "$OUT/pytest_cuda_kernel.xml" ;;
+      models)
+        run_step tests_models "${T_TESTS:-300}" "$PYTHON" -m pytest -v -m cuda -rfEs \
+          --durations=25 tests --ignore tests/test_ms_deform_attn.py \
+          --junitxml "$OUT/pytest_cuda_models.xml" ;;
       syncs)
         run_step host_syncs "${T_SYNCS:-90}" "$PYTHON" tools/count_host_syncs.py --device cuda \
           --json-out "$OUT/host_syncs.json" ;;
@@ -116,16 +125,19 @@ for step in "${@:-tests syncs op infer sbs}"; do
             --device cuda --precision "$precision" --repeats "$REPEATS_BATCH_1" --variants ours \
             --json-out "$OUT/$name.json"
         done ;;
-      sbs)
+      sbs | sbs-op | sbs-infer | sbs-train)
         if [ -f .gpu/side_by_side.sh ]; then
-          run_step side_by_side "${T_SBS:-330}" bash .gpu/side_by_side.sh
+          sbs_part=${part#sbs}  # "" (all three parts) or -op, -infer, -train
+          # shellcheck disable=SC2086  # no argument for all three parts
+          run_step "side_by_side$sbs_part" "${T_SBS:-330}" bash .gpu/side_by_side.sh ${sbs_part#-}
         else
           summary+=("$(printf '%-24s %-22s' side_by_side "FAILED (no .gpu/)")")
           failed=$((failed + 1))
           echo "no .gpu/side_by_side.sh: run ../shared/gpu/stage.sh on the development machine"
         fi ;;
       *)
-        echo "unknown step $part (tests, syncs, op, infer, sbs, graphs, swin)"
+        echo "unknown step $part (tests, kernel, models, syncs, op, infer, sbs, sbs-op," \
+          "sbs-infer, sbs-train, graphs, swin)"
         exit 2 ;;
     esac
   done
