@@ -19,6 +19,8 @@
 # and, only when named:
 #   graphs tools/benchmark_inference.py --device cuda, ours vs ours-cuda-graphs (torch.compile
 #          with CUDA graphs; compiling takes minutes), bf16 at batch 1
+#   profile tools/profile_inference.py --device cuda: where an inference's time goes (device
+#          busy time, kernel launches, top kernels and host operators), bf16 and fp32 at batch 1
 #   swin   tools/benchmark_inference.py --device cuda --variants ours on Swin-T COCO panoptic,
 #          fp32 and bf16 at batch 1: stage times of the backbone whose windows are cut by an
 #          index gather (for torch.export), never timed on a GPU before
@@ -117,6 +119,11 @@ for step in "${@:-tests syncs op infer sbs}"; do
         run_step inference_cuda_graphs "${T_GRAPHS:-300}" "$PYTHON" tools/benchmark_inference.py \
           --device cuda --precision bf16 --batch-size 1 --repeats "$REPEATS_BATCH_1" \
           --variants ours ours-cuda-graphs --json-out "$OUT/inference_cuda_graphs.json" ;;
+      profile)
+        for precision in bf16 fp32; do
+          run_step "profile_cuda_$precision" "${T_INFER:-150}" "$PYTHON" tools/profile_inference.py \
+            --device cuda --precision "$precision" --json-out "$OUT/profile_cuda_$precision.json"
+        done ;;
       swin)
         for precision in fp32 bf16; do
           name=inference_cuda_swin_t_$precision
@@ -137,7 +144,7 @@ for step in "${@:-tests syncs op infer sbs}"; do
         fi ;;
       *)
         echo "unknown step $part (tests, kernel, models, syncs, op, infer, sbs, sbs-op," \
-          "sbs-infer, sbs-train, graphs, swin)"
+          "sbs-infer, sbs-train, graphs, profile, swin)"
         exit 2 ;;
     esac
   done
