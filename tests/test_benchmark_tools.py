@@ -337,3 +337,52 @@ def test_inference_profile_counts_device_events_once(profile_inference):
         "cudaMemcpyAsync",
     ]
     assert "device_busy_ms" not in profile_inference.summarise(events, 2, 0.004, on_cuda=False)
+
+
+def test_instance_sets_match_whatever_the_order(tmp_path, capsys):
+    compare = load_script("tools/compare_instance_sets.py")
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 12, 16, generator=generator) > 0.5
+    image = {
+        "scores": torch.rand(6, generator=generator),
+        "pred_classes": torch.tensor([3, 3, 1, 0, 7, 3]),
+        "pred_masks": masks,
+    }
+    order = torch.tensor([5, 2, 0, 4, 1, 3])
+    shuffled = {key: value[order] for key, value in image.items()}
+
+    def save(name, *outputs):
+        torch.save({"outputs": list(outputs)}, tmp_path / name)
+        return str(tmp_path / name)
+
+    first = save("first.pt", image, {"sem_seg": torch.zeros(2, 4, 4)})
+    assert compare.main([first, save("same.pt", shuffled, {})]) == 0
+    out = capsys.readouterr().out.splitlines()
+    result = json.loads(out[0])
+    assert result == {
+        "image": 0,
+        "instances": [6, 6],
+        "matched": 6,
+        "same_order": False,
+        "min_iou": 1.0,
+    }
+    assert out[-1] == "OK: 1 images, 6 instances matched"
+    assert compare.main([first, first]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["same_order"]
+
+    # another class, a score off by more than the tolerance, or a mask changed: caught
+    changed_class = dict(shuffled, pred_classes=shuffled["pred_classes"].clone())
+    changed_class["pred_classes"][0] = 9
+    changed_score = dict(shuffled, scores=shuffled["scores"] + torch.tensor([0, 0, 1e-3, 0, 0, 0]))
+    changed_mask = dict(shuffled, pred_masks=shuffled["pred_masks"].clone())
+    changed_mask["pred_masks"][4] = ~changed_mask["pred_masks"][4]
+    for name, other, matched in [
+        ("class.pt", changed_class, 5),
+        ("score.pt", changed_score, 5),
+        ("mask.pt", changed_mask, 6),
+    ]:
+        assert compare.main([first, save(name, other, {})]) == 1, name
+        result = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert result["matched"] == matched, name
+        if name == "mask.pt":
+            assert result["min_iou"] < 0.5

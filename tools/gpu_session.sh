@@ -15,7 +15,9 @@
 #   infer  tools/benchmark_inference.py --device cuda, ours vs official-style, for fp32, bf16
 #          and fp16 at batch 1 and 8 (one run each, JSON in $OUT/inference_cuda_*.json)
 #   sbs    bash .gpu/side_by_side.sh: the project against the official release (~4 minutes;
-#          or one part of it: sbs-op, sbs-infer, sbs-train)
+#          or one part of it: sbs-op, sbs-infer, sbs-train), then the float32 instance outputs
+#          of both compared as sets (tools/compare_instance_sets.py): side_by_side.sh compares
+#          them index by index, and the release does not order them by score on CUDA
 # and, only when named:
 #   graphs tools/benchmark_inference.py --device cuda, ours vs ours-cuda-graphs (torch.compile
 #          with CUDA graphs; compiling takes minutes), bf16 at batch 1
@@ -137,6 +139,11 @@ for step in "${@:-tests syncs op infer sbs}"; do
           sbs_part=${part#sbs}  # "" (all three parts) or -op, -infer, -train
           # shellcheck disable=SC2086  # no argument for all three parts
           run_step "side_by_side$sbs_part" "${T_SBS:-330}" bash .gpu/side_by_side.sh ${sbs_part#-}
+          # its instance comparison goes index by index; the release's order is not by score
+          if [ -f /tmp/sbs_off.pt ] && [ -f /tmp/sbs_pro.pt ]; then
+            run_step "instance_sets$sbs_part" 60 "$PYTHON" tools/compare_instance_sets.py \
+              /tmp/sbs_off.pt /tmp/sbs_pro.pt
+          fi
         else
           summary+=("$(printf '%-24s %-22s' side_by_side "FAILED (no .gpu/)")")
           failed=$((failed + 1))
