@@ -702,6 +702,12 @@ def test_amp_float16_on_cuda_counts_skipped_steps(tmp_path):
 
     cfg = load_config(PANOPTIC_CONFIG, ["SOLVER.AMP.ENABLED", "True", "OUTPUT_DIR", str(tmp_path)])
     model = _LossModel().cuda()
+    # The grad scaler starts at a scale of 2**16: the float16 gradients of an O(1) loss overflow
+    # at the first step, which it skips too (seen on an H200). Small weights keep the loss and
+    # its scaled gradients in float16's range, so that only the NaN step is skipped.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(0.01)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batch = torch.randn(8, 4, device="cuda")
     loop = build_train_loop(cfg, model, [batch] * 3, optimizer)

@@ -96,6 +96,10 @@ def test_cuda_without_a_gpu_and_cpu_only_variants_are_refused(monkeypatch, capsy
     with pytest.raises(SystemExit):
         benchmark_inference.main([*TINY_RUN, "--precision", "fp16", "--variants", "onnxruntime"])
     assert "exported fp32 model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark_inference.main([*TINY_RUN, "--variants", "ours-cuda-graphs"])
+    err = capsys.readouterr().err
+    assert "cannot time ours-cuda-graphs with --device cpu: CUDA graphs need a GPU" in err
 
 
 def test_video_inference_benchmark_report(capsys):
@@ -259,3 +263,126 @@ def test_video_clips_benchmark_report(tmp_path, capsys):
         benchmark_clips.parse_args(
             ["--config-file", config, "--weights", weights, "--settings", "3:3"]
         )
+
+
+@pytest.fixture
+def profile_inference(monkeypatch):
+    # the tool imports tools/benchmark_inference.py as a module of its folder
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
+    return load_script("tools/profile_inference.py")
+
+
+@pytest.mark.parametrize("device, precision", DEVICE_PRECISION)
+def test_inference_profile_report(profile_inference, tmp_path, capsys, device, precision):
+    path = tmp_path / "profile.json"
+    profile_inference.main(
+        [*TINY_RUN[:8], "--device", device, "--precision", precision, "--batch-size", "2"]
+        + ["--warmup", "1", "--repeats", "2", "--top", "1000", "--json-out", str(path)]
+    )
+    report = json.loads(path.read_text())
+    assert json.loads(capsys.readouterr().out.split("\n\n")[0]) == report
+    assert (report["device"], report["precision"], report["batch_size"]) == (device, precision, 2)
+    assert _positive(report["wall_ms"])
+    # every host operator is listed (--top 1000), the model's convolutions among them
+    host = {row["name"]: row for row in report["top_host"]}
+    assert any("conv" in name for name in host), sorted(host)
+    assert all(_positive(row["self_host_ms"]) for row in report["top_host"])
+    # 2 inferences of one batch of 2: each forward calls the op once (one encoder layer)
+    [op] = [row for name, row in host.items() if "ms_deform_attn_forward" in name]
+    assert op["calls_per_image"] == 0.5
+    assert ("device_busy_ms" in report) == ("top_device" in report) == (device == "cuda")
+    if device == "cuda":
+        assert 0 < report["device_busy_share"] <= 1.0
+        assert report["kernel_launches"] > 0
+        assert report["device_busy_ms"] >= report["top_device"][0]["device_ms"] > 0
+
+
+def test_inference_profile_counts_device_events_once(profile_inference):
+    """The busy time sums the device-side events only: the host operators that launched them
+    carry the same time as their own device time and must not count twice."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(key, device_type, host_us=0.0, device_us=0.0, count=1):
+        return SimpleNamespace(
+            key=key,
+            device_type=device_type,
+            count=count,
+            self_cpu_time_total=host_us,
+            self_device_time_total=device_us,
+        )
+
+    events = [
+        event("aten::conv2d", DeviceType.CPU, host_us=300.0, device_us=2000.0, count=4),
+        event("cudaLaunchKernel", DeviceType.CPU, host_us=100.0, count=40),
+        event("cudaMemcpyAsync", DeviceType.CPU, host_us=50.0, count=2),
+        event("implicit_gemm_kernel", DeviceType.CUDA, device_us=1500.0, count=4),
+        event("Memcpy HtoD", DeviceType.CUDA, device_us=500.0, count=2),
+    ]
+    report = profile_inference.summarise(events, images=2, wall_s=0.004, on_cuda=True)
+    assert report["wall_ms"] == pytest.approx(2.0)
+    assert report["device_busy_ms"] == pytest.approx(1.0)  # (1500 + 500) us over 2 images
+    assert report["device_busy_share"] == pytest.approx(0.5)
+    assert report["kernel_launches"] == 20
+    assert [row["name"] for row in report["top_device"]] == ["implicit_gemm_kernel", "Memcpy HtoD"]
+    assert report["top_device"][0] == {
+        "name": "implicit_gemm_kernel",
+        "calls_per_image": 2.0,
+        "device_ms": pytest.approx(0.75),
+    }
+    assert [row["name"] for row in report["top_host"]] == [
+        "aten::conv2d",
+        "cudaLaunchKernel",
+        "cudaMemcpyAsync",
+    ]
+    assert "device_busy_ms" not in profile_inference.summarise(events, 2, 0.004, on_cuda=False)
+
+
+def test_instance_sets_match_whatever_the_order(tmp_path, capsys):
+    compare = load_script("tools/compare_instance_sets.py")
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 12, 16, generator=generator) > 0.5
+    image = {
+        "scores": torch.rand(6, generator=generator),
+        "pred_classes": torch.tensor([3, 3, 1, 0, 7, 3]),
+        "pred_masks": masks,
+    }
+    order = torch.tensor([5, 2, 0, 4, 1, 3])
+    shuffled = {key: value[order] for key, value in image.items()}
+
+    def save(name, *outputs):
+        torch.save({"outputs": list(outputs)}, tmp_path / name)
+        return str(tmp_path / name)
+
+    first = save("first.pt", image, {"sem_seg": torch.zeros(2, 4, 4)})
+    assert compare.main([first, save("same.pt", shuffled, {})]) == 0
+    out = capsys.readouterr().out.splitlines()
+    result = json.loads(out[0])
+    assert result == {
+        "image": 0,
+        "instances": [6, 6],
+        "matched": 6,
+        "same_order": False,
+        "min_iou": 1.0,
+    }
+    assert out[-1] == "OK: 1 images, 6 instances matched"
+    assert compare.main([first, first]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["same_order"]
+
+    # another class, a score off by more than the tolerance, or a mask changed: caught
+    changed_class = dict(shuffled, pred_classes=shuffled["pred_classes"].clone())
+    changed_class["pred_classes"][0] = 9
+    changed_score = dict(shuffled, scores=shuffled["scores"] + torch.tensor([0, 0, 1e-3, 0, 0, 0]))
+    changed_mask = dict(shuffled, pred_masks=shuffled["pred_masks"].clone())
+    changed_mask["pred_masks"][4] = ~changed_mask["pred_masks"][4]
+    for name, other, matched in [
+        ("class.pt", changed_class, 5),
+        ("score.pt", changed_score, 5),
+        ("mask.pt", changed_mask, 6),
+    ]:
+        assert compare.main([first, save(name, other, {})]) == 1, name
+        result = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert result["matched"] == matched, name
+        if name == "mask.pt":
+            assert result["min_iou"] < 0.5

@@ -155,3 +155,18 @@ def test_costs_are_float32_under_autocast():
 def test_invalid_config_is_reported():
     with pytest.raises(ValueError, match="TRAIN_NUM_POINTS"):
         HungarianMatcher(class_weight=1.0, mask_weight=1.0, dice_weight=1.0, num_points=0)
+
+
+def test_matching_a_batch_reads_the_costs_back_once():
+    """One copy of all images' cost matrices to the host, not one per image: on a GPU each
+    read waits for the device."""
+    from mask2former.utils.host_syncs import HostSyncRecorder
+
+    outputs, targets = _random_batch([3, 0, 5, 2])
+    matcher = HungarianMatcher(num_points=64)
+    with HostSyncRecorder("cpu") as recorder:
+        indices = matcher(outputs, targets)
+    assert [len(query) for query, _ in indices] == [3, 0, 5, 2]
+    # (the recorder also lists labels.to(device), a no-op when the labels are on the device)
+    copies = [n for sync, n in recorder.counts().items() if sync.operation == "Tensor.cpu"]
+    assert copies == [1]

@@ -14,9 +14,11 @@ from ms_deform_attn_bounds import RESULT_NAMES, float64_bounds
 from mask2former.modeling.pixel_decoder.ops import (
     MSDeformAttn,
     functional,
+    level_tensors,
     ms_deform_attn,
     ms_deform_attn_reference,
 )
+from mask2former.utils.host_syncs import HostSyncRecorder
 
 OPS_PACKAGE = "mask2former.modeling.pixel_decoder.ops"
 needs_cpu_kernel = pytest.mark.skipif(
@@ -343,6 +345,65 @@ def test_bad_inputs_raise(build, error, fragment):
     inputs = make_inputs(dtype=torch.float32)
     with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         ms_deform_attn(*build(inputs))
+
+
+def test_level_tensors_are_checked_without_reading_them_back():
+    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float32)
+    made_shapes, made_starts = level_tensors([(3, 4), (2, 2)], torch.device("cpu"))
+    assert torch.equal(made_shapes, shapes) and torch.equal(made_starts, starts)
+    with HostSyncRecorder("cpu") as recorder:
+        output = ms_deform_attn(value, made_shapes, made_starts, locations, weights)
+    assert recorder.events == [], recorder.counts()
+    torch.testing.assert_close(output, ms_deform_attn(value, shapes, starts, locations, weights))
+    # the same checks and messages as for tensors read back
+    with pytest.raises(ValueError, match="value has S = 15 positions"):
+        ms_deform_attn(value[:, :-1], made_shapes, made_starts, locations, weights)
+    other_shapes, other_starts = level_tensors([(2, 2), (3, 4)], torch.device("cpu"))
+    with pytest.raises(ValueError, match="inconsistent"):
+        ms_deform_attn(value, made_shapes, other_starts, locations, weights)
+    # modified in place after it was made: read back and checked again
+    other_shapes[1, 0] = 2
+    with pytest.raises(ValueError, match=r"spatial_shapes \[\(2, 2\), \(2, 4\)\] cover 12"):
+        ms_deform_attn(value, other_shapes, made_starts, locations, weights)
+
+
+def test_level_tensors_made_elsewhere_are_read_back_once():
+    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float32)
+    reads = []
+    for _ in range(3):
+        with HostSyncRecorder("cpu") as recorder:
+            ms_deform_attn(value, shapes, starts, locations, weights)
+        reads.append(recorder.count())
+    assert reads == [2, 0, 0]  # spatial_shapes and level_start_index, the first time only
+    # changed in place: read and checked again
+    shapes[1, 0] = 3
+    with HostSyncRecorder("cpu") as recorder:
+        with pytest.raises(ValueError, match=r"spatial_shapes \[\(3, 4\), \(3, 2\)\] cover 18"):
+            ms_deform_attn(value, shapes, starts, locations, weights)
+    assert recorder.count() == 1
+    # inference tensors have no version counter: read at every call
+    with torch.inference_mode():
+        inference_shapes, inference_starts = shapes.clone(), starts.clone()
+        inference_shapes[1, 0] = 2
+    for _ in range(2):
+        with HostSyncRecorder("cpu") as recorder:
+            ms_deform_attn(value, inference_shapes, inference_starts, locations, weights)
+        assert recorder.count() == 2
+
+
+def test_reference_compiles_with_level_tensors_of_both_kinds():
+    """torch.compile traces the reference (the implementation without the extension) with
+    level tensors read before and with ones made by level_tensors(): the values the tracer
+    reads are not taken from the host-side record, which it cannot follow."""
+    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float32)
+    made_shapes, made_starts = level_tensors([(3, 4), (2, 2)], torch.device("cpu"))
+    ms_deform_attn_reference(value, shapes, starts, locations, weights)  # recorded
+    expected = ms_deform_attn_reference(value, shapes, starts, locations, weights)
+    torch._dynamo.reset()
+    compiled = torch.compile(ms_deform_attn_reference, fullgraph=True, backend="aot_eager")
+    for level_shapes, level_starts in ((shapes, starts), (made_shapes, made_starts)):
+        actual = compiled(value, level_shapes, level_starts, locations, weights)
+        torch.testing.assert_close(actual, expected)
 
 
 def test_int32_shapes_accepted():

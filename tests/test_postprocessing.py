@@ -141,6 +141,19 @@ def test_resize_is_differentiable():
     assert mask_logits.grad.abs().sum() > 0
 
 
+def test_resize_is_differentiable_after_a_call_in_inference_mode():
+    """The resampling weights are cached per size: made under torch.inference_mode first,
+    they must still serve a later call that records gradients."""
+    _, mask_logits = _random_prediction(num_queries=2, size=(7, 9))
+    sizes = ((28, 36), (27, 33), (13, 17))  # used by no other test
+    with torch.inference_mode():
+        first = resize_mask_logits(mask_logits, *sizes)
+    mask_logits.requires_grad_(True)
+    resized = resize_mask_logits(mask_logits, *sizes)
+    resized.sum().backward()
+    assert torch.equal(resized.detach(), first) and mask_logits.grad.abs().sum() > 0
+
+
 def test_semantic_inference_matches_reference():
     class_logits, mask_logits = _random_prediction()
     mask_probs = mask_logits.sigmoid()

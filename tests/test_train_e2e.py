@@ -205,6 +205,34 @@ def _metrics_lines(output_dir):
         return [json.loads(line) for line in f]
 
 
+def _detectron2_environment_report_crashes() -> bool:
+    """Whether detectron2's collect_env_info, which train_net.py's default_setup calls first,
+    kills the process here. On the GPU machine of 2026-11-30 (H200, torch 2.11, detectron2
+    built there from source with its CUDA ops) it died of a segmentation fault in
+    detectron2._C.get_compiler_version: a fault of that build, not of this project."""
+    probe = "from detectron2.utils.collect_env import collect_env_info; collect_env_info()"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=300)
+    return run.returncode < 0  # ended by a signal
+
+
+def _without_environment_report(env, folder):
+    """``env`` for a train_net.py whose detectron2 environment report is replaced by a line
+    saying so (a sitecustomize module on PYTHONPATH), so that the training and evaluation this
+    test is about still run on such a machine; warns, naming the cause."""
+    warnings.warn(
+        "detectron2's collect_env_info crashes this Python (its compiled extension, "
+        "detectron2._C, is broken: rebuild detectron2); train_net.py runs without it here",
+        stacklevel=2,
+    )
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import detectron2.utils.collect_env as collect_env\n"
+        "collect_env.collect_env_info = lambda: 'left out: it crashes this Python'\n"
+    )
+    path = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")]))
+    return dict(env, PYTHONPATH=path)
+
+
 # The CPU run (bfloat16 under CPU autocast) proves the test here; the CUDA ones run on a GPU.
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -226,6 +254,8 @@ def test_train_net_with_amp_learns_then_evaluates(tmp_path, device, precision):
         "OUTPUT_DIR", str(tmp_path),
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if device == "cuda" and _detectron2_environment_report_crashes():
+        env = _without_environment_report(env, tmp_path / "stub")
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "CUDA is not available" not in (tmp_path / "log.txt").read_text()

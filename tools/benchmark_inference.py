@@ -18,23 +18,25 @@ on. The variants are timed each in its own process, one after the other:
 - ``onnxruntime``: ours with the network exported to ONNX (``mask2former.export``, not timed)
   and run by ONNX Runtime on the CPU; pre- and post-processing are ours, the same code;
 - ``ours-compiled``: ours with the network under ``torch.compile`` (compiled at the warm-up
-  forward, not timed).
+  forward, not timed);
+- ``ours-cuda-graphs`` (CUDA only): the same with ``mode="reduce-overhead"``, which replays
+  the compiled network as CUDA graphs (one launch instead of one per kernel).
 
 The network is timed as a whole for every variant, and per stage (forward hooks) for the
 uncompiled PyTorch ones.
 
-``--device cuda`` runs the model on the GPU (``ours``, ``official-style`` and
-``ours-compiled``; the other variants are CPU comparisons and are refused there). The clock
-then waits for the GPU (``torch.cuda.synchronize``) at every stage boundary, so that kernels
-launched asynchronously are charged to the stage that launched them; these waits keep the
-host from queueing the next stage early, so the stage times add up to slightly more than an
-unhooked forward. On the GPU the allocator setting of ``ours`` does not apply (it is a CPU
-matter), and ``official-style`` uses our CUDA kernel for the deformable attention, as the
-official release uses its own CUDA kernel there (``bash .gpu/side_by_side.sh`` times the
+``--device cuda`` runs the model on the GPU (``ours``, ``official-style``, ``ours-compiled``
+and ``ours-cuda-graphs``; the other variants are CPU comparisons and are refused there). The
+clock then waits for the GPU (``torch.cuda.synchronize``) at every stage boundary, so that
+kernels launched asynchronously are charged to the stage that launched them; these waits
+keep the host from queueing the next stage early, so the stage times add up to slightly more
+than an unhooked forward. On the GPU the allocator setting of ``ours`` does not apply (it is
+a CPU matter), and ``official-style`` uses our CUDA kernel for the deformable attention, as
+the official release uses its own CUDA kernel there (``bash .gpu/side_by_side.sh`` times the
 release itself). ``--precision bf16`` / ``fp16`` runs the forwards under autocast, as
 ``Predictor(precision=...)`` does; ``--batch-size N`` runs N copies of the image in one
-forward, and the report gives the time per image and images per second. On CUDA each
-variant also reports the peak memory allocated during its forwards, weights included
+forward, and the report gives the time per image and images per second. On CUDA each variant
+also reports the peak memory allocated during its forwards, weights included
 (``forward_peak_memory_mib``).
 
 A randomly initialised model has no confident query, so post-processing is timed on
@@ -389,7 +391,8 @@ VARIANTS = {
 }
 # The network run another way; pre- and post-processing are ours (the same code).
 VARIANTS["onnxruntime"] = {**VARIANTS["ours"], "backend": "onnxruntime"}
-VARIANTS["ours-compiled"] = {**VARIANTS["ours"], "compile": True}
+VARIANTS["ours-compiled"] = {**VARIANTS["ours"], "compile": "default"}
+VARIANTS["ours-cuda-graphs"] = {**VARIANTS["ours"], "compile": "reduce-overhead"}
 STAGES = ["backbone", "pixel_decoder", "transformer_decoder"]
 
 HF_VARIANTS = ("transformers", "ours-from-hf")
@@ -400,6 +403,7 @@ NOT_ON_CUDA = {
     "transformers": "the Hugging Face comparison runs on the CPU",
     "ours-from-hf": "the Hugging Face comparison runs on the CPU",
 }
+CUDA_ONLY = {"ours-cuda-graphs": "CUDA graphs need a GPU"}
 FP32_ONLY = {
     "onnxruntime": "the ONNX Runtime backend runs the exported fp32 model",
     "transformers": "the Hugging Face comparison runs in fp32",
@@ -415,6 +419,8 @@ def why_not(name: str, device: str, precision: str, batch_size: int) -> Optional
     """Why variant ``name`` cannot run with these settings (None: it can)."""
     if device == "cuda" and name in NOT_ON_CUDA:
         return f"--device cuda: {NOT_ON_CUDA[name]}"
+    if device != "cuda" and name in CUDA_ONLY:
+        return f"--device {device}: {CUDA_ONLY[name]}"
     if precision != "fp32" and name in FP32_ONLY:
         return f"--precision {precision}: {FP32_ONLY[name]}"
     if batch_size != 1 and name in ONE_IMAGE_ONLY:
@@ -469,7 +475,8 @@ def run_variant(name: str, args) -> Dict:
             timed, stages = onnxruntime_model(model, cfg, folder, args.threads), False
         if variant.get("compile"):
             # compiled once, at the warm-up forward (not timed); stage hooks would break it
-            model.network, stages = torch.compile(model.network), False
+            model.network = torch.compile(model.network, mode=variant["compile"])
+            stages = False
         generator = torch.Generator().manual_seed(0)
         height, width = args.image_size
         image = torch.randint(0, 256, (3, height, width), generator=generator).float()
@@ -654,8 +661,9 @@ def print_hf_table(reports: Dict[str, Dict]) -> None:
         print(f"ours-from-hf is {ratio:.2f}x faster than transformers")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config-file, --image-size and --output-size: the model and the input it is timed on
+    (shared with tools/count_host_syncs.py)."""
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
     parser.add_argument("--image-size", type=int, nargs=2, default=(800, 1199), metavar=("H", "W"))
     parser.add_argument(
@@ -666,6 +674,11 @@ def main(argv=None) -> None:
         metavar=("H", "W"),
         help="original image size the results are returned at (a typical COCO image)",
     )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--json-out", default=None, help="also write the JSON report here")

@@ -4,14 +4,28 @@
 #
 #   bash .gpu/install.sh && bash tools/gpu_session.sh [STEP ...]
 #
-# Steps, in this order (default: all four):
+# Steps, in this order (default: all five):
 #   tests  pytest -m cuda: the CUDA kernel tests, train_net.py with AMP (float16, bfloat16),
 #          the Predictor and the CLI demo on CUDA against float32 on the CPU, the inference
-#          benchmark's CUDA run
+#          benchmark's CUDA run (or in two parts: kernel = tests/test_ms_deform_attn.py,
+#          models = the rest)
+#   syncs  tools/count_host_syncs.py --device cuda: the operations that wait for the GPU, by
+#          stage (the CPU tests hold the count; this lists them on the real device)
 #   op     tools/benchmark_ms_deform_attn.py --device cuda
 #   infer  tools/benchmark_inference.py --device cuda, ours vs official-style, for fp32, bf16
 #          and fp16 at batch 1 and 8 (one run each, JSON in $OUT/inference_cuda_*.json)
-#   sbs    bash .gpu/side_by_side.sh: the project against the official release (~4 minutes)
+#   sbs    bash .gpu/side_by_side.sh: the project against the official release (~4 minutes;
+#          or one part of it: sbs-op, sbs-infer, sbs-train), then the float32 instance outputs
+#          of both compared as sets (tools/compare_instance_sets.py): side_by_side.sh compares
+#          them index by index, and the release does not order them by score on CUDA
+# and, only when named:
+#   graphs tools/benchmark_inference.py --device cuda, ours vs ours-cuda-graphs (torch.compile
+#          with CUDA graphs; compiling takes minutes), bf16 at batch 1
+#   profile tools/profile_inference.py --device cuda: where an inference's time goes (device
+#          busy time, kernel launches, top kernels and host operators), bf16 and fp32 at batch 1
+#   swin   tools/benchmark_inference.py --device cuda --variants ours on Swin-T COCO panoptic,
+#          fp32 and bf16 at batch 1: stage times of the backbone whose windows are cut by an
+#          index gather (for torch.export), never timed on a GPU before
 #
 # Each step (each inference run) logs to $OUT/<name>.log through tee and runs under its own
 # timeout, so a failure or a hang costs only that step; the script goes on past failures and
@@ -21,9 +35,10 @@
 # BUDGET_S seconds (default 540) from the start of this script: each step's timeout is cut to
 # what is left, and a step with under 20 s left is skipped. On a fresh machine (install about
 # 2-3 minutes) split the work, e.g.:
-#   bash .gpu/install.sh && BUDGET_S=400 bash tools/gpu_session.sh tests op infer
+#   bash .gpu/install.sh && BUDGET_S=400 bash tools/gpu_session.sh tests syncs op infer
 #   bash .gpu/install.sh && bash tools/gpu_session.sh sbs       # warm: install takes seconds
-# Timeouts per step (seconds) can be set: T_TESTS, T_OP, T_INFER (each run), T_SBS.
+# Timeouts per step (seconds) can be set: T_TESTS, T_SYNCS, T_OP, T_INFER (each run), T_SBS,
+# T_GRAPHS.
 # INFER_VARIANTS (default "ours official-style") and INFER_REPEATS (default "10 5": batch 1,
 # batch 8) change the inference runs; PYTHON (default python3) the interpreter.
 set -uo pipefail
@@ -72,12 +87,22 @@ fi
   "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 } | tee "$OUT/environment.log"
 
-for step in "${@:-tests op infer sbs}"; do
+for step in "${@:-tests syncs op infer sbs}"; do
   for part in $step; do
     case $part in
       tests)
-        run_step tests "${T_TESTS:-300}" "$PYTHON" -m pytest -q -m cuda -rfEs tests \
-          --junitxml "$OUT/pytest_cuda.xml" ;;
+        run_step tests "${T_TESTS:-300}" "$PYTHON" -m pytest -q -m cuda -rfEs --durations=25 \
+          tests --junitxml "$OUT/pytest_cuda.xml" ;;
+      kernel)
+        run_step tests_kernel "${T_TESTS:-300}" "$PYTHON" -m pytest -v -m cuda -rfEs \
+          --durations=10 tests/test_ms_deform_attn.py --junitxml "$OUT/pytest_cuda_kernel.xml" ;;
+      models)
+        run_step tests_models "${T_TESTS:-300}" "$PYTHON" -m pytest -v -m cuda -rfEs \
+          --durations=25 tests --ignore tests/test_ms_deform_attn.py \
+          --junitxml "$OUT/pytest_cuda_models.xml" ;;
+      syncs)
+        run_step host_syncs "${T_SYNCS:-90}" "$PYTHON" tools/count_host_syncs.py --device cuda \
+          --json-out "$OUT/host_syncs.json" ;;
       op)
         run_step op "${T_OP:-120}" "$PYTHON" tools/benchmark_ms_deform_attn.py --device cuda ;;
       infer)
@@ -92,16 +117,41 @@ for step in "${@:-tests op infer sbs}"; do
               --repeats "$repeats" --variants $INFER_VARIANTS --json-out "$OUT/$name.json"
           done
         done ;;
-      sbs)
+      graphs)
+        run_step inference_cuda_graphs "${T_GRAPHS:-300}" "$PYTHON" tools/benchmark_inference.py \
+          --device cuda --precision bf16 --batch-size 1 --repeats "$REPEATS_BATCH_1" \
+          --variants ours ours-cuda-graphs --json-out "$OUT/inference_cuda_graphs.json" ;;
+      profile)
+        for precision in bf16 fp32; do
+          run_step "profile_cuda_$precision" "${T_INFER:-150}" "$PYTHON" tools/profile_inference.py \
+            --device cuda --precision "$precision" --json-out "$OUT/profile_cuda_$precision.json"
+        done ;;
+      swin)
+        for precision in fp32 bf16; do
+          name=inference_cuda_swin_t_$precision
+          run_step "$name" "${T_INFER:-150}" "$PYTHON" tools/benchmark_inference.py \
+            --config-file configs/coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml \
+            --device cuda --precision "$precision" --repeats "$REPEATS_BATCH_1" --variants ours \
+            --json-out "$OUT/$name.json"
+        done ;;
+      sbs | sbs-op | sbs-infer | sbs-train)
         if [ -f .gpu/side_by_side.sh ]; then
-          run_step side_by_side "${T_SBS:-330}" bash .gpu/side_by_side.sh
+          sbs_part=${part#sbs}  # "" (all three parts) or -op, -infer, -train
+          # shellcheck disable=SC2086  # no argument for all three parts
+          run_step "side_by_side$sbs_part" "${T_SBS:-330}" bash .gpu/side_by_side.sh ${sbs_part#-}
+          # its instance comparison goes index by index; the release's order is not by score
+          if [ -f /tmp/sbs_off.pt ] && [ -f /tmp/sbs_pro.pt ]; then
+            run_step "instance_sets$sbs_part" 60 "$PYTHON" tools/compare_instance_sets.py \
+              /tmp/sbs_off.pt /tmp/sbs_pro.pt
+          fi
         else
           summary+=("$(printf '%-24s %-22s' side_by_side "FAILED (no .gpu/)")")
           failed=$((failed + 1))
           echo "no .gpu/side_by_side.sh: run ../shared/gpu/stage.sh on the development machine"
         fi ;;
       *)
-        echo "unknown step $part (tests, op, infer, sbs)"
+        echo "unknown step $part (tests, kernel, models, syncs, op, infer, sbs, sbs-op," \
+          "sbs-infer, sbs-train, graphs, profile, swin)"
         exit 2 ;;
     esac
   done

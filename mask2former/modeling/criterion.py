@@ -7,7 +7,7 @@ Shape legend:
 """
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,18 +19,20 @@ from detectron2.projects.point_rend.point_features import (
 from detectron2.utils import comm
 from torch import Tensor, nn
 
+from ..utils.host_syncs import to_device
 from .matcher import HungarianMatcher
 
 __all__ = ["SetCriterion", "dice_loss", "sigmoid_ce_loss", "mask_uncertainty"]
 
 
-def dice_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+def dice_loss(logits: Tensor, targets: Tensor, num_masks: Union[float, Tensor]) -> Tensor:
     """Dice loss (with +1 smoothing) summed over masks and divided by ``num_masks``.
 
     Args:
         logits: (R, P) mask logits at the sampled points.
         targets: (R, P) target values in [0, 1].
-        num_masks: normaliser, the (averaged) number of target masks.
+        num_masks: normaliser, the (averaged) number of target masks (a float or a 0-dim
+            tensor).
     """
     probs = logits.sigmoid()
     numerator = 2 * (probs * targets).sum(-1)
@@ -38,13 +40,14 @@ def dice_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
 
 
-def sigmoid_ce_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+def sigmoid_ce_loss(logits: Tensor, targets: Tensor, num_masks: Union[float, Tensor]) -> Tensor:
     """Binary cross-entropy averaged over points, summed over masks, divided by ``num_masks``.
 
     Args:
         logits: (R, P) mask logits at the sampled points.
         targets: (R, P) target values in [0, 1].
-        num_masks: normaliser, the (averaged) number of target masks.
+        num_masks: normaliser, the (averaged) number of target masks (a float or a 0-dim
+            tensor).
     """
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     return loss.mean(1).sum() / num_masks
@@ -154,7 +157,7 @@ class SetCriterion(nn.Module):
         outputs: Dict[str, Tensor],
         targets: List[Dict[str, Tensor]],
         indices: List[Tuple[Tensor, Tensor]],
-        num_masks: float,
+        num_masks: Union[float, Tensor],
     ) -> Dict[str, Tensor]:
         """Sigmoid BCE and dice on importance-sampled points of the matched masks, each frame
         of a video mask sampled on its own."""
@@ -192,9 +195,15 @@ class SetCriterion(nn.Module):
         self,
         outputs: Dict[str, Tensor],
         targets: List[Dict[str, Tensor]],
-        num_masks: float,
+        num_masks: Union[float, Tensor],
     ) -> Dict[str, Tensor]:
-        indices = self.matcher(outputs, targets)
+        device = outputs["pred_logits"].device
+        # the matches, on the host after the assignment, copied to the device once without
+        # waiting for it (indexing device tensors with host indices would copy them each time)
+        indices = [
+            (to_device(query, device), to_device(target, device))
+            for query, target in self.matcher(outputs, targets)
+        ]
         losses = self.loss_labels(outputs, targets, indices)
         losses.update(self.loss_masks(outputs, targets, indices, num_masks))
         return losses
@@ -244,14 +253,22 @@ class SetCriterion(nn.Module):
             self.fixed_num_masks = previous
 
     @staticmethod
-    def _average_num_masks(targets: List[Dict[str, Tensor]], device: torch.device) -> float:
-        """Number of target masks averaged over workers, at least 1."""
-        num_masks = torch.as_tensor(
-            [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float32, device=device
-        )
-        if comm.get_world_size() > 1:
-            torch.distributed.all_reduce(num_masks)
-        return torch.clamp(num_masks / comm.get_world_size(), min=1).item()
+    def _average_num_masks(
+        targets: List[Dict[str, Tensor]], device: torch.device
+    ) -> Union[float, Tensor]:
+        """Number of target masks averaged over workers, at least 1.
+
+        On one worker a Python float (the count is known on the host); over several, a
+        0-dim float32 tensor on ``device``, left there: reading it back would make the host
+        wait for the device before the losses are even queued.
+        """
+        num_masks = float(sum(len(t["labels"]) for t in targets))
+        world_size = comm.get_world_size()
+        if world_size == 1:
+            return max(num_masks, 1.0)
+        total = to_device(torch.tensor([num_masks], dtype=torch.float32), device)
+        torch.distributed.all_reduce(total)
+        return torch.clamp(total[0] / world_size, min=1)
 
     def extra_repr(self) -> str:
         return (

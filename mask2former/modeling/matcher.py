@@ -18,6 +18,8 @@ from detectron2.projects.point_rend.point_features import point_sample
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from ..utils.host_syncs import on_host
+
 __all__ = ["HungarianMatcher", "pairwise_sigmoid_ce", "pairwise_dice", "sanitize_cost"]
 
 # Replacement for inf/NaN entries of a cost matrix; finite so linear_sum_assignment can run.
@@ -199,12 +201,20 @@ class HungarianMatcher(nn.Module):
         point_coords = torch.rand(
             batch_size, self.num_points, 2, device=outputs["pred_logits"].device
         )
+        costs = self.cost_matrices(outputs, targets, point_coords)
+        # one copy to the host for the whole batch: one wait for the device, not one per image
+        host_costs = torch.cat([cost.reshape(-1) for cost in costs]).cpu()
+        host_costs = host_costs.split([cost.numel() for cost in costs])
         indices = []
-        for cost in self.cost_matrices(outputs, targets, point_coords):
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
-            indices.append(
-                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
-            )
+        with on_host():
+            for cost, host_cost in zip(costs, host_costs):
+                rows, cols = linear_sum_assignment(host_cost.view(cost.shape).numpy())
+                indices.append(
+                    (
+                        torch.as_tensor(rows, dtype=torch.int64),
+                        torch.as_tensor(cols, dtype=torch.int64),
+                    )
+                )
         return indices
 
     def extra_repr(self) -> str:

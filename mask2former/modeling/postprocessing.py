@@ -8,6 +8,11 @@ weights, applied as banded matrix products, with no padded-size intermediate); t
 once, takes the sigmoid once and shares the probabilities between the outputs, and can restrict
 both to the queries the enabled outputs read (see ``panoptic_queries``, ``instance_queries``).
 
+On a GPU, the functions read back from the device only what sets a shape or goes into the
+Python results, once each: panoptic inference the kept queries and the segment table, instance
+inference the selected queries; resizing and semantic inference read nothing (the resampling
+weights are computed on the host). ``tests/test_host_syncs.py`` holds them to that.
+
 Every function computes in float32 with autocast off, whatever the caller's autocast state and
 input dtypes: mask probabilities are compared with thresholds, and bfloat16 products would
 move pixels across them.
@@ -24,6 +29,8 @@ import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
+from ..utils.host_syncs import on_host, to_device
+
 _Function = TypeVar("_Function", bound=Callable)
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "panoptic_queries",
     "panoptic_inference",
     "instance_queries",
+    "instance_query_mask",
     "top_class_pairs",
     "instance_inference",
     "mask_boxes",
@@ -121,15 +129,14 @@ def resize_mask_logits(
         cropped = upsampled[:, :, : image_size[0], : image_size[1]]
         return F.interpolate(cropped, size=output_size, mode="bilinear", align_corners=False)[0]
     in_h, in_w = mask_logits.shape[-2:]
-    rows = _resampling_matrix(
-        in_h, padded_size[0], image_size[0], output_size[0], mask_logits.device
-    )
-    cols = _resampling_matrix(
-        in_w, padded_size[1], image_size[1], output_size[1], mask_logits.device
+    rows = _banded_resampling(in_h, padded_size[0], image_size[0], output_size[0], block_size)
+    cols = _banded_resampling(in_w, padded_size[1], image_size[1], output_size[1], block_size)
+    rows, cols = (
+        (to_device(matrix, mask_logits.device), blocks) for matrix, blocks in (rows, cols)
     )
     if _columns_first(in_h, in_w, *output_size):
-        return _apply_banded(rows, _apply_banded(cols, mask_logits, -1, block_size), -2, block_size)
-    return _apply_banded(cols, _apply_banded(rows, mask_logits, -2, block_size), -1, block_size)
+        return _apply_banded(rows, _apply_banded(cols, mask_logits, -1), -2)
+    return _apply_banded(cols, _apply_banded(rows, mask_logits, -2), -1)
 
 
 def _columns_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
@@ -143,20 +150,47 @@ def _columns_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
     return in_h * in_w * out_w + out_h * in_h * out_w <= out_h * in_h * in_w + out_h * in_w * out_w
 
 
-def _apply_banded(matrix: Tensor, masks: Tensor, dim: int, block_size: int) -> Tensor:
-    """Apply a banded (out, in) matrix along ``dim`` (-1 or -2) of ``masks``.
+# (start, end, low, high) of each block of a banded matrix: its output positions [start, end)
+# read only the input positions [low, high).
+_Blocks = Tuple[Tuple[int, int, int, int], ...]
 
-    Each block of ``block_size`` output positions reads only the input span its weights cover,
-    so the work is a few small matrix products instead of one mostly-zero dense one.
+
+@functools.lru_cache(maxsize=64)
+def _banded_resampling(
+    in_size: int, padded_size: int, valid_size: int, out_size: int, block_size: int
+) -> Tuple[Tensor, _Blocks]:
+    """The matrix of :func:`_resampling_matrix` and its blocks of ``block_size`` outputs.
+
+    Computed on the host (the band limits are Python ints: on a GPU, finding them there would
+    make the host wait for the device) and cached per size; do not modify the matrix. Made
+    outside inference mode, so that calls which record gradients can use it too.
+
+    Returns:
+        (out_size, in_size) float32 matrix on the CPU, and its blocks.
     """
-    nonzero = matrix != 0
-    positions = torch.arange(matrix.shape[1], device=matrix.device)
-    first = torch.where(nonzero, positions, matrix.shape[1]).min(1).values.tolist()
-    last = torch.where(nonzero, positions, -1).max(1).values.tolist()
+    with on_host(), torch.inference_mode(False):
+        matrix = _resampling_matrix(in_size, padded_size, valid_size, out_size, torch.device("cpu"))
+        nonzero = matrix != 0
+        positions = torch.arange(in_size)
+        first = torch.where(nonzero, positions, in_size).min(1).values.tolist()
+        last = torch.where(nonzero, positions, -1).max(1).values.tolist()
+    blocks = []
+    for start in range(0, out_size, block_size):
+        end = min(start + block_size, out_size)
+        blocks.append((start, end, min(first[start:end]), max(last[start:end]) + 1))
+    return matrix, tuple(blocks)
+
+
+def _apply_banded(banded: Tuple[Tensor, _Blocks], masks: Tensor, dim: int) -> Tensor:
+    """Apply a banded (out, in) matrix, given with its blocks, along ``dim`` (-1 or -2) of
+    ``masks``.
+
+    Each block of output positions reads only the input span its weights cover, so the work
+    is a few small matrix products instead of one mostly-zero dense one.
+    """
+    matrix, blocks = banded
     pieces = []
-    for start in range(0, matrix.shape[0], block_size):
-        end = min(start + block_size, matrix.shape[0])
-        low, high = min(first[start:end]), max(last[start:end]) + 1
+    for start, end, low, high in blocks:
         weights = matrix[start:end, low:high]
         if dim == -1:
             pieces.append(masks[..., low:high] @ weights.T)
@@ -228,42 +262,70 @@ def panoptic_inference(
             and "area" (pixels).
     """
     height, width = mask_probs.shape[-2:]
-    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_probs.device)
-    keep = panoptic_queries(class_logits, object_mask_threshold)
-    if not keep.any():
-        return panoptic_seg, []
-    scores, labels = class_logits[keep].softmax(-1).max(-1)
-    probs = mask_probs[keep]
-    num_kept = len(probs)
+    device = mask_probs.device
+    # The one read of the kept queries (their number sets the shapes below).
+    kept = panoptic_queries(class_logits, object_mask_threshold).nonzero().squeeze(1)
+    if len(kept) == 0:
+        return torch.zeros((height, width), dtype=torch.int32, device=device), []
+    scores, labels = class_logits[kept].softmax(-1).max(-1)
+    probs = mask_probs[kept]
     winner = (probs * scores[:, None, None]).argmax(0)
     inside = probs.gather(0, winner[None])[0] >= mask_threshold
-    won_area = torch.bincount(winner.flatten(), minlength=num_kept).tolist()
-    inside_area = torch.bincount(winner[inside], minlength=num_kept).tolist()
-    mask_area = (probs >= mask_threshold).flatten(1).sum(1).tolist()
+    won_area = _count(winner, len(kept))
+    inside_area = _count(winner, len(kept), inside)
+    mask_area = (probs >= mask_threshold).flatten(1).sum(1)
 
-    segment_of_query = [0] * num_kept
+    # Which queries make a segment, all on the device: a query is kept if it wins pixels
+    # inside its mask and at least overlap_threshold of its mask area; a stuff query joins
+    # the segment of the first kept query of its class; ids count the segments in query order.
+    enough = won_area.double() / mask_area.double() >= overlap_threshold
+    valid = (won_area > 0) & (mask_area > 0) & (inside_area > 0) & enough
+    is_thing = _class_mask(thing_classes, class_logits.shape[-1] - 1, device)[labels]
+    stuff = valid & ~is_thing
+    # same_stuff[q, r]: r is a kept stuff query of q's class
+    same_stuff = (labels[:, None] == labels[None, :]) & stuff[None, :]
+    joins = stuff & (same_stuff & _strictly_lower(len(kept), device)).any(1)
+    creates = valid & ~joins
+    new_id = torch.cumsum(creates, 0) * creates
+    first_of_class = same_stuff.int().argmax(1)
+    segment_of_query = torch.where(joins, new_id[first_of_class], new_id).to(torch.int32)
+    panoptic_seg = torch.where(inside, segment_of_query[winner], 0)
+    areas = _count(panoptic_seg, len(kept) + 1)
+
+    # The one read of the segments: (creates, label, is thing, segment area) per query.
+    table = torch.stack((creates.long(), labels, is_thing.long(), areas[new_id])).T.tolist()
     segments_info = []
-    stuff_segments: Dict[int, int] = {}
-    for query, category in enumerate(labels.tolist()):
-        if min(won_area[query], mask_area[query], inside_area[query]) == 0:
-            continue
-        if won_area[query] / mask_area[query] < overlap_threshold:
-            continue
-        isthing = category in thing_classes
-        if not isthing and category in stuff_segments:
-            segment_of_query[query] = stuff_segments[category]
-            continue
-        segment_id = len(segments_info) + 1
-        if not isthing:
-            stuff_segments[category] = segment_id
-        segment_of_query[query] = segment_id
-        segments_info.append({"id": segment_id, "isthing": isthing, "category_id": category})
-    lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=mask_probs.device)
-    panoptic_seg = torch.where(inside, lookup[winner], panoptic_seg)
-    areas = torch.bincount(panoptic_seg.flatten().long(), minlength=len(segments_info) + 1)
-    for info in segments_info:
-        info["area"] = int(areas[info["id"]])
+    for creates_segment, category, isthing, area in table:
+        if creates_segment:
+            segments_info.append(
+                {
+                    "id": len(segments_info) + 1,
+                    "isthing": bool(isthing),
+                    "category_id": category,
+                    "area": area,
+                }
+            )
     return panoptic_seg, segments_info
+
+
+def _count(values: Tensor, length: int, where: Optional[Tensor] = None) -> Tensor:
+    """How often each of 0 .. length - 1 occurs in ``values`` (at the ``where`` positions):
+    a bincount whose size is known without reading the maximum back from the device."""
+    counts = torch.zeros(length, dtype=torch.long, device=values.device)
+    ones = torch.ones_like(values, dtype=torch.long) if where is None else where.long()
+    return counts.index_add_(0, values.flatten().long(), ones.flatten())
+
+
+def _strictly_lower(size: int, device: torch.device) -> Tensor:
+    """(size, size) bool, True where the column index is below the row index."""
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril(-1)
+
+
+def _class_mask(classes: Collection[int], num_classes: int, device: torch.device) -> Tensor:
+    """(num_classes,) bool on ``device``, True at ``classes``; copied without making the host
+    wait for the device."""
+    mask = torch.tensor([index in classes for index in range(num_classes)])
+    return to_device(mask, device)
 
 
 @_float32
@@ -282,7 +344,33 @@ def instance_queries(
         scores: (D,) class probabilities, descending, labels: (D,) classes, queries: (D,) query
             indices (D <= topk).
     """
-    return top_class_pairs(class_logits.softmax(-1)[:, :-1], topk, thing_classes)
+    if thing_classes is None:
+        return _top_pairs(class_logits, topk)
+    return _instance_pairs(class_logits, topk, thing_classes)[:3]
+
+
+def _instance_pairs(
+    class_logits: Tensor, topk: int, thing_classes: Optional[Collection[int]]
+) -> Tuple[Tensor, Tensor, Tensor, List[int]]:
+    """:func:`instance_queries`, and its queries as Python ints (read from the device once)."""
+    scores, labels, queries = _top_pairs(class_logits, topk)
+    if thing_classes is None:
+        return scores, labels, queries, queries.tolist()
+    is_thing = _class_mask(thing_classes, class_logits.shape[-1] - 1, labels.device)[labels]
+    pairs = torch.stack((queries, is_thing.long())).T.tolist()
+    kept = [index for index, (_, thing) in enumerate(pairs) if thing]
+    kept_on_device = to_device(torch.tensor(kept, dtype=torch.long), labels.device)
+    scores, labels, queries = (
+        scores[kept_on_device],
+        labels[kept_on_device],
+        queries[kept_on_device],
+    )
+    return scores, labels, queries, [pairs[index][0] for index in kept]
+
+
+def _top_pairs(class_logits: Tensor, topk: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Scores, labels and queries of the top-k (query, class) pairs, before any filter."""
+    return _top_probability_pairs(class_logits.softmax(-1)[:, :-1], topk)
 
 
 @_float32
@@ -291,15 +379,37 @@ def top_class_pairs(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`instance_queries` from class probabilities (Q, K) without the "no object"
     column instead of logits (for instance the average over a long video's clips)."""
+    scores, labels, queries = _top_probability_pairs(class_probs, topk)
+    if thing_classes is not None:
+        is_thing = _class_mask(thing_classes, class_probs.shape[-1], labels.device)[labels]
+        scores, labels, queries = scores[is_thing], labels[is_thing], queries[is_thing]
+    return scores, labels, queries
+
+
+def _top_probability_pairs(class_probs: Tensor, topk: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Scores, labels and queries of the top-k (query, class) pairs of (Q, K) probabilities."""
     num_classes = class_probs.shape[-1]
     scores, flat = class_probs.flatten().topk(min(topk, class_probs.numel()))
-    labels = flat % num_classes
-    queries = flat // num_classes
-    if thing_classes is not None:
-        things = torch.as_tensor(sorted(thing_classes), dtype=labels.dtype, device=labels.device)
-        keep = torch.isin(labels, things)
-        scores, labels, queries = scores[keep], labels[keep], queries[keep]
-    return scores, labels, queries
+    return scores, flat % num_classes, flat // num_classes
+
+
+@_float32
+def instance_query_mask(
+    class_logits: Tensor, topk: int, thing_classes: Optional[Collection[int]] = None
+) -> Tensor:
+    """The queries of :func:`instance_queries` as a mask, found without reading anything back
+    from the device.
+
+    Returns:
+        (Q,) bool, True at the queries of the kept pairs.
+    """
+    _, labels, queries = _top_pairs(class_logits, topk)
+    if thing_classes is None:
+        chosen = torch.ones_like(queries)
+    else:
+        chosen = _class_mask(thing_classes, class_logits.shape[-1] - 1, labels.device)[labels]
+    hits = torch.zeros(len(class_logits), dtype=torch.long, device=class_logits.device)
+    return hits.index_add_(0, queries, chosen.long()) > 0
 
 
 @_float32
@@ -327,9 +437,15 @@ def instance_inference(
         Instances of image size (H, W) with pred_masks (D, H, W) bool, pred_boxes (D, 4) XYXY,
         scores (D,), pred_classes (D,) int64, sorted by class probability.
     """
-    scores, labels, queries = instance_queries(class_logits, topk, thing_classes)
+    scores, labels, _, queries = _instance_pairs(class_logits, topk, thing_classes)
     # A query may appear with several classes: score and box its mask once.
-    unique_queries, inverse = torch.unique(queries, return_inverse=True)
+    unique_queries = sorted(set(queries))
+    position = {query: index for index, query in enumerate(unique_queries)}
+    inverse = [position[query] for query in queries]
+    unique_queries, inverse = (
+        to_device(torch.tensor(indices, dtype=torch.long), mask_probs.device)
+        for indices in (unique_queries, inverse)
+    )
     probs = mask_probs[unique_queries]
     binary = probs > mask_threshold
     inside_sum = torch.where(binary, probs, 0.0).flatten(1).sum(1)

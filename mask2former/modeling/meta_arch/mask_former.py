@@ -17,10 +17,11 @@ from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...utils.host_syncs import to_device
 from ..criterion import SetCriterion
 from ..postprocessing import (
     instance_inference,
-    instance_queries,
+    instance_query_mask,
     mask_boxes,
     panoptic_inference,
     panoptic_queries,
@@ -244,7 +245,8 @@ class MaskFormer(nn.Module):
     def normalize_and_pad(self, images: List[Tensor]) -> ImageList:
         """(3, H_i, W_i) images in INPUT.FORMAT -> one normalised (N, 3, H_pad, W_pad) batch,
         padded to a multiple of ``size_divisibility``."""
-        images = [(x.to(self.device) - self.pixel_mean) / self.pixel_std for x in images]
+        # images from a data loader are on the host: copied without waiting for the device
+        images = [(to_device(x, self.device) - self.pixel_mean) / self.pixel_std for x in images]
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def losses(
@@ -281,7 +283,8 @@ class MaskFormer(nn.Module):
         padded_size = tuple(images.tensor.shape[-2:])
         return [
             {
-                "labels": instances.gt_classes.to(self.device),
+                # from the data loader, on the host: copied without waiting for the device
+                "labels": to_device(instances.gt_classes, self.device),
                 "masks": self.padded_masks(instances, padded_size),
             }
             for instances in gt_instances
@@ -293,7 +296,8 @@ class MaskFormer(nn.Module):
         gt_masks = instances.gt_masks
         if isinstance(gt_masks, BitMasks):
             gt_masks = gt_masks.tensor
-        gt_masks = gt_masks.to(self.device)
+        # from the data loader, on the host: copied without waiting for the device
+        gt_masks = to_device(gt_masks, self.device)
         height, width = gt_masks.shape[-2:]
         padded = gt_masks.new_zeros((len(gt_masks), *padded_size))
         padded[:, :height, :width] = gt_masks
@@ -459,6 +463,7 @@ class MaskFormer(nn.Module):
         """Sorted indices of the queries whose masks the enabled outputs read; None for all.
 
         Panoptic and instance results computed on this subset equal those on all queries.
+        Finding it reads one tensor back from the device (its length).
         """
         if self.semantic_on:
             return None
@@ -467,8 +472,7 @@ class MaskFormer(nn.Module):
             needed |= panoptic_queries(class_logits, self.object_mask_threshold)
         if self.instance_on:
             thing_classes = self._thing_classes() if self.panoptic_on else None
-            _, _, queries = instance_queries(class_logits, self.test_topk_per_image, thing_classes)
-            needed[queries] = True
+            needed |= instance_query_mask(class_logits, self.test_topk_per_image, thing_classes)
         return needed.nonzero().squeeze(1)
 
     def _thing_classes(self) -> Set[int]:

@@ -23,19 +23,9 @@ from ..layers import (
 )
 from ..position_encoding import PositionEmbeddingSine
 from .build import PIXEL_DECODER_REGISTRY
-from .ops import MSDeformAttn
+from .ops import MSDeformAttn, level_tensors
 
 __all__ = ["MSDeformAttnPixelDecoder", "MSDeformAttnEncoder", "MSDeformAttnEncoderLayer"]
-
-
-def _sizes_tensor(shapes: List[Tuple[int, int]], device: torch.device) -> torch.Tensor:
-    """(L, 2) int64 tensor of the (H_l, W_l); built element by element so that sizes which are
-    symbolic under ``torch.export`` stay symbolic (``torch.as_tensor`` would fix them)."""
-    rows = [
-        torch.stack([torch.scalar_tensor(size, dtype=torch.long, device=device) for size in shape])
-        for shape in shapes
-    ]
-    return torch.stack(rows)
 
 
 class MSDeformAttnEncoderLayer(nn.Module):
@@ -201,9 +191,7 @@ class MSDeformAttnEncoder(nn.Module):
             ],
             1,
         ).to(src_flat.dtype)
-        spatial_shapes = _sizes_tensor(shapes, src_flat.device)
-        sizes = spatial_shapes.prod(1)
-        level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.cumsum(0)[:-1]))
+        spatial_shapes, level_start_index = level_tensors(shapes, src_flat.device)
         # shape[0], not len(): a symbolic batch under torch.export stays symbolic
         reference_points = self.encoder.reference_points(shapes, src_flat.shape[0], src_flat.device)
         memory = self.encoder(

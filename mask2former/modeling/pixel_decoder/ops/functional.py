@@ -23,6 +23,7 @@ from typing import Dict, Optional, Set, Tuple
 
 import torch
 
+from .levels import level_values, tracing
 from .reference import ms_deform_attn_reference
 
 logger = logging.getLogger(__name__)
@@ -142,10 +143,6 @@ def _log_choice_once(device_type: str, dtype: torch.dtype, implementation: str) 
     )
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
 def _check_inputs(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -211,10 +208,12 @@ def _check_inputs(
             f"ms_deform_attn: level_start_index must be (L,) with L = {levels} levels, got "
             f"{tuple(level_start_index.shape)}"
         )
-    if _tracing():
+    if tracing():
         # The values of spatial_shapes are data: checking them would stop graph capture.
         return
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    # Read back from the device (a host synchronisation) only for tensors not made by
+    # level_tensors().
+    shapes = [(int(h), int(w)) for h, w in level_values(spatial_shapes)]
     sizes = [h * w for h, w in shapes]
     if any(h < 0 or w < 0 for h, w in shapes):
         raise ValueError(f"ms_deform_attn: spatial_shapes {shapes} has a negative size")
@@ -224,9 +223,10 @@ def _check_inputs(
             f"{shapes} cover {sum(sizes)}"
         )
     starts = [sum(sizes[:level]) for level in range(levels)]
-    if level_start_index.tolist() != starts:
+    given_starts = level_values(level_start_index)
+    if given_starts != starts:
         raise ValueError(
-            f"ms_deform_attn: level_start_index {level_start_index.tolist()} is inconsistent "
+            f"ms_deform_attn: level_start_index {given_starts} is inconsistent "
             f"with spatial_shapes {shapes}: expected {starts}"
         )
 
@@ -264,7 +264,7 @@ def ms_deform_attn(
     """
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     implementation = implementation_for(value.device.type, value.dtype)
-    if not _tracing():
+    if not tracing():
         _log_choice_once(value.device.type, value.dtype, implementation)
     if implementation == REFERENCE:
         return ms_deform_attn_reference(

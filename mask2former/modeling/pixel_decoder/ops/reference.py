@@ -8,6 +8,8 @@ Shape legend:
 import torch
 import torch.nn.functional as F
 
+from .levels import level_values
+
 
 def ms_deform_attn_reference(
     value: torch.Tensor,
@@ -40,12 +42,13 @@ def ms_deform_attn_reference(
     # Sample and sum in float32 for half-precision values (as the kernels accumulate):
     # half-precision grid coordinates put points up to half a pixel off on a 256-wide map.
     compute_dtype = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    level_shapes = level_values(spatial_shapes)  # no read from the device for level_tensors()
+    sizes = [int(h) * int(w) for h, w in level_shapes]
     value_per_level = value.split(sizes, dim=1)
     # grid_sample works on [-1, 1] coordinates.
     grids = 2 * sampling_locations.to(compute_dtype) - 1
     sampled = []
-    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+    for level, (height, width) in enumerate(level_shapes):
         # (N, H_l * W_l, M, D) -> (N * M, D, H_l, W_l), a contiguous copy: grid_sample's CPU
         # kernel reads the strided view wrongly for half types on large maps.
         level_value = (

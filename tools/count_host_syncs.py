@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""List the operations of one inference that would make the host wait for a CUDA device.
+
+Runs a config's model (default: R50 COCO panoptic, randomly initialised as in
+tools/benchmark_inference.py, all three outputs on) on one random image on the CPU, under
+``mask2former.utils.host_syncs.HostSyncRecorder``, and prints, per stage, every operation that
+would synchronise the host with a GPU (``.item()``, ``.tolist()``, ``nonzero``, boolean-mask
+indexing, blocking copies, ...), how often it ran and the line of mask2former/ that caused it.
+
+Stages: ``backbone``, ``pixel_decoder``, ``transformer_decoder``, ``network`` (the rest of the
+network's forward), ``postprocessing`` (on the network's outputs; random weights, so no query
+is confident and panoptic and instance inference have little to do) and
+``postprocessing_realistic`` (the same post-processing on the realistic predictions of
+tools/benchmark_inference.py: 25 confident queries). Pre-processing is left out: detectron2's
+padding computes with small host tensors, which a CPU run cannot tell from device tensors.
+
+On the CPU (the default) nothing waits: the counts are what the same code would do on a GPU,
+where ``--device cuda`` records the reads of tensors that really are on the device.
+
+Example:
+    python tools/count_host_syncs.py --json-out output/host_syncs.json
+"""
+
+import argparse
+import json
+import os
+from typing import Dict, List
+
+import torch
+from benchmark_inference import add_model_arguments, build_benchmark_model, synthetic_predictions
+
+from mask2former.utils.host_syncs import HostSyncRecorder, format_table
+
+STAGES = [
+    "backbone",
+    "pixel_decoder",
+    "transformer_decoder",
+    "network",
+    "postprocessing",
+    "postprocessing_realistic",
+]
+
+
+def count_host_syncs(model, image: torch.Tensor, output_size) -> HostSyncRecorder:
+    """Record one inference of ``model`` (eval mode) on ``image`` (3, H, W), results at
+    ``output_size``, and one post-processing of realistic predictions, by stage."""
+    inputs = [{"image": image, "height": output_size[0], "width": output_size[1]}]
+    recorder = HostSyncRecorder(model.device)
+    recorder.watch(
+        {
+            "backbone": model.backbone,
+            "pixel_decoder": model.sem_seg_head.pixel_decoder,
+            "transformer_decoder": model.sem_seg_head.predictor,
+        }
+    )
+    predictor = model.sem_seg_head.predictor
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        padded = tuple(images.tensor.shape[-2:])
+        class_logits, mask_logits = synthetic_predictions(
+            predictor.num_queries,
+            predictor.class_embed.out_features - 1,
+            (padded[0] // 4, padded[1] // 4),
+        )
+        class_logits, mask_logits = class_logits.to(model.device), mask_logits.to(model.device)
+        try:
+            with recorder:
+                with recorder.stage("network"):
+                    outputs = model.network(images.tensor)
+                with recorder.stage("postprocessing"):
+                    model.inference(outputs, inputs, images)
+                with recorder.stage("postprocessing_realistic"):
+                    model.inference_single_image(
+                        class_logits, mask_logits, padded, images.image_sizes[0], output_size
+                    )
+        finally:
+            recorder.remove_hooks()
+    return recorder
+
+
+def report(recorder: HostSyncRecorder) -> Dict:
+    """The JSON report: the count per stage and every (stage, operation, location)."""
+    syncs: List[Dict] = [
+        {
+            "stage": sync.stage,
+            "operation": sync.operation,
+            "location": sync.location,
+            "count": count,
+        }
+        for sync, count in recorder.counts().items()
+    ]
+    return {
+        "stages": {stage: recorder.count(stage) for stage in STAGES},
+        "total": recorder.count(),
+        "syncs": syncs,
+    }
+
+
+def main(argv=None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_arguments(parser)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--json-out", default=None, help="also write the JSON report here")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here; use --device cpu.")
+
+    model = build_benchmark_model(args.config_file, list(args.opts), args.device)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, *args.image_size), generator=generator).float()
+    recorder = count_host_syncs(model, image, tuple(args.output_size))
+    result = {
+        "config": args.config_file,
+        "image_size": list(args.image_size),
+        "output_size": list(args.output_size),
+        "device": args.device,
+        "torch_version": torch.__version__,
+        **report(recorder),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        os.makedirs(os.path.dirname(args.json_out) or ".", exist_ok=True)
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+    print()
+    print("\n".join(f"{stage:<26}{count:>6}" for stage, count in result["stages"].items()))
+    print(f"{'total':<26}{result['total']:>6}")
+    if recorder.events:
+        print()
+        print(format_table(recorder.counts()))
+    return result
+
+
+if __name__ == "__main__":
+    main()
