@@ -21,6 +21,8 @@
 # and, only when named:
 #   graphs tools/benchmark_inference.py --device cuda, ours vs ours-cuda-graphs (torch.compile
 #          with CUDA graphs; compiling takes minutes), bf16 at batch 1
+#   batch8 the side-by-side inference (.gpu/sbs/infer.py) at batch 8: images/s of the official
+#          release (fp32, fp16 autocast) and ours (fp32, bf16), same config and weights
 #   profile tools/profile_inference.py --device cuda: where an inference's time goes (device
 #          busy time, kernel launches, top kernels and host operators), bf16 and fp32 at batch 1
 #   swin   tools/benchmark_inference.py --device cuda --variants ours on Swin-T COCO panoptic,
@@ -33,10 +35,12 @@
 #
 # One command of the GPU tool runs at most 10 minutes, install included. The steps share
 # BUDGET_S seconds (default 540) from the start of this script: each step's timeout is cut to
-# what is left, and a step with under 20 s left is skipped. On a fresh machine (install about
-# 2-3 minutes) split the work, e.g.:
-#   bash .gpu/install.sh && BUDGET_S=400 bash tools/gpu_session.sh tests syncs op infer
-#   bash .gpu/install.sh && bash tools/gpu_session.sh sbs       # warm: install takes seconds
+# what is left, and a step with under 20 s left is skipped. Seen on the H200 on 2026-11-30:
+# install 61-84 s on a fresh machine, kernel 17 s, models 109 s, sbs-op 13 s, sbs-infer 119 s,
+# sbs-train 70 s, syncs 17 s, a profile about 20 s. So one command holds, e.g.:
+#   bash .gpu/install.sh && BUDGET_S=$((565 - SECONDS)) bash tools/gpu_session.sh \
+#     kernel sbs-op models sbs-infer sbs-train syncs
+# (a warm machine gives a second command only if it comes within 30 s of the first).
 # Timeouts per step (seconds) can be set: T_TESTS, T_SYNCS, T_OP, T_INFER (each run), T_SBS,
 # T_GRAPHS.
 # INFER_VARIANTS (default "ours official-style") and INFER_REPEATS (default "10 5": batch 1,
@@ -121,6 +125,27 @@ for step in "${@:-tests syncs op infer sbs}"; do
         run_step inference_cuda_graphs "${T_GRAPHS:-300}" "$PYTHON" tools/benchmark_inference.py \
           --device cuda --precision bf16 --batch-size 1 --repeats "$REPEATS_BATCH_1" \
           --variants ours ours-cuda-graphs --json-out "$OUT/inference_cuda_graphs.json" ;;
+      batch8)
+        base=/tmp/m2f-baseline
+        if [ ! -d $base ] || [ ! -f .gpu/sbs/infer.py ]; then
+          summary+=("$(printf '%-24s %-22s' batch8 "FAILED (no baseline)")")
+          failed=$((failed + 1))
+          echo "batch8 needs .gpu/sbs/infer.py and $base: bash .gpu/install.sh first"
+          continue
+        fi
+        ops=$base/mask2former/modeling/pixel_decoder/ops
+        common=(--config "$base/configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
+          --synthetic 2 --device cuda --batch 8 --runs 10)
+        run_step batch8_official_fp32 "${T_INFER:-150}" env PYTHONPATH="$ops" "$PYTHON" \
+          .gpu/sbs/infer.py --impl $base --official "${common[@]}" --no-tf32 \
+          --save-weights /tmp/batch8_w.pth --label official-fp32-b8
+        run_step batch8_official_fp16 "${T_INFER:-150}" env PYTHONPATH="$ops" "$PYTHON" \
+          .gpu/sbs/infer.py --impl $base --official "${common[@]}" --amp fp16 \
+          --load-weights /tmp/batch8_w.pth --label official-fp16-b8
+        run_step batch8_ours_fp32 "${T_INFER:-150}" "$PYTHON" .gpu/sbs/infer.py --impl "$PWD" \
+          "${common[@]}" --no-tf32 --load-weights /tmp/batch8_w.pth --label ours-fp32-b8
+        run_step batch8_ours_bf16 "${T_INFER:-150}" "$PYTHON" .gpu/sbs/infer.py --impl "$PWD" \
+          "${common[@]}" --amp bf16 --load-weights /tmp/batch8_w.pth --label ours-bf16-b8 ;;
       profile)
         for precision in bf16 fp32; do
           run_step "profile_cuda_$precision" "${T_INFER:-150}" "$PYTHON" tools/profile_inference.py \
@@ -151,7 +176,7 @@ for step in "${@:-tests syncs op infer sbs}"; do
         fi ;;
       *)
         echo "unknown step $part (tests, kernel, models, syncs, op, infer, sbs, sbs-op," \
-          "sbs-infer, sbs-train, graphs, profile, swin)"
+          "sbs-infer, sbs-train, batch8, graphs, profile, swin)"
         exit 2 ;;
     esac
   done
