@@ -477,11 +477,8 @@ def run_variant(name: str, args) -> Dict:
             # compiled once, at the warm-up forward (not timed); stage hooks would break it
             model.network = torch.compile(model.network, mode=variant["compile"])
             stages = False
-        generator = torch.Generator().manual_seed(0)
-        height, width = args.image_size
-        image = torch.randint(0, 256, (3, height, width), generator=generator).float()
         # already on the device, as the Predictor hands it over; N copies in one forward
-        image = image.to(device)
+        image = benchmark_image(args.image_size).to(device)
         inputs = [
             {"image": image, "height": args.output_size[0], "width": args.output_size[1]}
         ] * args.batch_size
@@ -661,9 +658,35 @@ def print_hf_table(reports: Dict[str, Dict]) -> None:
         print(f"ours-from-hf is {ratio:.2f}x faster than transformers")
 
 
+def benchmark_image(image_size) -> torch.Tensor:
+    """The (3, H, W) float32 image the tools time and profile: random 0..255 values, the same
+    on every run (shared with tools/count_host_syncs.py and tools/profile_inference.py)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (3, *image_size), generator=generator).float()
+
+
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """Stop with a usage error when ``device`` is "cuda" and CUDA is not available."""
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device cuda: CUDA is not available here (torch {torch.__version__}, built "
+            f"with CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s) visible). "
+            "Run on a machine with a GPU, or use --device cpu."
+        )
+
+
+def write_report(report: Dict, json_out: Optional[str]) -> None:
+    """Print ``report`` as JSON and, when ``json_out`` is given, write it there too."""
+    print(json.dumps(report, indent=2))
+    if json_out:
+        os.makedirs(os.path.dirname(json_out) or ".", exist_ok=True)
+        with open(json_out, "w") as f:
+            json.dump(report, f, indent=2)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--config-file, --image-size and --output-size: the model and the input it is timed on
-    (shared with tools/count_host_syncs.py)."""
+    (shared with tools/count_host_syncs.py and tools/profile_inference.py)."""
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
     parser.add_argument("--image-size", type=int, nargs=2, default=(800, 1199), metavar=("H", "W"))
     parser.add_argument(
@@ -765,11 +788,7 @@ def main(argv=None) -> None:
         report["ours_from_hf_speed_up_vs_transformers"] = (
             reports["transformers"]["end_to_end_s"] / reports["ours-from-hf"]["end_to_end_s"]
         )
-    print(json.dumps(report, indent=2))
-    if args.json_out:
-        os.makedirs(os.path.dirname(args.json_out) or ".", exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(report, f, indent=2)
+    write_report(report, args.json_out)
     detectron2_reports = {name: r for name, r in reports.items() if name not in HF_VARIANTS}
     if detectron2_reports:
         print_table(detectron2_reports, report)
@@ -792,12 +811,7 @@ def check_settings(parser: argparse.ArgumentParser, args) -> None:
             f"{cfg.MODEL.META_ARCHITECTURE!r}): this benchmark times image models only. Give an "
             "image config with --config-file."
         )
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(
-            f"--device cuda: CUDA is not available here (torch {torch.__version__}, built "
-            f"with CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s) visible). "
-            "Run on a machine with a GPU, or use --device cpu."
-        )
+    check_device(parser, args.device)
     if args.variants is None:
         args.variants = [
             name

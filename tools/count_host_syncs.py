@@ -22,12 +22,17 @@ Example:
 """
 
 import argparse
-import json
-import os
 from typing import Dict, List
 
 import torch
-from benchmark_inference import add_model_arguments, build_benchmark_model, synthetic_predictions
+from benchmark_inference import (
+    add_model_arguments,
+    benchmark_image,
+    build_benchmark_model,
+    check_device,
+    synthetic_predictions,
+    write_report,
+)
 
 from mask2former.utils.host_syncs import HostSyncRecorder, format_table
 
@@ -103,12 +108,10 @@ def main(argv=None) -> Dict:
     parser.add_argument("--json-out", default=None, help="also write the JSON report here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available here; use --device cpu.")
+    check_device(parser, args.device)
 
     model = build_benchmark_model(args.config_file, list(args.opts), args.device)
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (3, *args.image_size), generator=generator).float()
+    image = benchmark_image(args.image_size)
     recorder = count_host_syncs(model, image, tuple(args.output_size))
     result = {
         "config": args.config_file,
@@ -118,11 +121,7 @@ def main(argv=None) -> Dict:
         "torch_version": torch.__version__,
         **report(recorder),
     }
-    print(json.dumps(result, indent=2))
-    if args.json_out:
-        os.makedirs(os.path.dirname(args.json_out) or ".", exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_report(result, args.json_out)
     print()
     print("\n".join(f"{stage:<26}{count:>6}" for stage, count in result["stages"].items()))
     print(f"{'total':<26}{result['total']:>6}")

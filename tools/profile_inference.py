@@ -22,13 +22,19 @@ Example (on a GPU machine):
 """
 
 import argparse
-import json
-import os
 import time
 from typing import Dict, List
 
 import torch
-from benchmark_inference import add_model_arguments, build_benchmark_model, device_clock
+from benchmark_inference import (
+    add_model_arguments,
+    benchmark_image,
+    build_benchmark_model,
+    check_device,
+    cuda_description,
+    device_clock,
+    write_report,
+)
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
@@ -139,15 +145,12 @@ def main(argv=None) -> Dict:
     parser.add_argument("--json-out", default=None, help="also write the JSON report here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available here; use --device cpu.")
+    check_device(parser, args.device)
     if min(args.batch_size, args.repeats, args.top) < 1 or args.warmup < 0:
         parser.error("--batch-size, --repeats and --top must be at least 1, --warmup at least 0.")
 
     model = build_benchmark_model(args.config_file, list(args.opts), args.device)
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (3, *args.image_size), generator=generator).float()
-    image = image.to(model.device)
+    image = benchmark_image(args.image_size).to(model.device)
     inputs = [
         {"image": image, "height": args.output_size[0], "width": args.output_size[1]}
     ] * args.batch_size
@@ -160,15 +163,10 @@ def main(argv=None) -> Dict:
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "torch_version": torch.__version__,
+        **cuda_description(args.device),
         **profile_inference(model, inputs, args.precision, args.warmup, args.repeats, args.top),
     }
-    if args.device == "cuda":
-        result["gpu"] = torch.cuda.get_device_name(model.device)
-    print(json.dumps(result, indent=2))
-    if args.json_out:
-        os.makedirs(os.path.dirname(args.json_out) or ".", exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_report(result, args.json_out)
     print_table(result)
     return result
 
