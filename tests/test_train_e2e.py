@@ -5,6 +5,7 @@ The models are the configs/shapes ones with overrides that shrink the heads; ima
 synthetic set's 128 x 128 ones (generated under $DETECTRON2_DATASETS/shapes when missing).
 """
 
+import functools
 import json
 import math
 import os
@@ -205,6 +206,7 @@ def _metrics_lines(output_dir):
         return [json.loads(line) for line in f]
 
 
+@functools.cache  # one probe for all the CUDA cases
 def _detectron2_environment_report_crashes() -> bool:
     """Whether detectron2's collect_env_info, which train_net.py's default_setup calls first,
     kills the process here. On the GPU machine of 2026-11-30 (H200, torch 2.11, detectron2
