@@ -79,6 +79,37 @@ def test_recorder_ignores_tensors_on_another_device():
     assert recorder.events == []
 
 
+def test_recorder_counts_the_operations_that_launch_device_work():
+    """Views, reshapes and bare allocations launch nothing; arithmetic, copies and reductions
+    each count once, in the stage they ran in; host work marked with on_host and tensors on
+    another device are not counted."""
+    values = torch.arange(6.0)
+    with HostSyncRecorder("cpu") as recorder:
+        with recorder.stage("views"):
+            grid = values.view(2, 3).t().unsqueeze(0).expand(4, 3, 2)
+            grid[0].t().flatten()  # contiguous again: a view
+            torch.empty(5)
+        with recorder.stage("arithmetic"):
+            grid = grid + 1  # 1
+            grid.sum(dim=0).clone()  # 2
+            grid.contiguous()  # 1: the copy of a non-contiguous tensor
+            torch.zeros(3)  # 1: fills memory
+        with on_host():
+            values * 2
+    assert recorder.operations == {"arithmetic": 5}
+    assert recorder.operation_kinds == {
+        ("arithmetic", "aten.add"): 1,
+        ("arithmetic", "aten.sum"): 1,
+        ("arithmetic", "aten.clone"): 2,
+        ("arithmetic", "aten.zeros"): 1,
+    }
+    assert recorder.operation_count() == 5 and recorder.operation_count("views") == 0
+    with HostSyncRecorder("cuda") as recorder:
+        values * 2
+        torch.zeros(3)
+    assert recorder.operation_count() == 0
+
+
 def _network_inputs(cfg, size):
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -209,7 +240,20 @@ def test_count_host_syncs_tool_reports_stages(tmp_path, capsys, monkeypatch):
         == sum(sync["count"] for sync in report["syncs"])
     )
     assert all(sync["location"].startswith("mask2former/") for sync in report["syncs"])
-    assert path.exists() and "postprocessing_realistic" in capsys.readouterr().out
+    operations = report["operations"]
+    assert set(operations) == {*tool.STAGES, "total"}
+    assert operations["total"] == sum(operations[stage] for stage in tool.STAGES)
+    # the convolutions, attention layers and post-processing each launch work
+    computing = ("backbone", "pixel_decoder", "transformer_decoder", "postprocessing_realistic")
+    assert all(operations[stage] > 10 for stage in computing), operations
+    kinds = report["operation_kinds"]
+    assert sum(kind["count"] for kind in kinds) == operations["total"]
+    assert [kind["count"] for kind in kinds] == sorted((k["count"] for k in kinds), reverse=True)
+    assert {"stage": "backbone", "operation": "aten.convolution"} in [
+        {key: kind[key] for key in ("stage", "operation")} for kind in kinds
+    ]
+    output = capsys.readouterr().out
+    assert path.exists() and "postprocessing_realistic" in output and "operations" in output
 
 
 @pytest.mark.parametrize("device", [on_cuda("cuda")])

@@ -5,7 +5,9 @@ Runs a config's model (default: R50 COCO panoptic, randomly initialised as in
 tools/benchmark_inference.py, all three outputs on) on one random image on the CPU, under
 ``mask2former.utils.host_syncs.HostSyncRecorder``, and prints, per stage, every operation that
 would synchronise the host with a GPU (``.item()``, ``.tolist()``, ``nonzero``, boolean-mask
-indexing, blocking copies, ...), how often it ran and the line of mask2former/ that caused it.
+indexing, blocking copies, ...), how often it ran and the line of mask2former/ that caused it;
+and per stage the number of aten operations that would each launch work on a GPU (views and
+bare allocations left out): the launch overhead of an inference, counted the same on every run.
 
 Stages: ``backbone``, ``pixel_decoder``, ``transformer_decoder``, ``network`` (the rest of the
 network's forward), ``postprocessing`` (on the network's outputs; random weights, so no query
@@ -17,8 +19,9 @@ padding computes with small host tensors, which a CPU run cannot tell from devic
 On the CPU (the default) nothing waits: the counts are what the same code would do on a GPU,
 where ``--device cuda`` records the reads of tensors that really are on the device.
 
-Example:
+Examples:
     python tools/count_host_syncs.py --json-out output/host_syncs.json
+    python tools/count_host_syncs.py --precision bf16 --top 30
 """
 
 import argparse
@@ -34,6 +37,7 @@ from benchmark_inference import (
     write_report,
 )
 
+from mask2former.predictor import PRECISIONS, precision_autocast
 from mask2former.utils.host_syncs import HostSyncRecorder, format_table
 
 STAGES = [
@@ -46,9 +50,12 @@ STAGES = [
 ]
 
 
-def count_host_syncs(model, image: torch.Tensor, output_size) -> HostSyncRecorder:
+def count_host_syncs(
+    model, image: torch.Tensor, output_size, precision: str = "fp32"
+) -> HostSyncRecorder:
     """Record one inference of ``model`` (eval mode) on ``image`` (3, H, W), results at
-    ``output_size``, and one post-processing of realistic predictions, by stage."""
+    ``output_size``, and one post-processing of realistic predictions, by stage, under the
+    autocast of ``precision`` (as the Predictor runs; its casts count as operations)."""
     inputs = [{"image": image, "height": output_size[0], "width": output_size[1]}]
     recorder = HostSyncRecorder(model.device)
     recorder.watch(
@@ -59,7 +66,7 @@ def count_host_syncs(model, image: torch.Tensor, output_size) -> HostSyncRecorde
         }
     )
     predictor = model.sem_seg_head.predictor
-    with torch.no_grad():
+    with torch.no_grad(), precision_autocast(precision, model.device.type):
         images = model.preprocess_image(inputs)
         padded = tuple(images.tensor.shape[-2:])
         class_logits, mask_logits = synthetic_predictions(
@@ -84,7 +91,9 @@ def count_host_syncs(model, image: torch.Tensor, output_size) -> HostSyncRecorde
 
 
 def report(recorder: HostSyncRecorder) -> Dict:
-    """The JSON report: the count per stage and every (stage, operation, location)."""
+    """The JSON report: the count of synchronisations per stage and every (stage, operation,
+    location); and the operations that launch device work, per stage and in all, and per
+    (stage, aten operation), most frequent first."""
     syncs: List[Dict] = [
         {
             "stage": sync.stage,
@@ -94,10 +103,17 @@ def report(recorder: HostSyncRecorder) -> Dict:
         }
         for sync, count in recorder.counts().items()
     ]
+    operations = {stage: recorder.operation_count(stage) for stage in STAGES}
+    kinds = [
+        {"stage": stage, "operation": name, "count": count}
+        for (stage, name), count in recorder.operation_kinds.most_common()
+    ]
     return {
         "stages": {stage: recorder.count(stage) for stage in STAGES},
         "total": recorder.count(),
         "syncs": syncs,
+        "operations": {**operations, "total": sum(operations.values())},
+        "operation_kinds": kinds,
     }
 
 
@@ -105,6 +121,18 @@ def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default="fp32",
+        help="run under this autocast, as the Predictor does (its casts are operations too)",
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=15,
+        help="print this many of the most frequent (stage, operation) pairs (all in the JSON)",
+    )
     parser.add_argument("--json-out", default=None, help="also write the JSON report here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -112,22 +140,29 @@ def main(argv=None) -> Dict:
 
     model = build_benchmark_model(args.config_file, list(args.opts), args.device)
     image = benchmark_image(args.image_size)
-    recorder = count_host_syncs(model, image, tuple(args.output_size))
+    recorder = count_host_syncs(model, image, tuple(args.output_size), args.precision)
     result = {
         "config": args.config_file,
         "image_size": list(args.image_size),
         "output_size": list(args.output_size),
         "device": args.device,
+        "precision": args.precision,
         "torch_version": torch.__version__,
         **report(recorder),
     }
     write_report(result, args.json_out)
     print()
-    print("\n".join(f"{stage:<26}{count:>6}" for stage, count in result["stages"].items()))
-    print(f"{'total':<26}{result['total']:>6}")
+    print(f"{'stage':<26}{'syncs':>6}{'operations':>12}")
+    for stage in [*STAGES, "total"]:
+        syncs = result["total"] if stage == "total" else result["stages"][stage]
+        print(f"{stage:<26}{syncs:>6}{result['operations'][stage]:>12}")
     if recorder.events:
         print()
         print(format_table(recorder.counts()))
+    if args.top > 0:
+        print("\nmost frequent operations (stage, count, operation)")
+        for kind in result["operation_kinds"][: args.top]:
+            print(f"{kind['stage']:<26}{kind['count']:>6}  {kind['operation']}")
     return result
 
 

@@ -20,6 +20,12 @@ Two mechanisms, both active inside ``with HostSyncRecorder(...)``:
   recorder's device, and around ``torch.tensor`` / ``torch.as_tensor`` of host data onto that
   device (a blocking host-to-device copy waits for the device's queue too).
 
+The recorder also counts, per stage, the aten operations that would each launch work on a GPU
+(views and bare allocations left out): a launch costs the host a few microseconds whatever the
+kernel does, so where the device waits for the host this count, not the FLOPs, sets the time.
+It is a property of the code, the same on every run and machine: a deterministic measure of
+launch overhead that a CPU can take for a GPU.
+
 Not seen: what compiled code does inside an operation (a custom kernel's own reads) and
 ``torch.cuda.synchronize`` calls.
 
@@ -46,6 +52,7 @@ __all__ = [
     "HostSyncRecorder",
     "OTHER_STAGE",
     "format_table",
+    "launches_device_work",
     "on_host",
     "to_device",
 ]
@@ -66,6 +73,26 @@ DATA_DEPENDENT_OPS = {
     _aten.equal: "returns a Python bool",
     _aten.is_nonzero: "returns a Python bool",
 }
+
+# aten operations that are neither views nor launch device work: bare allocations and
+# reinterpretations of metadata. Views (``OpOverload.is_view``) are left out as well.
+_NO_KERNEL_OPS = {
+    _aten._unsafe_view,
+    _aten.empty,
+    _aten.empty_like,
+    _aten.empty_strided,
+    _aten.new_empty,
+    _aten.new_empty_strided,
+    _aten.resize_,
+    _aten.set_,
+}
+
+
+def launches_device_work(func) -> bool:
+    """Whether aten operation ``func`` (an ``OpOverload``) would run a kernel on a GPU: not a
+    view and not a bare allocation."""
+    return not func.is_view and func.overloadpacket not in _NO_KERNEL_OPS
+
 
 # The stage of operations outside every watched module and stage() block.
 OTHER_STAGE = "other"
@@ -154,14 +181,20 @@ class _SyncDispatchMode(TorchDispatchMode):
     """Records the synchronising aten operations into ``record``."""
 
     def __init__(
-        self, record: Callable[[str], None], on_device: Callable[[torch.Tensor], bool]
+        self,
+        record: Callable[[str], None],
+        on_device: Callable[[torch.Tensor], bool],
+        count_operation: Callable[[object, tuple, dict], None],
     ) -> None:
         super().__init__()
         self._record = record
         self._on_device = on_device
+        self._count_operation = count_operation
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if launches_device_work(func):
+            self._count_operation(func, args, kwargs)
         name = self._synchronising(func, args, kwargs)
         if name is not None and not getattr(_local, "in_wrapper", False):
             self._record(name)
@@ -218,6 +251,8 @@ class HostSyncRecorder:
             with recorder.stage("post-processing"):
                 ...
         recorder.counts()  # {HostSync(stage, operation, location): count}
+        recorder.operations  # {stage: aten operations that would launch device work}
+        recorder.operation_kinds  # {(stage, "aten.<name>"): how many of them}
 
     While active, the wrappers replace the ``Tensor`` methods and ``torch`` factories for the
     whole process (removed on exit): one recorder at a time, for diagnostics and tests.
@@ -231,6 +266,10 @@ class HostSyncRecorder:
     def __init__(self, device: Union[str, torch.device] = "cpu"):
         self.device = torch.device(device)
         self.events: List[HostSync] = []
+        # stage -> aten operations run in it that would launch work on a GPU
+        self.operations: Counter = Counter()
+        # (stage, "aten.<name>") -> how many of those operations ran
+        self.operation_kinds: Counter = Counter()
         self._stages: List[str] = []
         self._hooks: list = []
         self._saved: Dict[Tuple[object, str], object] = {}
@@ -286,7 +325,30 @@ class HostSyncRecorder:
         """Number of synchronising operations, in ``stage`` or in all."""
         return sum(1 for event in self.events if stage is None or event.stage == stage)
 
+    def operation_count(self, stage: Optional[str] = None) -> int:
+        """Number of aten operations that would launch device work, in ``stage`` or in all."""
+        return self.operations[stage] if stage is not None else sum(self.operations.values())
+
     # ----- recording
+
+    def _count_operation(self, func, args: tuple, kwargs: dict) -> None:
+        """Count an operation whose first tensor argument (or, for a factory, whose
+        ``device``) is on the recorder's device; on the CPU, none inside :func:`on_host`."""
+        if getattr(_local, "on_host", 0) and self.device.type == "cpu":
+            return
+        first = next(
+            (
+                value
+                for arg in args
+                for value in (arg if isinstance(arg, (list, tuple)) else (arg,))
+                if isinstance(value, torch.Tensor)
+            ),
+            None,
+        )
+        target = first.device if first is not None else torch.device(kwargs.get("device", "cpu"))
+        if self._on_device(target):
+            self.operations[self.current_stage] += 1
+            self.operation_kinds[(self.current_stage, f"aten.{func.overloadpacket.__name__}")] += 1
 
     def _record(self, operation: str) -> None:
         if getattr(_local, "on_host", 0) and self.device.type == "cpu":
@@ -357,7 +419,7 @@ class HostSyncRecorder:
         for (owner, name), replacement in patches.items():
             self._saved[(owner, name)] = owner.__dict__.get(name)
             setattr(owner, name, replacement)
-        self._mode = _SyncDispatchMode(self._record, self._on_device)
+        self._mode = _SyncDispatchMode(self._record, self._on_device, self._count_operation)
         self._mode.__enter__()
         return self
 
