@@ -297,6 +297,30 @@ def test_inference_profile_report(profile_inference, tmp_path, capsys, device, p
         assert report["device_busy_ms"] >= report["top_device"][0]["device_ms"] > 0
 
 
+def test_inference_profile_runs_each_inference_in_its_own_autocast_region(
+    profile_inference, monkeypatch
+):
+    """As a Predictor call does: one autocast region around all inferences would keep the
+    weights' casts from the first and hide those every call makes."""
+    from contextlib import nullcontext
+
+    regions, calls = [], []
+    monkeypatch.setattr(
+        profile_inference,
+        "precision_autocast",
+        lambda precision, device_type: regions.append(precision) or nullcontext(),
+    )
+
+    class Model:
+        device = torch.device("cpu")
+
+        def __call__(self, inputs):
+            calls.append(len(regions))
+
+    profile_inference.profile_inference(Model(), [{}], "bf16", warmup=2, repeats=3)
+    assert regions == ["bf16"] * 5 and calls == [1, 2, 3, 4, 5]
+
+
 def test_inference_profile_counts_device_events_once(profile_inference):
     """The busy time sums the device-side events only: the host operators that launched them
     carry the same time as their own device time and must not count twice."""

@@ -92,19 +92,26 @@ def profile_inference(
     model, inputs: List[Dict], precision: str, warmup: int, repeats: int, top: int = 25
 ) -> Dict:
     """Profile ``repeats`` inferences of ``model`` on ``inputs`` (one batch) after ``warmup``;
-    returns :func:`summarise`'s report."""
+    returns :func:`summarise`'s report. Each inference runs in its own autocast region, as a
+    Predictor call does: autocast keeps its casts of the weights until the region ends, so one
+    region around all of them would hide the casts every call makes."""
     device = model.device
     clock = device_clock(device)
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with torch.no_grad(), precision_autocast(precision, device.type):
-        for _ in range(warmup):
+
+    def infer() -> None:
+        with precision_autocast(precision, device.type):
             model(inputs)
+
+    with torch.no_grad():
+        for _ in range(warmup):
+            infer()
         start = clock()
         with profile(activities=activities) as profiler:
             for _ in range(repeats):
-                model(inputs)
+                infer()
             clock()
         wall_s = time.perf_counter() - start
     images = repeats * len(inputs)

@@ -252,7 +252,7 @@ class HostSyncRecorder:
                 ...
         recorder.counts()  # {HostSync(stage, operation, location): count}
         recorder.operations  # {stage: aten operations that would launch device work}
-        recorder.operation_kinds  # {(stage, "aten.<name>"): how many of them}
+        recorder.operation_kinds  # {(stage, "<namespace>.<name>"): how many of them}
 
     While active, the wrappers replace the ``Tensor`` methods and ``torch`` factories for the
     whole process (removed on exit): one recorder at a time, for diagnostics and tests.
@@ -268,7 +268,7 @@ class HostSyncRecorder:
         self.events: List[HostSync] = []
         # stage -> aten operations run in it that would launch work on a GPU
         self.operations: Counter = Counter()
-        # (stage, "aten.<name>") -> how many of those operations ran
+        # (stage, "<namespace>.<name>", e.g. "aten.add") -> how many of those operations ran
         self.operation_kinds: Counter = Counter()
         self._stages: List[str] = []
         self._hooks: list = []
@@ -348,7 +348,7 @@ class HostSyncRecorder:
         target = first.device if first is not None else torch.device(kwargs.get("device", "cpu"))
         if self._on_device(target):
             self.operations[self.current_stage] += 1
-            self.operation_kinds[(self.current_stage, f"aten.{func.overloadpacket.__name__}")] += 1
+            self.operation_kinds[(self.current_stage, str(func.overloadpacket))] += 1
 
     def _record(self, operation: str) -> None:
         if getattr(_local, "on_host", 0) and self.device.type == "cpu":
