@@ -684,6 +684,18 @@ def write_report(report: Dict, json_out: Optional[str]) -> None:
             json.dump(report, f, indent=2)
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --precision: where and in which autocast the model runs (shared with
+    tools/count_host_syncs.py and tools/profile_inference.py)."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="fp32",
+        help="autocast dtype of the forwards, as Predictor(precision=...) (default: fp32)",
+    )
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--config-file, --image-size and --output-size: the model and the input it is timed on
     (shared with tools/count_host_syncs.py and tools/profile_inference.py)."""
@@ -713,13 +725,7 @@ def main(argv=None) -> None:
         help="what to time, each in its own process (default: all that run with the device, "
         "precision and batch size asked for)",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument(
-        "--precision",
-        choices=tuple(PRECISIONS),
-        default="fp32",
-        help="autocast dtype of the forwards, as Predictor(precision=...) (default: fp32)",
-    )
+    add_device_arguments(parser)
     parser.add_argument(
         "--batch-size",
         type=int,

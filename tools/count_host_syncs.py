@@ -29,6 +29,7 @@ from typing import Dict, List
 
 import torch
 from benchmark_inference import (
+    add_device_arguments,
     add_model_arguments,
     benchmark_image,
     build_benchmark_model,
@@ -37,7 +38,7 @@ from benchmark_inference import (
     write_report,
 )
 
-from mask2former.predictor import PRECISIONS, precision_autocast
+from mask2former.predictor import precision_autocast
 from mask2former.utils.host_syncs import HostSyncRecorder, format_table
 
 STAGES = [
@@ -120,13 +121,7 @@ def report(recorder: HostSyncRecorder) -> Dict:
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_arguments(parser)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument(
-        "--precision",
-        choices=sorted(PRECISIONS),
-        default="fp32",
-        help="run under this autocast, as the Predictor does (its casts are operations too)",
-    )
+    add_device_arguments(parser)  # under --precision's autocast, its casts are operations too
     parser.add_argument(
         "--top",
         type=int,

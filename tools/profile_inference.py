@@ -27,6 +27,7 @@ from typing import Dict, List
 
 import torch
 from benchmark_inference import (
+    add_device_arguments,
     add_model_arguments,
     benchmark_image,
     build_benchmark_model,
@@ -38,7 +39,7 @@ from benchmark_inference import (
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from mask2former.predictor import PRECISIONS, precision_autocast
+from mask2former.predictor import precision_autocast
 
 # Runtime calls that put work on a CUDA device (the profiler records them as host events).
 LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
@@ -143,8 +144,7 @@ def print_table(result: Dict) -> None:
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_arguments(parser)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
+    add_device_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
