@@ -13,6 +13,7 @@ from torch import nn
 
 import mask2former.modeling  # noqa: F401  (registers MaskFormer and its head)
 from mask2former.config import add_maskformer2_config
+from mask2former.modeling.meta_arch.mask_former import CPU_CHANNELS_LAST_MIN_PIXELS
 from mask2former.modeling.pixel_decoder.ops import kernel_available
 
 SHAPES_CONFIG = "configs/shapes/maskformer2_R18_panoptic.yaml"
@@ -287,3 +288,54 @@ def test_network_compiles_to_one_graph(config, training, autocast):
         assert (expected is None) == (actual is None), name
         if expected is not None:
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _backbone_layouts(model, images):
+    """Whether each backbone forward of ``model.network(images)`` got channels-last images,
+    and the network's outputs."""
+    layouts = []
+    handle = model.backbone.register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=CHANNELS_LAST))
+    )
+    try:
+        outputs = model.network(images)
+    finally:
+        handle.remove()
+    return layouts, outputs
+
+
+CHANNELS_LAST = torch.channels_last
+
+
+def test_resnet_backbone_runs_channels_last_on_the_cpu_from_a_size():
+    """Eval-mode ResNet on the CPU: channels-last images from CPU_CHANNELS_LAST_MIN_PIXELS on
+    (faster with oneDNN), the same outputs up to float rounding; smaller images, training and
+    cpu_channels_last=False keep the default layout."""
+    torch.manual_seed(0)
+    model = build_model(shrunk_config(R50_COCO_PANOPTIC)).eval()
+    assert model.cpu_channels_last
+    side = int(CPU_CHANNELS_LAST_MIN_PIXELS**0.5)
+    images = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        layouts, channels_last = _backbone_layouts(model, images)
+        assert layouts == [True]
+        assert channels_last["pred_masks"].is_contiguous()  # the head's outputs as before
+        model.cpu_channels_last = False
+        layouts, default = _backbone_layouts(model, images)
+        assert layouts == [False]
+        for name in ("pred_logits", "pred_masks"):
+            torch.testing.assert_close(channels_last[name], default[name], rtol=1e-4, atol=1e-5)
+        model.cpu_channels_last = True
+        layouts, _ = _backbone_layouts(model, images[..., : side - 32])  # under the size
+        assert layouts == [False]
+    model.train()
+    assert model.backbone_input(images) is images
+
+
+def test_swin_backbone_keeps_the_default_layout():
+    """Channels-last does not speed up Swin's patch embedding and windows (BENCHMARKS.md)."""
+    torch.manual_seed(0)
+    config = "cityscapes/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_90k.yaml"
+    model = build_model(shrunk_config(config)).eval()
+    images = torch.randn(1, 3, 256, 256)
+    assert not model.cpu_channels_last and model.backbone_input(images) is images

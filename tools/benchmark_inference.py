@@ -11,10 +11,13 @@ on. The variants are timed each in its own process, one after the other:
   CPU allocator set to keep freed memory (``mask2former.utils.cpu_memory``), as the demo,
   the predictor and train_net.py do;
 - ``ours-default-malloc``: the same with glibc's default allocator behaviour;
+- ``ours-default-layout``: ours with a ResNet backbone on images in the default memory
+  layout, not channels-last (``MaskFormer.cpu_channels_last``);
 - ``official-style``: what the official release does on a CPU: the PyTorch deformable
   attention, every decoder layer's masks at full size, the straightforward post-processing
   (upsample all 100 masks to the padded size, crop and resize, sigmoid per output, a Python
-  loop per panoptic segment, every top-k mask gathered at full size), default allocator;
+  loop per panoptic segment, every top-k mask gathered at full size), default allocator, the
+  backbone on images in the default memory layout (ours: channels-last for a ResNet);
 - ``onnxruntime``: ours with the network exported to ONNX (``mask2former.export``, not timed)
   and run by ONNX Runtime on the CPU; pre- and post-processing are ours, the same code;
 - ``ours-compiled``: ours with the network under ``torch.compile`` (compiled at the warm-up
@@ -368,28 +371,33 @@ def time_postprocessing(model, padded, image_size, output, repeats: int, officia
 
 # What each variant changes. "official-style" stands in for the official release on a CPU:
 # the PyTorch deformable attention, every decoder layer's masks at full size, the
-# straightforward post-processing, and glibc's default allocator.
+# straightforward post-processing, glibc's default allocator, and the backbone on images in the
+# default memory layout (ours runs a ResNet on channels-last images on the CPU).
 VARIANTS = {
     "ours": {
         "reference_op": False,
         "full_size_aux": False,
         "official_post": False,
         "keep_memory": True,
+        "cpu_channels_last": True,
     },
     "ours-default-malloc": {
         "reference_op": False,
         "full_size_aux": False,
         "official_post": False,
         "keep_memory": False,
+        "cpu_channels_last": True,
     },
     "official-style": {
         "reference_op": True,
         "full_size_aux": True,
         "official_post": True,
         "keep_memory": False,
+        "cpu_channels_last": False,
     },
 }
 # The network run another way; pre- and post-processing are ours (the same code).
+VARIANTS["ours-default-layout"] = {**VARIANTS["ours"], "cpu_channels_last": False}
 VARIANTS["onnxruntime"] = {**VARIANTS["ours"], "backend": "onnxruntime"}
 VARIANTS["ours-compiled"] = {**VARIANTS["ours"], "compile": "default"}
 VARIANTS["ours-cuda-graphs"] = {**VARIANTS["ours"], "compile": "reduce-overhead"}
@@ -399,6 +407,7 @@ HF_VARIANTS = ("transformers", "ours-from-hf")
 # Why a variant cannot run with a --device, --precision or --batch-size other than the default.
 NOT_ON_CUDA = {
     "ours-default-malloc": "glibc's allocator setting is a CPU matter",
+    "ours-default-layout": "the channels-last backbone is a CPU matter",
     "onnxruntime": "the ONNX Runtime backend runs on the CPU",
     "transformers": "the Hugging Face comparison runs on the CPU",
     "ours-from-hf": "the Hugging Face comparison runs on the CPU",
@@ -467,6 +476,7 @@ def run_variant(name: str, args) -> Dict:
         )
     aux_outputs = ["MODEL.MASK_FORMER.TEST.AUX_OUTPUTS_IN_EVAL", str(variant["full_size_aux"])]
     model = build_benchmark_model(args.config_file, [*aux_outputs, *args.opts], args.device)
+    model.cpu_channels_last = model.cpu_channels_last and variant["cpu_channels_last"]
     # the model whose forwards are timed; post-processing is timed on `model` (same code)
     timed, stages = model, True
     with tempfile.TemporaryDirectory() as folder:

@@ -11,7 +11,13 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
+from detectron2.modeling import (
+    META_ARCH_REGISTRY,
+    Backbone,
+    ResNet,
+    build_backbone,
+    build_sem_seg_head,
+)
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from torch import Tensor, nn
@@ -37,7 +43,14 @@ from ..sliding_window import (
     window_instances,
 )
 
-__all__ = ["MaskFormer", "sliding_window_from_config"]
+__all__ = ["MaskFormer", "sliding_window_from_config", "CPU_CHANNELS_LAST_MIN_PIXELS"]
+
+# From how many pixels (H x W of the padded batch) a ResNet backbone runs on channels-last
+# images on the CPU, in eval mode: oneDNN's convolutions then skip reordering the activations
+# into their blocked layout and back at every layer. The R50 backbone at 512 x 512 and at
+# 800 x 1216 is 1.28x faster in float32 (BENCHMARKS.md, "Channels-last backbone"); on small
+# images, such as the synthetic shapes' 128 x 192, it did not help.
+CPU_CHANNELS_LAST_MIN_PIXELS = 1 << 16
 
 
 def sliding_window_from_config(cfg) -> Optional[SlidingWindow]:
@@ -180,6 +193,9 @@ class MaskFormer(nn.Module):
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
         self.sliding_window = sliding_window
+        # eval-mode ResNet on the CPU: channels-last images from CPU_CHANNELS_LAST_MIN_PIXELS
+        # (an attribute, not a config key: the results are the same up to float rounding)
+        self.cpu_channels_last = isinstance(backbone, ResNet)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -236,7 +252,24 @@ class MaskFormer(nn.Module):
             the head's dict: "pred_logits" (N, Q, K+1), "pred_masks" (N, Q, H_pad / 4,
             W_pad / 4) and "aux_outputs".
         """
-        return self.sem_seg_head(self.backbone(images))
+        return self.sem_seg_head(self.backbone(self.backbone_input(images)))
+
+    def backbone_input(self, images: Tensor) -> Tensor:
+        """``images`` in the memory layout the backbone runs fastest on: channels-last for a
+        ResNet in eval mode on the CPU from :data:`CPU_CHANNELS_LAST_MIN_PIXELS` pixels (its
+        features then stay channels-last; the same values up to float rounding), else as
+        they are. Not while tracing or compiling: exported graphs keep the default layout."""
+        # the tracers first: a size comparison would put a guard on symbolic sizes
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return images
+        if (
+            self.cpu_channels_last
+            and not self.training
+            and images.device.type == "cpu"
+            and images.shape[-2] * images.shape[-1] >= CPU_CHANNELS_LAST_MIN_PIXELS
+        ):
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and pad the images into one (N, 3, H_pad, W_pad) batch."""

@@ -168,7 +168,9 @@ class VideoMaskFormer(MaskFormer):
             return super().network(images)
         multi_scale, mask_features = [], []
         for frames in images.split(self.frames_per_pass):
-            levels, masks = self.sem_seg_head.pixel_features(self.backbone(frames))
+            levels, masks = self.sem_seg_head.pixel_features(
+                self.backbone(self.backbone_input(frames))
+            )
             multi_scale.append(levels)
             mask_features.append(masks)
         multi_scale = [torch.cat(level) for level in zip(*multi_scale)]
