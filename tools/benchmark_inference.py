@@ -706,6 +706,20 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def run_description(args) -> Dict:
+    """What every report of these tools records of :func:`add_model_arguments` and
+    :func:`add_device_arguments`: the config, input and output sizes, device, precision and
+    torch version."""
+    return {
+        "config": args.config_file,
+        "image_size": list(args.image_size),
+        "output_size": list(args.output_size),
+        "device": args.device,
+        "precision": args.precision,
+        "torch_version": torch.__version__,
+    }
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--config-file, --image-size and --output-size: the model and the input it is timed on
     (shared with tools/count_host_syncs.py and tools/profile_inference.py)."""
@@ -783,16 +797,11 @@ def main(argv=None) -> None:
                 reports[name] = json.load(f)
 
     report = {
-        "config": args.config_file,
-        "image_size": list(args.image_size),
-        "output_size": list(args.output_size),
+        **run_description(args),
         "threads": args.threads or torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "repeats": args.repeats,
-        "device": args.device,
-        "precision": args.precision,
         "batch_size": args.batch_size,
-        "torch_version": torch.__version__,
         **cuda_description(args.device),
         "variants": reports,
     }

@@ -34,6 +34,7 @@ from benchmark_inference import (
     benchmark_image,
     build_benchmark_model,
     check_device,
+    run_description,
     synthetic_predictions,
     write_report,
 )
@@ -136,15 +137,7 @@ def main(argv=None) -> Dict:
     model = build_benchmark_model(args.config_file, list(args.opts), args.device)
     image = benchmark_image(args.image_size)
     recorder = count_host_syncs(model, image, tuple(args.output_size), args.precision)
-    result = {
-        "config": args.config_file,
-        "image_size": list(args.image_size),
-        "output_size": list(args.output_size),
-        "device": args.device,
-        "precision": args.precision,
-        "torch_version": torch.__version__,
-        **report(recorder),
-    }
+    result = {**run_description(args), **report(recorder)}
     write_report(result, args.json_out)
     print()
     print(f"{'stage':<26}{'syncs':>6}{'operations':>12}")

@@ -34,6 +34,7 @@ from benchmark_inference import (
     check_device,
     cuda_description,
     device_clock,
+    run_description,
     write_report,
 )
 from torch.autograd import DeviceType
@@ -162,14 +163,9 @@ def main(argv=None) -> Dict:
         {"image": image, "height": args.output_size[0], "width": args.output_size[1]}
     ] * args.batch_size
     result = {
-        "config": args.config_file,
-        "image_size": list(args.image_size),
-        "output_size": list(args.output_size),
-        "device": args.device,
-        "precision": args.precision,
+        **run_description(args),
         "batch_size": args.batch_size,
         "repeats": args.repeats,
-        "torch_version": torch.__version__,
         **cuda_description(args.device),
         **profile_inference(model, inputs, args.precision, args.warmup, args.repeats, args.top),
     }

@@ -266,9 +266,8 @@ class HostSyncRecorder:
     def __init__(self, device: Union[str, torch.device] = "cpu"):
         self.device = torch.device(device)
         self.events: List[HostSync] = []
-        # stage -> aten operations run in it that would launch work on a GPU
-        self.operations: Counter = Counter()
-        # (stage, "<namespace>.<name>", e.g. "aten.add") -> how many of those operations ran
+        # (stage, "<namespace>.<name>", e.g. "aten.add") -> how many of the operations that
+        # would launch work on a GPU ran
         self.operation_kinds: Counter = Counter()
         self._stages: List[str] = []
         self._hooks: list = []
@@ -325,16 +324,25 @@ class HostSyncRecorder:
         """Number of synchronising operations, in ``stage`` or in all."""
         return sum(1 for event in self.events if stage is None or event.stage == stage)
 
+    @property
+    def operations(self) -> Counter:
+        """Stage -> aten operations run in it that would launch device work."""
+        totals: Counter = Counter()
+        for (stage, _), count in self.operation_kinds.items():
+            totals[stage] += count
+        return totals
+
     def operation_count(self, stage: Optional[str] = None) -> int:
         """Number of aten operations that would launch device work, in ``stage`` or in all."""
-        return self.operations[stage] if stage is not None else sum(self.operations.values())
+        operations = self.operations
+        return operations[stage] if stage is not None else sum(operations.values())
 
     # ----- recording
 
     def _count_operation(self, func, args: tuple, kwargs: dict) -> None:
         """Count an operation whose first tensor argument (or, for a factory, whose
         ``device``) is on the recorder's device; on the CPU, none inside :func:`on_host`."""
-        if getattr(_local, "on_host", 0) and self.device.type == "cpu":
+        if self._host_work():
             return
         first = next(
             (
@@ -347,11 +355,14 @@ class HostSyncRecorder:
         )
         target = first.device if first is not None else torch.device(kwargs.get("device", "cpu"))
         if self._on_device(target):
-            self.operations[self.current_stage] += 1
             self.operation_kinds[(self.current_stage, str(func.overloadpacket))] += 1
 
+    def _host_work(self) -> bool:
+        """Inside :func:`on_host` on the CPU: nothing there stands for GPU work."""
+        return bool(getattr(_local, "on_host", 0)) and self.device.type == "cpu"
+
     def _record(self, operation: str) -> None:
-        if getattr(_local, "on_host", 0) and self.device.type == "cpu":
+        if self._host_work():
             return
         self.events.append(HostSync(self.current_stage, operation, _call_site()))
 

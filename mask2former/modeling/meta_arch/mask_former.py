@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from ...utils.host_syncs import to_device
 from ..criterion import SetCriterion
+from ..pixel_decoder.ops.levels import tracing
 from ..postprocessing import (
     instance_inference,
     instance_query_mask,
@@ -260,7 +261,7 @@ class MaskFormer(nn.Module):
         features then stay channels-last; the same values up to float rounding), else as
         they are. Not while tracing or compiling: exported graphs keep the default layout."""
         # the tracers first: a size comparison would put a guard on symbolic sizes
-        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        if torch.jit.is_tracing() or tracing():
             return images
         if (
             self.cpu_channels_last
