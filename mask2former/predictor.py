@@ -147,6 +147,7 @@ class Predictor:
         array_channel_order: str = "RGB",
         state_dict: Optional[Mapping[str, torch.Tensor]] = None,
         tune_cpu_allocator: bool = False,
+        cuda_graphs: bool = False,
     ):
         """
         Args:
@@ -174,6 +175,12 @@ class Predictor:
                 (see BENCHMARKS.md), but it changes the allocator of the whole process, which
                 then keeps its peak memory. Off by default, so that a predictor built inside
                 another application leaves its memory behaviour alone; the demo turns it on.
+            cuda_graphs: on a CUDA device, replay the network from CUDA graphs, one per
+                input size (:meth:`MaskFormer.use_cuda_graphs`): the host launches one graph
+                instead of over a thousand kernels per image. The first image of each padded
+                size captures its graph (a few forwards' time), so it suits inputs of few
+                sizes (video, cameras, images of one size). With "bf16" / "fp16" the model's
+                convolution and linear weights are then stored in that dtype (same outputs).
 
         Raises:
             FileNotFoundError: the config file is missing.
@@ -184,7 +191,8 @@ class Predictor:
                 code; nothing from it is run.
             mask2former.export.ExportedModelError: a missing, unreadable or other-version
                 ONNX file (backend="onnxruntime").
-            ValueError: unknown precision, task or backend.
+            ValueError: unknown precision, task or backend; cuda_graphs off a CUDA device or
+                with backend="onnxruntime".
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}.")
@@ -202,6 +210,11 @@ class Predictor:
         self.device = _resolve_device(device, "cpu" if onnx_file else cfg.MODEL.DEVICE)
         if tune_cpu_allocator and self.device.type == "cpu":
             keep_freed_memory()
+        if cuda_graphs and (self.device.type != "cuda" or onnx_file is not None):
+            raise ValueError(
+                "cuda_graphs=True replays the PyTorch model on a CUDA device; this predictor "
+                f"runs {backend} on {self.device}. Leave cuda_graphs off, or pass device='cuda'."
+            )
         cfg.MODEL.DEVICE = str(self.device)
         cfg.MODEL.WEIGHTS = weights
         cfg.freeze()
@@ -222,6 +235,8 @@ class Predictor:
             else:
                 logger.warning("No weights given: the model is randomly initialised.")
             self.metadata = _metadata(cfg)
+            if cuda_graphs:
+                self.model.use_cuda_graphs(PRECISIONS[precision])
         self.class_names = class_names_from_metadata(
             self.metadata, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         )

@@ -96,10 +96,28 @@ def test_cuda_without_a_gpu_and_cpu_only_variants_are_refused(monkeypatch, capsy
     with pytest.raises(SystemExit):
         benchmark_inference.main([*TINY_RUN, "--precision", "fp16", "--variants", "onnxruntime"])
     assert "exported fp32 model" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        benchmark_inference.main([*TINY_RUN, "--variants", "ours-cuda-graphs"])
-    err = capsys.readouterr().err
-    assert "cannot time ours-cuda-graphs with --device cpu: CUDA graphs need a GPU" in err
+    for variant in ("ours-cuda-graphs", "ours-graphed"):
+        with pytest.raises(SystemExit):
+            benchmark_inference.main([*TINY_RUN, "--variants", variant])
+        err = capsys.readouterr().err
+        assert f"cannot time {variant} with --device cpu: CUDA graphs need a GPU" in err
+
+
+@pytest.mark.parametrize("precision", [on_cuda("bf16"), on_cuda("fp32")])
+def test_graphed_variant_times_the_replayed_network_on_cuda(tmp_path, precision):
+    path = tmp_path / "report.json"
+    benchmark_inference.main(
+        [*TINY_RUN, "--device", "cuda", "--precision", precision, "--repeats", "3"]
+        + ["--variants", "ours", "ours-graphed", "--json-out", str(path)]
+    )
+    variants = json.loads(path.read_text())["variants"]
+    graphed = variants["ours-graphed"]
+    assert graphed["cuda_graphs"] is True
+    dtype = {"bf16": "bfloat16", "fp32": "float32"}[precision]
+    assert graphed["network_output"] == {"batch_size": 1, "dtype": dtype}
+    assert set(graphed["stages_median_s"]) == {"network"}  # replays run no module hooks
+    assert _positive(graphed["stages_median_s"]["network"])
+    assert set(variants["ours"]["stages_median_s"]) > {"network"}
 
 
 def test_video_inference_benchmark_report(capsys):

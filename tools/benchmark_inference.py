@@ -23,24 +23,28 @@ on. The variants are timed each in its own process, one after the other:
 - ``ours-compiled``: ours with the network under ``torch.compile`` (compiled at the warm-up
   forward, not timed);
 - ``ours-cuda-graphs`` (CUDA only): the same with ``mode="reduce-overhead"``, which replays
-  the compiled network as CUDA graphs (one launch instead of one per kernel).
+  the compiled network as CUDA graphs (one launch instead of one per kernel);
+- ``ours-graphed`` (CUDA only): ours with the network replayed from a CUDA graph without
+  compiling (``MaskFormer.use_cuda_graphs``, as ``Predictor(cuda_graphs=True)``: in bf16 /
+  fp16 the convolution and linear weights stored in that dtype); captured at the warm-up
+  forward, not timed.
 
 The network is timed as a whole for every variant, and per stage (forward hooks) for the
-uncompiled PyTorch ones.
+uncompiled PyTorch ones that run it eagerly.
 
-``--device cuda`` runs the model on the GPU (``ours``, ``official-style``, ``ours-compiled``
-and ``ours-cuda-graphs``; the other variants are CPU comparisons and are refused there). The
-clock then waits for the GPU (``torch.cuda.synchronize``) at every stage boundary, so that
-kernels launched asynchronously are charged to the stage that launched them; these waits
-keep the host from queueing the next stage early, so the stage times add up to slightly more
-than an unhooked forward. On the GPU the allocator setting of ``ours`` does not apply (it is
-a CPU matter), and ``official-style`` uses our CUDA kernel for the deformable attention, as
-the official release uses its own CUDA kernel there (``bash .gpu/side_by_side.sh`` times the
-release itself). ``--precision bf16`` / ``fp16`` runs the forwards under autocast, as
-``Predictor(precision=...)`` does; ``--batch-size N`` runs N copies of the image in one
-forward, and the report gives the time per image and images per second. On CUDA each variant
-also reports the peak memory allocated during its forwards, weights included
-(``forward_peak_memory_mib``).
+``--device cuda`` runs the model on the GPU (``ours``, ``official-style``, ``ours-compiled``,
+``ours-cuda-graphs`` and ``ours-graphed``; the other variants are CPU comparisons and are
+refused there). The clock then waits for the GPU (``torch.cuda.synchronize``) at every stage
+boundary, so that kernels launched asynchronously are charged to the stage that launched
+them; these waits keep the host from queueing the next stage early, so the stage times add up
+to slightly more than an unhooked forward. On the GPU the allocator setting of ``ours`` does
+not apply (it is a CPU matter), and ``official-style`` uses our CUDA kernel for the deformable
+attention, as the official release uses its own CUDA kernel there (``bash
+.gpu/side_by_side.sh`` times the release itself). ``--precision bf16`` / ``fp16`` runs the
+forwards under autocast, as ``Predictor(precision=...)`` does; ``--batch-size N`` runs N
+copies of the image in one forward, and the report gives the time per image and images per
+second. On CUDA each variant also reports the peak memory allocated during its forwards,
+weights included (``forward_peak_memory_mib``).
 
 A randomly initialised model has no confident query, so post-processing is timed on
 synthetic predictions with realistic structure (blob-shaped masks, 25 confident queries);
@@ -186,7 +190,7 @@ def time_forwards(
             "transformer_decoder": model.sem_seg_head.predictor,
         }
     timer = StageTimer(modules, clock)
-    network = model.network
+    network = model.run_network  # the network, or its CUDA-graph replay
     network_output = {}
 
     def timed_network(*args, **kwargs):
@@ -197,7 +201,7 @@ def time_forwards(
         network_output.update(batch_size=len(masks), dtype=str(masks.dtype).replace("torch.", ""))
         return result
 
-    model.network = timed_network
+    model.run_network = timed_network
     inference = model.inference
 
     def timed_inference(*args, **kwargs):
@@ -220,7 +224,7 @@ def time_forwards(
             else:
                 runs_warmup_s = total
     del model.inference
-    model.network = network
+    del model.run_network
     return runs, runs_warmup_s, network_output
 
 
@@ -401,6 +405,7 @@ VARIANTS["ours-default-layout"] = {**VARIANTS["ours"], "cpu_channels_last": Fals
 VARIANTS["onnxruntime"] = {**VARIANTS["ours"], "backend": "onnxruntime"}
 VARIANTS["ours-compiled"] = {**VARIANTS["ours"], "compile": "default"}
 VARIANTS["ours-cuda-graphs"] = {**VARIANTS["ours"], "compile": "reduce-overhead"}
+VARIANTS["ours-graphed"] = {**VARIANTS["ours"], "cuda_graphs": True}
 STAGES = ["backbone", "pixel_decoder", "transformer_decoder"]
 
 HF_VARIANTS = ("transformers", "ours-from-hf")
@@ -412,7 +417,10 @@ NOT_ON_CUDA = {
     "transformers": "the Hugging Face comparison runs on the CPU",
     "ours-from-hf": "the Hugging Face comparison runs on the CPU",
 }
-CUDA_ONLY = {"ours-cuda-graphs": "CUDA graphs need a GPU"}
+CUDA_ONLY = {
+    "ours-cuda-graphs": "CUDA graphs need a GPU",
+    "ours-graphed": "CUDA graphs need a GPU",
+}
 FP32_ONLY = {
     "onnxruntime": "the ONNX Runtime backend runs the exported fp32 model",
     "transformers": "the Hugging Face comparison runs in fp32",
@@ -486,6 +494,10 @@ def run_variant(name: str, args) -> Dict:
         if variant.get("compile"):
             # compiled once, at the warm-up forward (not timed); stage hooks would break it
             model.network = torch.compile(model.network, mode=variant["compile"])
+            stages = False
+        if variant.get("cuda_graphs"):
+            # captured at the warm-up forward; replays run no module, so no stage hooks
+            model.use_cuda_graphs(PRECISIONS[args.precision])
             stages = False
         # already on the device, as the Predictor hands it over; N copies in one forward
         image = benchmark_image(args.image_size).to(device)

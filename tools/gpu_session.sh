@@ -19,6 +19,9 @@
 #          of both compared as sets (tools/compare_instance_sets.py): side_by_side.sh compares
 #          them index by index, and the release does not order them by score on CUDA
 # and, only when named:
+#   graphed tools/benchmark_inference.py --device cuda, ours vs ours-graphed (the network
+#          replayed from CUDA graphs, Predictor(cuda_graphs=True); no compiling): bf16, fp32
+#          and fp16 at batch 1, bf16 at batch 8
 #   graphs tools/benchmark_inference.py --device cuda, ours vs ours-cuda-graphs (torch.compile
 #          with CUDA graphs; compiling takes minutes), bf16 at batch 1
 #   batch8 the side-by-side inference (.gpu/sbs/infer.py) at batch 8: images/s of the official
@@ -125,6 +128,16 @@ for step in "${@:-tests syncs op infer sbs}"; do
         run_step inference_cuda_graphs "${T_GRAPHS:-300}" "$PYTHON" tools/benchmark_inference.py \
           --device cuda --precision bf16 --batch-size 1 --repeats "$REPEATS_BATCH_1" \
           --variants ours ours-cuda-graphs --json-out "$OUT/inference_cuda_graphs.json" ;;
+      graphed)
+        for run in "bf16 1" "fp32 1" "fp16 1" "bf16 8"; do
+          read -r precision batch <<<"$run"
+          repeats=$REPEATS_BATCH_1
+          ((batch == 1)) || repeats=$REPEATS_BATCH_8
+          name=inference_cuda_graphed_${precision}_b$batch
+          run_step "$name" "${T_INFER:-150}" "$PYTHON" tools/benchmark_inference.py \
+            --device cuda --precision "$precision" --batch-size "$batch" --repeats "$repeats" \
+            --variants ours ours-graphed --json-out "$OUT/$name.json"
+        done ;;
       batch8)
         base=/tmp/m2f-baseline
         if [ ! -d $base ] || [ ! -f .gpu/sbs/infer.py ]; then
@@ -176,7 +189,7 @@ for step in "${@:-tests syncs op infer sbs}"; do
         fi ;;
       *)
         echo "unknown step $part (tests, kernel, models, syncs, op, infer, sbs, sbs-op," \
-          "sbs-infer, sbs-train, batch8, graphs, profile, swin)"
+          "sbs-infer, sbs-train, batch8, graphed, graphs, profile, swin)"
         exit 2 ;;
     esac
   done

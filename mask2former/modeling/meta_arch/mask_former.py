@@ -23,7 +23,9 @@ from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...utils.cuda_graphs import GraphedNetwork
 from ...utils.host_syncs import to_device
+from ..autocast_weights import store_weights_in_autocast_dtype
 from ..criterion import SetCriterion
 from ..pixel_decoder.ops.levels import tracing
 from ..postprocessing import (
@@ -197,6 +199,8 @@ class MaskFormer(nn.Module):
         # eval-mode ResNet on the CPU: channels-last images from CPU_CHANNELS_LAST_MIN_PIXELS
         # (an attribute, not a config key: the results are the same up to float rounding)
         self.cpu_channels_last = isinstance(backbone, ResNet)
+        # inference replays the network from CUDA graphs when set (use_cuda_graphs)
+        self.graphed_network: Optional[GraphedNetwork] = None
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -238,7 +242,7 @@ class MaskFormer(nn.Module):
         if not self.training and self.sliding_window is not None:
             return [self.sliding_window_inference(inputs) for inputs in batched_inputs]
         images = self.preprocess_image(batched_inputs)
-        outputs = self.network(images.tensor)
+        outputs = self.run_network(images.tensor)
         if self.training:
             return self.losses(outputs, batched_inputs, images)
         return self.inference(outputs, batched_inputs, images)
@@ -254,6 +258,42 @@ class MaskFormer(nn.Module):
             W_pad / 4) and "aux_outputs".
         """
         return self.sem_seg_head(self.backbone(self.backbone_input(images)))
+
+    def run_network(self, images: Tensor) -> Dict[str, object]:
+        """:meth:`network`, replayed from CUDA graphs in eval mode after
+        :meth:`use_cuda_graphs`. Replayed outputs are overwritten by the next forward."""
+        if self.graphed_network is not None and not self.training:
+            return self.graphed_network(images)
+        return self.network(images)
+
+    def use_cuda_graphs(
+        self, autocast_dtype: Optional[torch.dtype] = None, *, max_graphs: int = 8
+    ) -> None:
+        """Replay the network's inference forwards from CUDA graphs, one per input shape
+        and precision (:class:`mask2former.utils.cuda_graphs.GraphedNetwork`): the host
+        launches one graph instead of every kernel. The first forward of each shape
+        captures its graph (a few forwards' time); inputs of few distinct sizes gain most.
+        Training forwards and forwards that record gradients are not replayed.
+
+        Args:
+            autocast_dtype: the dtype the forwards will run under autocast to (bfloat16 or
+                float16), or None for float32. With a dtype, the weights autocast would cast
+                at every forward are stored in it once
+                (:func:`mask2former.modeling.autocast_weights.store_weights_in_autocast_dtype`;
+                the same outputs): the model is then for inference in that precision only.
+            max_graphs: graphs kept at once (least recently used dropped).
+
+        Raises:
+            ValueError: the model is not on a CUDA device.
+        """
+        if self.device.type != "cuda":
+            raise ValueError(
+                f"CUDA graphs need the model on a CUDA device; it is on {self.device}. Move it "
+                "with model.to('cuda') first, or leave CUDA graphs off."
+            )
+        if autocast_dtype is not None:
+            store_weights_in_autocast_dtype(self, autocast_dtype)
+        self.graphed_network = GraphedNetwork(self.network, max_graphs=max_graphs)
 
     def backbone_input(self, images: Tensor) -> Tensor:
         """``images`` in the memory layout the backbone runs fastest on: channels-last for a
@@ -397,7 +437,7 @@ class MaskFormer(nn.Module):
             windows = self.normalize_and_pad(
                 [image[:, top:bottom, left:right] for top, left, bottom, right in group]
             )
-            outputs = self.network(windows.tensor)
+            outputs = self.run_network(windows.tensor)
             padded_size = tuple(windows.tensor.shape[-2:])
             for index, (top, left, bottom, right) in enumerate(group):
                 size = (bottom - top, right - left)
