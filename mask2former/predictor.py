@@ -179,8 +179,10 @@ class Predictor:
                 input size (:meth:`MaskFormer.use_cuda_graphs`): the host launches one graph
                 instead of over a thousand kernels per image. The first image of each padded
                 size captures its graph (a few forwards' time), so it suits inputs of few
-                sizes (video, cameras, images of one size). With "bf16" / "fp16" the model's
-                convolution and linear weights are then stored in that dtype (same outputs).
+                sizes (video, cameras, images of one size). The model is prepared for it:
+                frozen batch norms folded into their convolutions and, with "bf16" / "fp16",
+                the convolution, linear and attention weights stored in that dtype (the same
+                outputs up to float rounding).
 
         Raises:
             FileNotFoundError: the config file is missing.

@@ -1,5 +1,6 @@
 """CUDA-graph inference (issue 9): mask2former.utils.cuda_graphs.GraphedNetwork, the model's
-and the Predictor's use of it, and the autocast weights it stores.
+and the Predictor's use of it, and how the model is prepared for it (autocast weights stored
+in their dtype, frozen batch norms folded).
 
 Without a GPU: the caching, precision and aliasing rules run with a stand-in backend whose
 "replay" reruns the captured forward into the captured output tensors (what a graph's kernels
@@ -13,6 +14,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from helpers import PRECISION_TOLERANCE, TINY_CONFIG, on_cuda, random_picture, shrunk_config
 from torch import nn
@@ -26,6 +28,7 @@ from mask2former.modeling.autocast_weights import (
     autocast_weights,
     store_weights_in_autocast_dtype,
 )
+from mask2former.modeling.batchnorm_folding import fold_frozen_batchnorm
 from mask2former.predictor import Predictor
 from mask2former.utils.cuda_graphs import GraphedNetwork, autocast_state
 from mask2former.utils.host_syncs import HostSyncRecorder
@@ -302,3 +305,31 @@ def test_predictor_with_cuda_graphs_agrees_with_float32_on_the_cpu(weights, no_t
         probabilities = [p.semantic.probabilities for p in (got, want)]
         distributions = [p / p.sum(axis=0, keepdims=True) for p in probabilities]
         np.testing.assert_allclose(*distributions, atol=tolerance)
+
+
+# ----- frozen batch norm folded into the convolutions -----
+
+
+def test_folded_frozen_batchnorm_gives_the_same_outputs():
+    torch.manual_seed(0)
+    model = build_model(shrunk_config(R50)).eval()
+    generator = torch.Generator().manual_seed(1)
+    frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    for norm in frozen:  # statistics of a trained model (a new one's fold to the identity)
+        size = (len(norm.weight),)
+        norm.weight.copy_(torch.rand(size, generator=generator) + 0.5)
+        norm.bias.copy_(torch.randn(size, generator=generator))
+        norm.running_mean.copy_(torch.randn(size, generator=generator))
+        norm.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+    group_norms = sum(isinstance(m, nn.GroupNorm) for m in model.modules())
+    images = _images(96, 128)
+    with torch.no_grad():
+        expected = copy.deepcopy(model.network(images))
+        assert fold_frozen_batchnorm(model) == len(frozen) == 53  # every norm of the R50
+        actual = model.network(images)
+    for got, want in zip(tree_leaves(actual), tree_leaves(expected)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, nn.GroupNorm) for m in model.modules()) == group_norms > 0
+    assert not any(".norm." in name for name in model.backbone.state_dict())
+    assert fold_frozen_batchnorm(model) == 0

@@ -5,13 +5,16 @@ On the CPU nothing waits; the recorder counts what the same code would do on a G
 case checks the forward with PyTorch's own sync detector on a GPU machine."""
 
 import os
+from collections import Counter
 
 import pytest
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from helpers import ROOT, TINY_CONFIG, load_script, on_cuda, shrunk_config
 
 from mask2former.config import load_config
+from mask2former.modeling.autocast_weights import autocast_weights
 from mask2former.modeling.pixel_decoder.ops import functional
 from mask2former.modeling.postprocessing import (
     instance_inference,
@@ -256,6 +259,31 @@ def test_count_host_syncs_tool_reports_stages(tmp_path, capsys, monkeypatch):
         assert op in named
     output = capsys.readouterr().out
     assert path.exists() and "postprocessing_realistic" in output and "operations" in output
+
+
+def test_count_host_syncs_tool_counts_a_prepared_model(monkeypatch):
+    """--prepared: the weights' casts and the frozen batch norms are no longer counted."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
+    tool = load_script("tools/count_host_syncs.py")
+    options = ["--config-file", TINY_CONFIG, "--image-size", "64", "96", "--top", "0"]
+    options += ["--precision", "bf16"]
+    counts = {}
+    for prepared in (False, True):
+        report = tool.main(options + ["--prepared"] * prepared + ["MODEL.RESNETS.NORM", "FrozenBN"])
+        assert report["prepared"] is prepared
+        kinds = Counter()
+        for kind in report["operation_kinds"]:
+            kinds[kind["operation"]] += kind["count"]
+        counts[prepared] = kinds
+    model = build_model(load_config(TINY_CONFIG, ["MODEL.RESNETS.NORM", "FrozenBN"]))
+    weights = sum(1 for _ in autocast_weights(model))
+    norms = sum(isinstance(module, FrozenBatchNorm2d) for module in model.modules())
+    # each weight was cast at least once per forward (a packed attention projection by slices)
+    assert counts[False]["aten._to_copy"] - counts[True]["aten._to_copy"] >= weights > 0
+    assert counts[False]["aten.native_batch_norm"] - counts[True]["aten.native_batch_norm"] == (
+        norms
+    )
+    assert norms > 0
 
 
 @pytest.mark.parametrize("device", [on_cuda("cuda")])

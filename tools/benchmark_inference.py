@@ -25,9 +25,9 @@ on. The variants are timed each in its own process, one after the other:
 - ``ours-cuda-graphs`` (CUDA only): the same with ``mode="reduce-overhead"``, which replays
   the compiled network as CUDA graphs (one launch instead of one per kernel);
 - ``ours-graphed`` (CUDA only): ours with the network replayed from a CUDA graph without
-  compiling (``MaskFormer.use_cuda_graphs``, as ``Predictor(cuda_graphs=True)``: in bf16 /
-  fp16 the convolution and linear weights stored in that dtype); captured at the warm-up
-  forward, not timed.
+  compiling (``MaskFormer.use_cuda_graphs``, as ``Predictor(cuda_graphs=True)``: frozen
+  batch norms folded into the convolutions, in bf16 / fp16 the convolution, linear and
+  attention weights stored in that dtype); captured at the warm-up forward, not timed.
 
 The network is timed as a whole for every variant, and per stage (forward hooks) for the
 uncompiled PyTorch ones that run it eagerly.

@@ -19,9 +19,14 @@ padding computes with small host tensors, which a CPU run cannot tell from devic
 On the CPU (the default) nothing waits: the counts are what the same code would do on a GPU,
 where ``--device cuda`` records the reads of tensors that really are on the device.
 
+``--prepared`` first prepares the model as ``Predictor(cuda_graphs=True)`` does
+(``MaskFormer.prepare_for_inference``: frozen batch norms folded into their convolutions; in
+bf16 / fp16 the weights autocast would cast at every forward stored in that dtype).
+
 Examples:
     python tools/count_host_syncs.py --json-out output/host_syncs.json
     python tools/count_host_syncs.py --precision bf16 --top 30
+    python tools/count_host_syncs.py --precision bf16 --prepared
 """
 
 import argparse
@@ -39,7 +44,7 @@ from benchmark_inference import (
     write_report,
 )
 
-from mask2former.predictor import precision_autocast
+from mask2former.predictor import PRECISIONS, precision_autocast
 from mask2former.utils.host_syncs import HostSyncRecorder, format_table
 
 STAGES = [
@@ -129,15 +134,26 @@ def main(argv=None) -> Dict:
         default=15,
         help="print this many of the most frequent (stage, operation) pairs (all in the JSON)",
     )
+    parser.add_argument(
+        "--prepared",
+        action="store_true",
+        help="prepare the model for inference first, as Predictor(cuda_graphs=True) does",
+    )
     parser.add_argument("--json-out", default=None, help="also write the JSON report here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     check_device(parser, args.device)
 
     model = build_benchmark_model(args.config_file, list(args.opts), args.device)
+    if args.prepared:
+        model.prepare_for_inference(PRECISIONS[args.precision])
     image = benchmark_image(args.image_size)
     recorder = count_host_syncs(model, image, tuple(args.output_size), args.precision)
-    result = {**run_description(args), **report(recorder)}
+    result = {
+        **run_description(args),
+        "prepared": args.prepared,
+        **report(recorder),
+    }
     write_report(result, args.json_out)
     print()
     print(f"{'stage':<26}{'syncs':>6}{'operations':>12}")

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from ...utils.cuda_graphs import GraphedNetwork
 from ...utils.host_syncs import to_device
 from ..autocast_weights import store_weights_in_autocast_dtype
+from ..batchnorm_folding import fold_frozen_batchnorm
 from ..criterion import SetCriterion
 from ..pixel_decoder.ops.levels import tracing
 from ..postprocessing import (
@@ -266,21 +267,32 @@ class MaskFormer(nn.Module):
             return self.graphed_network(images)
         return self.network(images)
 
+    def prepare_for_inference(self, autocast_dtype: Optional[torch.dtype] = None) -> None:
+        """Cut the device's work per forward, with the same outputs up to float rounding:
+        frozen batch norms folded into their convolutions
+        (:func:`mask2former.modeling.batchnorm_folding.fold_frozen_batchnorm`) and, with an
+        ``autocast_dtype`` (bfloat16 or float16), the weights autocast would cast at every
+        forward stored in it
+        (:func:`mask2former.modeling.autocast_weights.store_weights_in_autocast_dtype`). The
+        model is then for inference only, under autocast to that dtype (None: float32)."""
+        fold_frozen_batchnorm(self)
+        if autocast_dtype is not None:
+            store_weights_in_autocast_dtype(self, autocast_dtype)
+
     def use_cuda_graphs(
         self, autocast_dtype: Optional[torch.dtype] = None, *, max_graphs: int = 8
     ) -> None:
-        """Replay the network's inference forwards from CUDA graphs, one per input shape
-        and precision (:class:`mask2former.utils.cuda_graphs.GraphedNetwork`): the host
-        launches one graph instead of every kernel. The first forward of each shape
-        captures its graph (a few forwards' time); inputs of few distinct sizes gain most.
-        Training forwards and forwards that record gradients are not replayed.
+        """Replay the network's inference forwards from CUDA graphs, one per input shape and
+        precision (:class:`mask2former.utils.cuda_graphs.GraphedNetwork`): the host launches
+        one graph instead of every kernel. The first forward of each shape captures its graph
+        (a few forwards' time); inputs of few distinct sizes gain most. Training forwards and
+        forwards that record gradients are not replayed. The graphs replay the device's work,
+        so the model is first prepared to do less (:meth:`prepare_for_inference`): it is then
+        for inference only.
 
         Args:
             autocast_dtype: the dtype the forwards will run under autocast to (bfloat16 or
-                float16), or None for float32. With a dtype, the weights autocast would cast
-                at every forward are stored in it once
-                (:func:`mask2former.modeling.autocast_weights.store_weights_in_autocast_dtype`;
-                the same outputs): the model is then for inference in that precision only.
+                float16), or None for float32.
             max_graphs: graphs kept at once (least recently used dropped).
 
         Raises:
@@ -291,8 +303,7 @@ class MaskFormer(nn.Module):
                 f"CUDA graphs need the model on a CUDA device; it is on {self.device}. Move it "
                 "with model.to('cuda') first, or leave CUDA graphs off."
             )
-        if autocast_dtype is not None:
-            store_weights_in_autocast_dtype(self, autocast_dtype)
+        self.prepare_for_inference(autocast_dtype)
         self.graphed_network = GraphedNetwork(self.network, max_graphs=max_graphs)
 
     def backbone_input(self, images: Tensor) -> Tensor:
