@@ -368,3 +368,40 @@ def test_sliding_windows_give_every_output(weights, images, tmp_path, capsys):
     assert status == 0
     for suffix in ("panoptic.json", "panoptic.png", "instances.json", "semantic.png"):
         assert (tmp_path / f"good0.{suffix}").is_file(), suffix
+
+
+def test_cuda_graphs_option_is_refused_where_it_cannot_run(weights, images, tmp_path, capsys):
+    base = ["--config-file", CONFIG, "--input", images["good"][0], "--output", str(tmp_path)]
+    base += ["--cuda-graphs"]
+    status, _, err = _run(base + ["--device", "cpu", "--opts", "MODEL.WEIGHTS", weights], capsys)
+    assert status == 1 and "--cuda-graphs replays the model on a GPU" in err
+    assert "the device is cpu" in err and "Traceback" not in err
+    video = os.path.join(ROOT, "configs", "shapes", "video_maskformer2_R18.yaml")
+    status, _, err = _run(
+        ["--config-file", video, "--input", images["good"][0], "--cuda-graphs"], capsys
+    )
+    assert status == 1 and "not a video model" in err
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("precision", [on_cuda("fp32"), on_cuda("bf16")])
+def test_cuda_graphs_option_agrees_with_float32_on_the_cpu(
+    weights, images, tmp_path, capsys, no_tf32, precision
+):
+    output = tmp_path / "out"
+    status, _, err = _run(
+        ["--config-file", CONFIG, "--input", *images["good"], "--output", str(output)]
+        + ["--device", "cuda", "--precision", precision, "--cuda-graphs"]
+        + ["--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", weights],
+        capsys,
+    )
+    assert status == 0, err
+    reference = Predictor(CONFIG, weights, device="cpu", score_threshold=0.0)
+    for path in images["good"]:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        expected = reference(path).instances.scores
+        scores = [entry["score"] for entry in _instances_json(output, stem)]
+        assert len(scores) == len(expected) > 0
+        np.testing.assert_allclose(
+            sorted(scores, reverse=True), expected, atol=PRECISION_TOLERANCE[precision]
+        )

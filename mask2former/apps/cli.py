@@ -34,6 +34,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import torch
 from detectron2.config import CfgNode
 from detectron2.data.catalog import Metadata
 from tqdm import tqdm
@@ -178,6 +179,12 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "switches on); switched on when the config has it off",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="on a CUDA device, replay the network from CUDA graphs, one per input size "
+        "(Predictor(cuda_graphs=True)): for a video, a webcam or images of one size",
+    )
     parser.add_argument(
         "--max-frames",
         type=int,
@@ -642,6 +649,20 @@ def run_webcam(predictor: Predictor, output: Optional[str], task: str) -> DemoRe
     return report
 
 
+def _check_cuda_graphs(args, cfg: CfgNode, onnx_file: Optional[OnnxModelFile]) -> None:
+    """DemoError unless --cuda-graphs can run: an image model in PyTorch on a CUDA device."""
+    if onnx_file is not None or is_video_config(cfg):
+        model = "an ONNX file" if onnx_file is not None else "a video model"
+        raise DemoError(f"--cuda-graphs replays an image model on a GPU, not {model}.")
+    device = torch.device(args.device or cfg.MODEL.DEVICE)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        found = "CUDA is not available" if device.type == "cuda" else f"the device is {device}"
+        raise DemoError(
+            f"--cuda-graphs replays the model on a GPU, and {found}: run with --device cuda on "
+            "a machine with CUDA, or without --cuda-graphs."
+        )
+
+
 def build_predictor(
     args: argparse.Namespace,
     cfg: CfgNode,
@@ -657,6 +678,9 @@ def build_predictor(
     Raises:
         DemoError: the weights file is missing or refused, or the ONNX file does not fit.
     """
+    cuda_graphs = getattr(args, "cuda_graphs", False)
+    if cuda_graphs:
+        _check_cuda_graphs(args, cfg, onnx_file)
     try:
         if is_video_config(cfg):
             if onnx_file is not None:
@@ -677,6 +701,7 @@ def build_predictor(
             tasks=tasks,
             score_threshold=score_threshold,
             tune_cpu_allocator=tune_cpu_allocator,
+            cuda_graphs=cuda_graphs,
         )
     except WeightsNotFoundError as error:
         raise DemoError(f"{error} (set with --opts MODEL.WEIGHTS PATH)") from error
