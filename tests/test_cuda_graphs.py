@@ -333,3 +333,22 @@ def test_folded_frozen_batchnorm_gives_the_same_outputs():
     assert sum(isinstance(m, nn.GroupNorm) for m in model.modules()) == group_norms > 0
     assert not any(".norm." in name for name in model.backbone.state_dict())
     assert fold_frozen_batchnorm(model) == 0
+
+
+def test_a_failed_capture_says_what_to_do_and_is_tried_again():
+    class FailingBackend(RerunBackend):
+        def capture(self, function):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    model = _tiny_model()
+    graphed = GraphedNetwork(model.network, backend=FailingBackend())
+    with torch.no_grad():
+        for _ in range(2):  # nothing half-made is kept: the second call captures again
+            with pytest.raises(RuntimeError) as error:
+                graphed(_images())
+            message = str(error.value)
+            assert "Capturing the network into a CUDA graph failed for input (1, 3, 64, 96)" in (
+                message
+            )
+            assert "operation not permitted" in message and "cuda_graphs=False" in message
+    assert len(graphed) == 0 and graphed.captures == 0

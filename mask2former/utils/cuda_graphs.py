@@ -173,7 +173,16 @@ class GraphedNetwork:
         )
         with region:
             self.backend.warm_up(lambda: self.network(static_input), self.warmup_runs)
-            graph, static_output = self.backend.capture(lambda: self.network(static_input))
+            try:
+                graph, static_output = self.backend.capture(lambda: self.network(static_input))
+            except RuntimeError as error:
+                raise RuntimeError(
+                    f"Capturing the network into a CUDA graph failed for input "
+                    f"{tuple(images.shape)}: {error}\nA captured forward must not make the host "
+                    "wait for the device or copy from the host (tests/test_cuda_graphs.py "
+                    "checks the stock models). Run without CUDA graphs (Predictor(..., "
+                    "cuda_graphs=False), demo/demo.py without --cuda-graphs)."
+                ) from error
         capture = _Capture(graph, static_input, static_output)
         self._graphs[key] = capture
         self.captures += 1
