@@ -278,14 +278,17 @@ def test_graph_replays_match_eager_forwards_on_cuda(no_tf32, precision):
     eager = copy.deepcopy(model)
     autocast = precision is not torch.float32
     model.use_cuda_graphs(precision if autocast else None, max_graphs=2)
-    tolerance = 1e-4 if precision is torch.float32 else 2e-2
+    # the same kernels on the same weights: equal but for the order of reductions
+    tolerance = 1e-4 if precision is torch.float32 else 1e-2
     with torch.no_grad(), torch.autocast("cuda", dtype=precision, enabled=autocast):
         for seed, size in enumerate([(64, 96), (64, 96), (96, 64), (64, 96)]):
             images = _images(*size, seed=seed).cuda()
             actual = copy.deepcopy(model.run_network(images))
             expected = eager.network(images)
             for got, want in zip(tree_leaves(actual), tree_leaves(expected)):
-                torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=tolerance)
+                torch.testing.assert_close(
+                    got.float(), want.float(), rtol=tolerance, atol=tolerance
+                )
     assert model.graphed_network.captures == 2
 
 
