@@ -294,17 +294,15 @@ def _backbone_layouts(model, images):
     """Whether each backbone forward of ``model.network(images)`` got channels-last images,
     and the network's outputs."""
     layouts = []
+    channels_last = torch.channels_last
     handle = model.backbone.register_forward_pre_hook(
-        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=CHANNELS_LAST))
+        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=channels_last))
     )
     try:
         outputs = model.network(images)
     finally:
         handle.remove()
     return layouts, outputs
-
-
-CHANNELS_LAST = torch.channels_last
 
 
 def test_resnet_backbone_runs_channels_last_on_the_cpu_from_a_size():
