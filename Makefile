@@ -67,11 +67,17 @@ chromium:
 			"sudo apt-get install -y chromium"; \
 	fi
 
+# The tests run in TEST_WORKERS pytest-xdist processes (0: in this one), each taking a whole test
+# file at a time, so that a file's module fixtures are built once; torch computes on one thread
+# in each (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMPS)/build lint chromium
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: $(STAMPS)/build
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 benchmark: $(STAMPS)/build
 	$(PY) tools/benchmark_ms_deform_attn.py

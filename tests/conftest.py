@@ -1,10 +1,21 @@
 """Fixtures shared by the test files; plain helpers are in helpers.py."""
 
+import os
+
 import pytest
 import torch
 from helpers import TINY_CONFIG
 
 from mask2former.predictor import Predictor
+
+
+def pytest_configure(config):
+    """In a pytest-xdist worker (``make test`` runs two), torch computes on one thread, and so do
+    the processes the tests start (OMP_NUM_THREADS): the workers already keep the cores busy,
+    and more threads than cores only make them wait for each other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")
