@@ -32,12 +32,12 @@ from .config import load_config
 from .engine.checkpoint import AtomicDetectionCheckpointer
 from .interop.huggingface import load_hf_folder
 from .utils.batching import batched
+from .utils.class_names import class_names_from_metadata
 from .utils.cpu_memory import keep_freed_memory
 from .utils.device import runnable_device
 from .utils.host_syncs import to_device
 from .utils.image_io import ImageSource, read_image
 from .utils.results import TASK_CONFIG_KEYS, TASKS, Prediction, prediction_from_model_output
-from .utils.visualization import class_names_from_metadata
 
 __all__ = ["Predictor", "WeightsNotFoundError", "BACKENDS", "PRECISIONS", "precision_autocast"]
 

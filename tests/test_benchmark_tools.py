@@ -428,3 +428,27 @@ def test_instance_sets_match_whatever_the_order(tmp_path, capsys):
         assert result["matched"] == matched, name
         if name == "mask.pt":
             assert result["min_iou"] < 0.5
+
+
+def test_startup_benchmark_report(capsys):
+    benchmark_startup = load_script("tools/benchmark_startup.py")
+    # two turns of the same checkout; "import os" keeps the test quick
+    status = benchmark_startup.main(
+        ["--repeats", "2", "--checkout", ROOT, "--checkout", ROOT, "--statements", "import os"]
+    )
+    assert status == 0
+    output = capsys.readouterr().out
+    report = json.loads(output[output.index("{") :])
+    assert report["repeats"] == 2 and len(report["results"]) == 2
+    for row in report["results"]:
+        assert row["statement"] == "import os"
+        assert 0 < row["min_s"] <= row["median_s"]
+        assert row["deferred_modules_loaded"] == []
+    assert report["results"][0]["vs_first_checkout"] == 1.0
+
+
+def test_startup_benchmark_refuses_a_folder_without_the_package(tmp_path, capsys):
+    benchmark_startup = load_script("tools/benchmark_startup.py")
+    with pytest.raises(SystemExit):
+        benchmark_startup.main(["--checkout", str(tmp_path)])
+    assert "no mask2former package" in capsys.readouterr().err

@@ -28,8 +28,8 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data.catalog import Metadata
 
 from ..config import add_maskformer2_config
+from ..utils.class_names import class_names_from_metadata
 from ..utils.results import TASK_CONFIG_KEYS
-from ..utils.visualization import class_names_from_metadata
 
 __all__ = [
     "FORMAT_VERSION",

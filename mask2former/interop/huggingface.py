@@ -47,8 +47,8 @@ from ..config import load_config
 from ..data.dataset_mappers.build import is_video_config
 from ..data.datasets.catalog_utils import register_metadata_categories
 from ..engine.checkpoint import AtomicDetectionCheckpointer
+from ..utils.class_names import class_names_from_metadata
 from ..utils.json_io import read_json
-from ..utils.visualization import class_names_from_metadata
 from ..utils.weights_io import load_weights_file, save_weights_file
 from .hf_config import (
     UnsupportedConfigError,

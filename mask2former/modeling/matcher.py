@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.projects.point_rend.point_features import point_sample
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from ..utils.host_syncs import on_host
@@ -197,6 +196,10 @@ class HungarianMatcher(nn.Module):
             on the CPU: query ``query_indices[i]`` is matched to target ``target_indices[i]``.
             An image without targets gives two empty tensors.
         """
+        # imported here: scipy.optimize takes most of a second to import, and only training
+        # matches (a Predictor or an export never does)
+        from scipy.optimize import linear_sum_assignment
+
         batch_size = outputs["pred_logits"].shape[0]
         point_coords = torch.rand(
             batch_size, self.num_points, 2, device=outputs["pred_logits"].device

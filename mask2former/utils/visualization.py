@@ -18,13 +18,13 @@ from detectron2.utils.colormap import colormap
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from .class_names import class_names_from_metadata, list_of_length
 from .results import TASKS, InstanceResult, PanopticResult, Prediction
 
 __all__ = [
     "ANNOTATION_KEYS",
     "TASKS",
     "annotation_tasks",
-    "class_names_from_metadata",
     "display_metadata",
     "draw_annotations",
     "draw_prediction",
@@ -37,28 +37,9 @@ __all__ = [
 ]
 
 
-def _list_of_length(metadata: Metadata, key: str, num_classes: int) -> Optional[list]:
-    value = metadata.get(key, None)
-    return list(value) if value is not None and len(value) == num_classes else None
-
-
-def class_names_from_metadata(metadata: Metadata, num_classes: int) -> List[str]:
-    """Names of the model's ``num_classes`` contiguous classes.
-
-    ``stuff_classes`` lists every class in the panoptic data sets (things too), and
-    ``thing_classes`` every class in instance-only data sets; whichever has ``num_classes``
-    entries is used, else the classes are called "class 0", "class 1", ...
-    """
-    for key in ("stuff_classes", "thing_classes"):
-        names = _list_of_length(metadata, key, num_classes)
-        if names is not None:
-            return [str(name) for name in names]
-    return [f"class {index}" for index in range(num_classes)]
-
-
 def _class_colors(metadata: Metadata, num_classes: int) -> List[Tuple[int, int, int]]:
     for key in ("stuff_colors", "thing_colors"):
-        colors = _list_of_length(metadata, key, num_classes)
+        colors = list_of_length(metadata, key, num_classes)
         if colors is not None:
             return [tuple(int(c) for c in color) for color in colors]
     palette = colormap(rgb=True, maximum=255)

@@ -28,7 +28,6 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ..postprocessing import resize_mask_logits, top_class_pairs
@@ -170,6 +169,9 @@ class TrackLinker:
     def _assign(self, start: int, shared: int, mask_logits: Tensor, embeddings: Tensor) -> Tensor:
         """(Q,) the clip's query for each track: the assignment maximising the embeddings'
         cosine similarity plus the soft mask IoU on the ``shared`` frames."""
+        # imported here, as in HungarianMatcher.forward: scipy.optimize is slow to import
+        from scipy.optimize import linear_sum_assignment
+
         previous = torch.nn.functional.normalize(self.embeddings, dim=-1)
         current = torch.nn.functional.normalize(embeddings, dim=-1)
         similarity = (previous @ current.T).cpu().float()
