@@ -200,6 +200,21 @@ def assert_same_json(expected, actual, where="", *, rel=None, abs=None):
         assert expected == actual, where
 
 
+def run_python(code, *, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter, in the repository root, with ``env`` (default: this
+    process's); its completed process (text output), once it has exited with status 0."""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 # What a process prints when gloo's TCP transport aborts it (SIGABRT) while it connects to its
 # peer, an upstream fault (pytorch/pytorch#188266, open: SIGABRT inside
 # gloo::transport::tcp::Address::fromPeerName). It struck the 2-process tests here twice in

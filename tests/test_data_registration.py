@@ -3,14 +3,13 @@
 import json
 import os
 import pickle
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
+from helpers import run_python
 from PIL import Image
 
 import mask2former.data  # noqa: F401  registers the data sets
@@ -63,18 +62,13 @@ PREPARE_SCRIPTS = {
     "coco_2017_val_panoptic_with_sem_seg": "prepare_coco_semantic_annos_from_panoptic_annos.py",
     "coco_2017_test_stuff_10k_sem_seg": "prepare_coco_stuff_10k_sem_seg.py",
 }
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_with_datasets_root(root, code):
     """Run ``code`` in a fresh interpreter with DETECTRON2_DATASETS=root; return its JSON."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(root))
     script = "import json, mask2former.data\n" + textwrap.dedent(code)
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(run_python(script, env=env).stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ Models are randomly initialised and small: the tiny shapes model of the predicto
 
 import json
 import os
-import subprocess
 import sys
 
 import cv2
@@ -14,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
-from helpers import ROOT, assert_same_json, load_script, shrunk_config
 from helpers import TINY_CONFIG as CONFIG
+from helpers import assert_same_json, load_script, run_python, shrunk_config
 
 from mask2former.config import load_config
 from mask2former.export import (
@@ -452,11 +451,7 @@ def test_package_imports_and_predicts_without_the_onnx_packages():
         "from mask2former import Predictor\n"
         f"Predictor({CONFIG!r}, '')\n"
     )
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    completed = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True
-    )
-    assert completed.returncode == 0, completed.stderr
+    run_python(code)
 
 
 @pytest.mark.slow

@@ -11,13 +11,11 @@ coloured blocks the post-processed results have several segments.
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TINY_CONFIG, load_script, random_picture
+from helpers import ROOT, TINY_CONFIG, load_script, random_picture, run_python
 
 transformers = pytest.importorskip("transformers", reason="pip install -r requirements.txt")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -646,8 +644,6 @@ def test_package_imports_without_transformers_and_safetensors(tmp_path):
     )
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"not read")
-    result = subprocess.run(
-        [sys.executable, "-c", blocker], capture_output=True, text=True, check=True
-    )
+    result = run_python(blocker)
     assert "needs the safetensors package: pip install safetensors" in result.stdout
     assert "needs transformers: pip install transformers" in result.stdout

@@ -2,10 +2,8 @@
 code uses are loaded by that code (tools/benchmark_startup.py measures the start-up)."""
 
 import json
-import subprocess
-import sys
 
-from helpers import ROOT
+from helpers import run_python
 
 
 def test_package_and_train_net_do_not_load_the_drawing_or_matching_modules():
@@ -25,11 +23,7 @@ def test_package_and_train_net_do_not_load_the_drawing_or_matching_modules():
         "print(matcher(outputs, targets)[0][1].tolist())\n"
         "print(' '.join(m for m in deferred if m in sys.modules))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    before, matched, after = result.stdout.split("\n")[-4:-1]
+    before, matched, after = run_python(code).stdout.split("\n")[-4:-1]
     assert before == "-"
     assert json.loads(matched) == [0]
     assert after == "matplotlib scipy.optimize"

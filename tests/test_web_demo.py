@@ -2,12 +2,10 @@
 huge images, videos and the choice of weights; tests/test_web_browser.py drives the page."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import read_video, write_clip, write_random_png
+from helpers import read_video, run_python, write_clip, write_random_png
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -r requirements.txt")
@@ -164,10 +162,7 @@ def test_package_imports_without_gradio():
         "except ImportError as error:\n"
         "    print(error)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_python(code)
     assert "needs gradio" in result.stdout and "pip install -r requirements.txt" in result.stdout
 
 
