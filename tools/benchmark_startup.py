@@ -21,10 +21,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Dict, List
+
+from mask2former.utils.benchmarking import run_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATEMENTS = ("import torch", "import detectron2.engine", "import mask2former", "import train_net")
@@ -35,20 +36,16 @@ DEFERRED = ("matplotlib", "scipy.optimize")
 def time_statement(checkout: str, statement: str) -> Dict:
     """Seconds a fresh interpreter takes to run ``statement`` in ``checkout``, and which of
     DEFERRED it loaded."""
-    report = f"import sys; print(' '.join(m for m in {DEFERRED!r} if m in sys.modules))"
+    report = f"import json, sys; print(json.dumps([m for m in {DEFERRED!r} if m in sys.modules]))"
     environment = dict(os.environ, PYTHONPATH=checkout, PYTHONWARNINGS="ignore")
     start = time.perf_counter()
-    result = subprocess.run(
+    loaded = run_child(
         [sys.executable, "-c", f"{statement}\n{report}"],
+        f"{statement!r} in {checkout}",
         cwd=checkout,
         env=environment,
-        capture_output=True,
-        text=True,
     )
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{statement!r} failed in {checkout}:\n{result.stderr[-2000:]}")
-    return {"seconds": seconds, "loaded": result.stdout.split()}
+    return {"seconds": time.perf_counter() - start, "loaded": loaded}
 
 
 def run(checkouts: List[str], statements: List[str], repeats: int) -> List[Dict]:

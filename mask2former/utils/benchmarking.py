@@ -7,7 +7,7 @@ import os
 import resource
 import subprocess
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -29,13 +29,20 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(command: Sequence[str], what: str) -> Dict:
+def run_child(
+    command: Sequence[str],
+    what: str,
+    *,
+    cwd: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+) -> Any:
     """Run ``command`` (a benchmark script measuring one setting), which prints its result as
-    JSON on its last line of output, and return that result.
+    JSON on its last line of output, and return that result; ``cwd`` and ``env`` as for
+    ``subprocess.run``.
 
     Exits (``SystemExit``) with ``what`` and the end of the child's error output when it fails.
     """
-    run = subprocess.run(list(command), capture_output=True, text=True)
+    run = subprocess.run(list(command), capture_output=True, text=True, cwd=cwd, env=env)
     lines = run.stdout.strip().splitlines()
     if run.returncode != 0 or not lines:
         sys.exit(f"{what} failed (exit status {run.returncode}):\n{run.stderr[-3000:]}")
