@@ -1,7 +1,9 @@
 """Fixtures shared by the test files; plain helpers are in helpers.py."""
 
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 from helpers import TINY_CONFIG
@@ -16,6 +18,17 @@ def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
         os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def seeded_random_state():
+    """Every test starts from the same random state (torch, numpy, random), whichever tests
+    ran before it in its process: pytest-xdist hands each worker a different sequence of test
+    files from run to run, and tests that build and train models in-process (without
+    train_net.py's seeding) draw from these generators."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")
